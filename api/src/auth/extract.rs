@@ -1,0 +1,195 @@
+//! `Caller<P>`: the authentication extractor. A handler that takes a
+//! `Caller<ManageKeys>` states in its signature which permission it needs,
+//! and cannot run without a verified principal bound to one tenant. Every
+//! refusal of a presented credential is written to the audit log.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use actix_web::dev::Payload;
+use actix_web::http::header::AUTHORIZATION;
+use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
+use sea_orm::DatabaseConnection;
+
+use super::{KeyPrincipal, Verdict};
+use crate::access::{Role, Scope};
+use crate::audit::{Actor, Outcome};
+use crate::db::{TenantScope, platform};
+use crate::error::Error;
+use crate::http::observe::RequestId;
+use crate::ids::TenantId;
+use crate::state::AppState;
+
+/// A permission a handler requires: the scope the key must carry, the least
+/// role it must have, and the audit action name used when it is refused.
+pub trait Permission {
+    /// Audit action name.
+    const ACTION: &'static str;
+    /// Required scope.
+    const SCOPE: Scope;
+    /// Least role.
+    const MIN_ROLE: Role;
+}
+
+macro_rules! permission {
+    ($(#[$doc:meta])* $name:ident, $action:literal, $scope:expr, $role:expr) => {
+        $(#[$doc])*
+        pub struct $name;
+        impl Permission for $name {
+            const ACTION: &'static str = $action;
+            const SCOPE: Scope = $scope;
+            const MIN_ROLE: Role = $role;
+        }
+    };
+}
+
+permission!(
+    /// Read the caller's own tenant.
+    ReadTenant, "tenant.read", Scope::Api, Role::Member
+);
+permission!(
+    /// Create, list and revoke API keys.
+    ManageKeys, "api_key.manage", Scope::Api, Role::Admin
+);
+permission!(
+    /// Read the tenant's audit log.
+    ReadAudit, "audit.read", Scope::Api, Role::Admin
+);
+
+/// A verified caller holding permission `P` in one tenant.
+pub struct Caller<P: Permission> {
+    principal: Arc<KeyPrincipal>,
+    actor: Actor,
+    _permission: PhantomData<P>,
+}
+
+impl<P: Permission> Caller<P> {
+    /// The caller's tenant.
+    pub fn tenant_id(&self) -> &TenantId {
+        &self.principal.tenant_id
+    }
+
+    /// The caller's role.
+    pub fn role(&self) -> Role {
+        self.principal.role
+    }
+
+    /// Who is acting, for audit records.
+    pub fn actor(&self) -> &Actor {
+        &self.actor
+    }
+
+    /// The verified key.
+    pub fn principal(&self) -> &KeyPrincipal {
+        &self.principal
+    }
+
+    /// The database, bound to the caller's tenant.
+    pub fn scope<'a>(&'a self, db: &'a DatabaseConnection) -> TenantScope<'a> {
+        TenantScope::new(db, &self.principal.tenant_id)
+    }
+}
+
+impl<P: Permission + 'static> FromRequest for Caller<P> {
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Error>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move { authenticate::<P>(&req).await })
+    }
+}
+
+/// The client's address as seen on the connection. Forwarded headers are not
+/// trusted: a proxy in front must be configured explicitly (a later issue).
+pub fn client_ip(req: &HttpRequest) -> Option<String> {
+    req.peer_addr().map(|addr| addr.ip().to_string())
+}
+
+fn bearer_token(req: &HttpRequest) -> Result<&str, Error> {
+    let header = req
+        .headers()
+        .get(AUTHORIZATION)
+        .ok_or(Error::Unauthenticated("missing Authorization header"))?;
+    let value = header
+        .to_str()
+        .map_err(|_| Error::Unauthenticated("malformed Authorization header"))?;
+    let (scheme, token) = value.split_once(' ').ok_or(Error::Unauthenticated(
+        "Authorization must be `Bearer <API key>`",
+    ))?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Error::Unauthenticated(
+            "Authorization must be `Bearer <API key>`",
+        ));
+    }
+    Ok(token.trim())
+}
+
+async fn authenticate<P: Permission>(req: &HttpRequest) -> Result<Caller<P>, Error> {
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .ok_or_else(|| anyhow::anyhow!("application state is missing"))?;
+    let token = bearer_token(req)?;
+    let anonymous = Actor {
+        principal: "anonymous".to_owned(),
+        client_ip: client_ip(req),
+        request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()),
+    };
+    let principal = match state.auth.verify(token).await? {
+        Verdict::Valid(principal) => principal,
+        Verdict::Unknown => {
+            let event = anonymous
+                .event(P::ACTION, Outcome::Denied)
+                .reason("unknown API key");
+            platform::record_audit(&state.db, event).await?;
+            return Err(Error::Unauthenticated("invalid API key"));
+        }
+        Verdict::Revoked(principal) => {
+            deny(state, &anonymous, &principal, P::ACTION, "API key revoked").await?;
+            return Err(Error::Unauthenticated("API key revoked"));
+        }
+        Verdict::Expired(principal) => {
+            deny(state, &anonymous, &principal, P::ACTION, "API key expired").await?;
+            return Err(Error::Unauthenticated("API key expired"));
+        }
+    };
+    if !principal.scopes.contains(P::SCOPE) {
+        let reason = format!("API key lacks the `{}` scope", P::SCOPE.as_str());
+        deny(state, &anonymous, &principal, P::ACTION, &reason).await?;
+        return Err(Error::Forbidden(reason));
+    }
+    if principal.role < P::MIN_ROLE {
+        let reason = format!("requires role {} or higher", P::MIN_ROLE);
+        deny(state, &anonymous, &principal, P::ACTION, &reason).await?;
+        return Err(Error::Forbidden(reason));
+    }
+    let actor = Actor {
+        principal: format!("api_key:{}", principal.key_id),
+        ..anonymous
+    };
+    Ok(Caller {
+        principal,
+        actor,
+        _permission: PhantomData,
+    })
+}
+
+async fn deny(
+    state: &AppState,
+    anonymous: &Actor,
+    principal: &KeyPrincipal,
+    action: &'static str,
+    reason: &str,
+) -> Result<(), Error> {
+    let actor = Actor {
+        principal: format!("api_key:{}", principal.key_id),
+        ..anonymous.clone()
+    };
+    let event = actor
+        .event(action, Outcome::Denied)
+        .in_tenant(&principal.tenant_id)
+        .reason(reason);
+    platform::record_audit(&state.db, event).await
+}

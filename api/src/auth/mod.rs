@@ -1,0 +1,157 @@
+//! Authentication: turning the `Authorization` header into a verified
+//! principal bound to one tenant.
+//!
+//! [`Authenticator::verify`] hashes the presented key and looks the hash up,
+//! first in a small in-memory cache and then in the database. A cached
+//! answer is trusted for at most the configured TTL (≤ 1 s), so a key revoked
+//! on another replica stops working within that time; a key revoked on this
+//! replica is dropped from the cache at once. Expiry is checked on every
+//! request from the cached expiry time.
+
+pub mod api_key;
+pub mod extract;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use sea_orm::DatabaseConnection;
+
+use self::api_key::{ApiKeySecret, KeyHash};
+use crate::access::{Role, Scopes};
+use crate::db::{ApiKey, platform};
+use crate::error::Result;
+use crate::ids::{ApiKeyId, TenantId};
+
+/// Most keys kept in the cache; past it, the cache is emptied and refills
+/// from the hot keys.
+const CACHE_CAPACITY: usize = 10_000;
+/// `last_used_at` is written at most this often per key and replica.
+const TOUCH_INTERVAL: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+
+/// What a verified key may do, as cached.
+#[derive(Debug, Clone)]
+pub struct KeyPrincipal {
+    /// The key's id.
+    pub key_id: ApiKeyId,
+    /// The tenant it acts in.
+    pub tenant_id: TenantId,
+    /// Its role there.
+    pub role: Role,
+    /// Its scopes.
+    pub scopes: Scopes,
+    expires_at: Option<DateTime<Utc>>,
+    revoked: bool,
+}
+
+impl From<&ApiKey> for KeyPrincipal {
+    fn from(key: &ApiKey) -> Self {
+        KeyPrincipal {
+            key_id: key.id.clone(),
+            tenant_id: key.tenant_id.clone(),
+            role: key.role,
+            scopes: key.scopes.clone(),
+            expires_at: key.expires_at,
+            revoked: key.revoked_at.is_some(),
+        }
+    }
+}
+
+/// The result of checking a presented key.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Usable.
+    Valid(Arc<KeyPrincipal>),
+    /// Not shaped like a key, or no such key.
+    Unknown,
+    /// Revoked.
+    Revoked(Arc<KeyPrincipal>),
+    /// Past its expiry.
+    Expired(Arc<KeyPrincipal>),
+}
+
+struct Entry {
+    principal: Arc<KeyPrincipal>,
+    fetched_at: Instant,
+}
+
+/// Verifies API keys, with a short-lived cache in front of the database.
+pub struct Authenticator {
+    db: DatabaseConnection,
+    ttl: Duration,
+    cache: RwLock<HashMap<KeyHash, Entry>>,
+}
+
+impl Authenticator {
+    /// A verifier whose cached answers live at most `ttl`.
+    pub fn new(db: DatabaseConnection, ttl: Duration) -> Self {
+        Self {
+            db,
+            ttl,
+            cache: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Checks a presented key.
+    pub async fn verify(&self, presented: &str) -> Result<Verdict> {
+        let Some(secret) = ApiKeySecret::parse(presented) else {
+            return Ok(Verdict::Unknown);
+        };
+        let hash = secret.hash();
+        let principal = match self.cached(hash) {
+            Some(principal) => principal,
+            None => match self.fetch(hash).await? {
+                Some(principal) => principal,
+                None => return Ok(Verdict::Unknown),
+            },
+        };
+        Ok(if principal.revoked {
+            Verdict::Revoked(principal)
+        } else if principal.expires_at.is_some_and(|at| at <= Utc::now()) {
+            Verdict::Expired(principal)
+        } else {
+            Verdict::Valid(principal)
+        })
+    }
+
+    /// Drops a key from this replica's cache (after revoking it here).
+    pub fn forget(&self, key_id: &ApiKeyId) {
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        cache.retain(|_, entry| &entry.principal.key_id != key_id);
+    }
+
+    fn cached(&self, hash: KeyHash) -> Option<Arc<KeyPrincipal>> {
+        let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
+        let entry = cache.get(&hash)?;
+        (entry.fetched_at.elapsed() < self.ttl).then(|| entry.principal.clone())
+    }
+
+    async fn fetch(&self, hash: KeyHash) -> Result<Option<Arc<KeyPrincipal>>> {
+        let Some(key) = platform::find_api_key_by_hash(&self.db, hash).await? else {
+            return Ok(None);
+        };
+        let principal = Arc::new(KeyPrincipal::from(&key));
+        let now = Utc::now();
+        let usable = !principal.revoked && principal.expires_at.is_none_or(|at| at > now);
+        if usable && key.last_used_at.is_none_or(|at| now - at > TOUCH_INTERVAL) {
+            platform::touch_api_key(&self.db, &key.id, now).await?;
+        }
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_CAPACITY {
+            let ttl = self.ttl;
+            cache.retain(|_, entry| entry.fetched_at.elapsed() < ttl);
+            if cache.len() >= CACHE_CAPACITY {
+                cache.clear();
+            }
+        }
+        cache.insert(
+            hash,
+            Entry {
+                principal: principal.clone(),
+                fetched_at: Instant::now(),
+            },
+        );
+        Ok(Some(principal))
+    }
+}

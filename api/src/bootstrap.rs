@@ -1,0 +1,141 @@
+//! Start-up: turning settings into a ready application (data directory,
+//! master key, database, object store), and the operator's tenant creation.
+
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::web;
+use anyhow::Context;
+use sea_orm::DatabaseConnection;
+
+use crate::access::{Role, Scope, Scopes};
+use crate::audit::{Actor, Outcome};
+use crate::auth::Authenticator;
+use crate::auth::api_key::ApiKeySecret;
+use crate::config::Settings;
+use crate::db::{self, NewApiKey, TenantWithOwner, platform};
+use crate::email::EmailAddress;
+use crate::http;
+use crate::http::observe::Metrics;
+use crate::master_key::MasterKey;
+use crate::state::AppState;
+use crate::storage;
+
+/// A built, bound, not yet running application.
+pub struct Application {
+    server: Server,
+    port: u16,
+    state: web::Data<AppState>,
+}
+
+impl Application {
+    /// Prepares everything `carapace serve` needs and binds the listener.
+    pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        create_data_dir(settings)?;
+        let (master_key, created) = MasterKey::load_or_create(&settings.master_key_file)?;
+        tracing::info!(
+            path = %settings.master_key_file.display(),
+            fingerprint = %master_key.fingerprint(),
+            created,
+            "master key ready"
+        );
+        let db = open_database(settings).await?;
+        let store = storage::open(&settings.object_store_url)?;
+        storage::write_probe(store.as_ref()).await?;
+        tracing::info!(
+            scheme = settings.object_store_url.split("://").next().unwrap_or(""),
+            "object store ready"
+        );
+        let state = web::Data::new(AppState {
+            auth: Authenticator::new(db.clone(), settings.auth_cache_ttl),
+            db,
+            store: Arc::from(store),
+            master_key,
+            metrics: Metrics::new()?,
+            metrics_token: settings.metrics_token.clone(),
+        });
+        let (server, port) = http::serve(settings, state.clone())?;
+        tracing::info!(address = %settings.listen.ip(), port, "listening");
+        Ok(Self {
+            server,
+            port,
+            state,
+        })
+    }
+
+    /// The bound port (useful when listening on port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The database, for tests and tools.
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.state.db
+    }
+
+    /// Runs until SIGTERM/SIGINT, then shuts down gracefully.
+    pub async fn run(self) -> anyhow::Result<()> {
+        self.server.await.context("HTTP server failed")?;
+        tracing::info!("shut down");
+        Ok(())
+    }
+}
+
+/// Creates the data directory, private to the service's user (it holds the
+/// master key and, by default, the database).
+pub fn create_data_dir(settings: &Settings) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&settings.data_dir)
+        .with_context(|| {
+            format!(
+                "failed to create data directory {}",
+                settings.data_dir.display()
+            )
+        })
+}
+
+/// Connects and applies migrations.
+pub async fn open_database(settings: &Settings) -> anyhow::Result<DatabaseConnection> {
+    let db = db::connect(&settings.database_url, settings.database_max_connections).await?;
+    db::migrate(&db).await?;
+    tracing::info!(backend = db::backend_name(&db), "database ready");
+    Ok(db)
+}
+
+/// Creates a tenant with an owner and the owner's first API key (role
+/// owner, scopes `api` and `gateway`), recording it as done by `actor`.
+pub async fn create_tenant(
+    db: &DatabaseConnection,
+    name: &str,
+    owner: &str,
+    actor: &Actor,
+) -> anyhow::Result<(TenantWithOwner, ApiKeySecret)> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        anyhow::bail!("tenant name must be 1 to 100 characters without control characters");
+    }
+    let owner = EmailAddress::parse(owner)
+        .map_err(|_| anyhow::anyhow!("`{}` is not a valid email address", owner.trim()))?;
+    let secret = ApiKeySecret::generate()?;
+    let scopes =
+        Scopes::new(vec![Scope::Api, Scope::Gateway]).context("owner key scopes are empty")?;
+    let created = platform::create_tenant_with_owner(
+        db,
+        name,
+        &owner,
+        NewApiKey {
+            name: "owner key",
+            secret: &secret,
+            scopes: &scopes,
+            role: Role::Owner,
+            expires_at: None,
+        },
+        actor.event("tenant.create", Outcome::Success),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    Ok((created, secret))
+}

@@ -1,0 +1,101 @@
+//! The `carapace` command line: subcommands and their arguments.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::SettingsArgs;
+
+/// Carapace runs autonomous AI agents for many tenants, each in a hardened
+/// sandbox, behind Zero Trust login.
+#[derive(Debug, Parser)]
+#[command(name = "carapace", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run everything on this machine: API, portal and (later) scheduler,
+    /// gateway and a local worker.
+    Serve(Common),
+    /// Apply database migrations and exit.
+    Migrate(Common),
+    /// Manage tenants from the operator's shell.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+}
+
+/// Tenant administration.
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant with an owner; prints the owner's API key once, alone
+    /// on the last line.
+    Create {
+        /// The tenant's display name.
+        name: String,
+        /// The owner's email address.
+        #[arg(long, value_name = "EMAIL")]
+        owner: String,
+        /// Settings.
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// Arguments every subcommand that touches state takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Common {
+    /// TOML settings file; flags and `CARAPACE_*` variables override it.
+    #[arg(long, env = "CARAPACE_CONFIG", value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// The settings.
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+impl Common {
+    /// Flags and environment over the settings file over defaults.
+    pub fn settings(&self) -> anyhow::Result<crate::config::Settings> {
+        let file = match &self.config {
+            Some(path) => SettingsArgs::from_file(path)?,
+            None => SettingsArgs::default(),
+        };
+        self.settings.clone().over(file).resolve()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_help_documents_every_setting() {
+        let mut cmd = Cli::command();
+        let serve = cmd.find_subcommand_mut("serve").unwrap();
+        let help = serve.render_long_help().to_string();
+        for env in [
+            "CARAPACE_LISTEN",
+            "CARAPACE_DATA_DIR",
+            "CARAPACE_DATABASE_URL",
+            "CARAPACE_OBJECT_STORE_URL",
+            "CARAPACE_MASTER_KEY_FILE",
+            "CARAPACE_LOG",
+            "CARAPACE_MAX_JSON_BYTES",
+            "CARAPACE_SHUTDOWN_TIMEOUT_SECS",
+            "CARAPACE_AUTH_CACHE_TTL_MS",
+            "CARAPACE_CONFIG",
+        ] {
+            assert!(help.contains(env), "{env} missing from `serve --help`");
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! Settings: defaults, then a TOML file (`--config`), then `CARAPACE_*`
+//! environment variables and command-line flags over it.
+//!
+//! [`SettingsArgs`] is a single struct that is at the same time the TOML
+//! schema (every field optional, unknown keys refused) and the command-line
+//! and environment interface (clap), so that `carapace serve --help`
+//! documents every setting and the two can never drift apart.
+//! [`SettingsArgs::resolve`] fills in defaults and validates, producing
+//! [`Settings`], which the rest of the program uses.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+/// Every setting, each optional: the shape of the TOML file and of the
+/// command-line flags and `CARAPACE_*` variables.
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsArgs {
+    /// Address and port to listen on.
+    /// [default: 127.0.0.1:8080]
+    #[arg(long, env = "CARAPACE_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Directory for the embedded defaults: SQLite database, local object
+    /// store and the generated master key.
+    /// [default: ./carapace-data]
+    #[arg(long, env = "CARAPACE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Database URL: `sqlite://PATH` or `postgres://USER:PASSWORD@HOST/DB`.
+    /// Never logged. [default: sqlite://<data-dir>/carapace.db]
+    #[arg(
+        long,
+        env = "CARAPACE_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+
+    /// Maximum number of pooled database connections. [default: 16]
+    #[arg(long, env = "CARAPACE_DATABASE_MAX_CONNECTIONS", value_name = "N")]
+    pub database_max_connections: Option<u32>,
+
+    /// Object store URL: `file:///ABSOLUTE/PATH` or `memory://`.
+    /// [default: file://<data-dir>/objects]
+    #[arg(long, env = "CARAPACE_OBJECT_STORE_URL", value_name = "URL")]
+    pub object_store_url: Option<String>,
+
+    /// File holding the 256-bit master key (hex). Created with mode 0600 if
+    /// missing, never overwritten. [default: <data-dir>/master.key]
+    #[arg(long, env = "CARAPACE_MASTER_KEY_FILE", value_name = "PATH")]
+    pub master_key_file: Option<PathBuf>,
+
+    /// Log filter in `tracing` syntax, e.g. `info` or `carapace_api=debug`.
+    /// [default: info]
+    #[arg(long, env = "CARAPACE_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+
+    /// Log format: `auto` (JSON unless standard output is a terminal),
+    /// `json` or `text`. [default: auto]
+    #[arg(long, env = "CARAPACE_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// Largest accepted JSON request body, in bytes; larger ones get 413.
+    /// [default: 65536]
+    #[arg(long, env = "CARAPACE_MAX_JSON_BYTES", value_name = "BYTES")]
+    pub max_json_bytes: Option<usize>,
+
+    /// Seconds that in-flight requests get to finish after SIGTERM/SIGINT.
+    /// [default: 30]
+    #[arg(long, env = "CARAPACE_SHUTDOWN_TIMEOUT_SECS", value_name = "SECS")]
+    pub shutdown_timeout_secs: Option<u64>,
+
+    /// HTTP worker threads. [default: number of CPUs]
+    #[arg(long, env = "CARAPACE_HTTP_WORKERS", value_name = "N")]
+    pub http_workers: Option<usize>,
+
+    /// How long a verified API key may be served from memory before the
+    /// database is asked again, in milliseconds. Bounds how long a
+    /// revocation made on another replica takes to apply; at most 1000.
+    /// [default: 1000]
+    #[arg(long, env = "CARAPACE_AUTH_CACHE_TTL_MS", value_name = "MS")]
+    pub auth_cache_ttl_ms: Option<u64>,
+
+    /// If set, `/metrics` requires `Authorization: Bearer <token>`.
+    /// Never logged. [default: unset, /metrics is open]
+    #[arg(
+        long,
+        env = "CARAPACE_METRICS_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub metrics_token: Option<String>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// JSON when standard output is not a terminal, text otherwise.
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// Complete, validated settings.
+#[derive(Debug)]
+pub struct Settings {
+    /// Where the HTTP server listens.
+    pub listen: SocketAddr,
+    /// Directory of the embedded defaults.
+    pub data_dir: PathBuf,
+    /// Database URL (may hold a password).
+    pub database_url: Secret<String>,
+    /// Pool size.
+    pub database_max_connections: u32,
+    /// Object store URL.
+    pub object_store_url: String,
+    /// Master key file.
+    pub master_key_file: PathBuf,
+    /// Log filter.
+    pub log: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// JSON body limit in bytes.
+    pub max_json_bytes: usize,
+    /// Graceful shutdown deadline.
+    pub shutdown_timeout: Duration,
+    /// HTTP worker threads.
+    pub http_workers: usize,
+    /// API key verification cache lifetime.
+    pub auth_cache_ttl: Duration,
+    /// Bearer token guarding `/metrics`, if any.
+    pub metrics_token: Option<Secret<String>>,
+}
+
+/// The limit above which a revocation would take too long to apply.
+pub const MAX_AUTH_CACHE_TTL_MS: u64 = 1000;
+
+impl SettingsArgs {
+    /// Reads a TOML settings file.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("failed to read settings file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid settings file {}", path.display()))
+    }
+
+    /// `self` over `lower`: each setting given in `self` wins.
+    pub fn over(self, lower: Self) -> Self {
+        Self {
+            listen: self.listen.or(lower.listen),
+            data_dir: self.data_dir.or(lower.data_dir),
+            database_url: self.database_url.or(lower.database_url),
+            database_max_connections: self
+                .database_max_connections
+                .or(lower.database_max_connections),
+            object_store_url: self.object_store_url.or(lower.object_store_url),
+            master_key_file: self.master_key_file.or(lower.master_key_file),
+            log: self.log.or(lower.log),
+            log_format: self.log_format.or(lower.log_format),
+            max_json_bytes: self.max_json_bytes.or(lower.max_json_bytes),
+            shutdown_timeout_secs: self.shutdown_timeout_secs.or(lower.shutdown_timeout_secs),
+            http_workers: self.http_workers.or(lower.http_workers),
+            auth_cache_ttl_ms: self.auth_cache_ttl_ms.or(lower.auth_cache_ttl_ms),
+            metrics_token: self.metrics_token.or(lower.metrics_token),
+        }
+    }
+
+    /// Fills in defaults and validates.
+    pub fn resolve(self) -> anyhow::Result<Settings> {
+        let data_dir = self
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from("carapace-data"));
+        let data_dir = std::path::absolute(&data_dir)
+            .with_context(|| format!("invalid data directory {}", data_dir.display()))?;
+        let database_url = self.database_url.unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                data_dir.join("carapace.db").display()
+            )
+        });
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://"))
+        {
+            bail!("database_url must start with sqlite:// or postgres://");
+        }
+        let object_store_url = self
+            .object_store_url
+            .unwrap_or_else(|| format!("file://{}", data_dir.join("objects").display()));
+        let max_json_bytes = self.max_json_bytes.unwrap_or(64 * 1024);
+        if !(1024..=16 * 1024 * 1024).contains(&max_json_bytes) {
+            bail!("max_json_bytes must be between 1024 and 16777216");
+        }
+        let auth_cache_ttl_ms = self.auth_cache_ttl_ms.unwrap_or(MAX_AUTH_CACHE_TTL_MS);
+        if auth_cache_ttl_ms > MAX_AUTH_CACHE_TTL_MS {
+            bail!("auth_cache_ttl_ms must be at most {MAX_AUTH_CACHE_TTL_MS}");
+        }
+        let database_max_connections = self.database_max_connections.unwrap_or(16);
+        if database_max_connections == 0 {
+            bail!("database_max_connections must be at least 1");
+        }
+        let http_workers = match self.http_workers {
+            Some(0) => bail!("http_workers must be at least 1"),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(2, usize::from),
+        };
+        Ok(Settings {
+            listen: self
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            master_key_file: self
+                .master_key_file
+                .unwrap_or_else(|| data_dir.join("master.key")),
+            data_dir,
+            database_url: Secret::new(database_url),
+            database_max_connections,
+            object_store_url,
+            log: self.log.unwrap_or_else(|| "info".to_owned()),
+            log_format: self.log_format.unwrap_or(LogFormat::Auto),
+            max_json_bytes,
+            shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs.unwrap_or(30)),
+            http_workers,
+            auth_cache_ttl: Duration::from_millis(auth_cache_ttl_ms),
+            metrics_token: self.metrics_token.map(Secret::new),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_live_under_the_data_dir() {
+        let settings = SettingsArgs::default().resolve().unwrap();
+        assert_eq!(settings.listen.to_string(), "127.0.0.1:8080");
+        assert!(settings.data_dir.ends_with("carapace-data"));
+        assert!(settings.master_key_file.starts_with(&settings.data_dir));
+        assert!(settings.database_url.expose().starts_with("sqlite://"));
+        assert!(settings.object_store_url.starts_with("file:///"));
+    }
+
+    #[test]
+    fn flags_and_environment_win_over_the_file() {
+        let file: SettingsArgs =
+            toml::from_str("listen = \"127.0.0.1:9000\"\nlog = \"debug\"\n").unwrap();
+        let flags = SettingsArgs {
+            listen: Some("127.0.0.1:9001".parse().unwrap()),
+            ..SettingsArgs::default()
+        };
+        let settings = flags.over(file).resolve().unwrap();
+        assert_eq!(settings.listen.port(), 9001);
+        assert_eq!(settings.log, "debug");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(toml::from_str::<SettingsArgs>("lisen = \"x\"").is_err());
+        let too_slow = SettingsArgs {
+            auth_cache_ttl_ms: Some(5000),
+            ..SettingsArgs::default()
+        };
+        assert!(too_slow.resolve().is_err());
+        let mysql = SettingsArgs {
+            database_url: Some("mysql://x".into()),
+            ..SettingsArgs::default()
+        };
+        assert!(mysql.resolve().is_err());
+    }
+
+    #[test]
+    fn the_database_url_is_not_printed_by_debug() {
+        let settings = SettingsArgs {
+            database_url: Some("postgres://u:sekrit@h/db".into()),
+            ..SettingsArgs::default()
+        };
+        assert!(!format!("{:?}", settings.resolve().unwrap()).contains("sekrit"));
+    }
+}

@@ -1,0 +1,166 @@
+//! Operations that are not inside one tenant: creating tenants, resolving an
+//! API key to its tenant, and appending audit records.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    Set, TransactionTrait,
+};
+
+use super::entities::{api_key, audit_event, membership, tenant, user};
+use super::records::{ApiKey, NewApiKey, Tenant, TenantWithOwner};
+use crate::access::Role;
+use crate::audit::AuditEvent;
+use crate::auth::api_key::KeyHash;
+use crate::email::EmailAddress;
+use crate::error::{Error, Result};
+use crate::ids::{ApiKeyId, TenantId, UserId};
+
+/// Longest stored free-text audit field; longer values are cut.
+const AUDIT_TEXT_MAX: usize = 500;
+
+/// Appends one audit record on any connection or transaction.
+pub(super) async fn insert_audit<C: ConnectionTrait>(db: &C, event: AuditEvent) -> Result<()> {
+    audit_event::ActiveModel {
+        tenant_id: Set(event.tenant.map(|t| t.to_string())),
+        occurred_at: Set(Utc::now()),
+        principal: Set(cut(event.principal, 100)),
+        action: Set(event.action.to_owned()),
+        outcome: Set(event.outcome.as_str().to_owned()),
+        reason: Set(event.reason.map(|r| cut(r, AUDIT_TEXT_MAX))),
+        target: Set(event.target.map(|t| cut(t, 200))),
+        client_ip: Set(event.client_ip.map(|c| cut(c, 64))),
+        request_id: Set(event.request_id.map(|r| cut(r, 64))),
+        ..Default::default()
+    }
+    .insert(db)
+    .await?;
+    Ok(())
+}
+
+fn cut(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+/// Appends one audit record on its own.
+pub async fn record_audit(db: &DatabaseConnection, event: AuditEvent) -> Result<()> {
+    insert_audit(db, event).await
+}
+
+/// Creates a tenant, its owner (reusing the user if the email is known), the
+/// owner's membership and first API key, and the audit record, atomically.
+pub async fn create_tenant_with_owner(
+    db: &DatabaseConnection,
+    name: &str,
+    owner: &EmailAddress,
+    key: NewApiKey<'_>,
+    audit: AuditEvent,
+) -> Result<TenantWithOwner> {
+    let now = Utc::now();
+    let tenant_id = TenantId::generate();
+    let key_row = api_key::ActiveModel {
+        id: Set(ApiKeyId::generate().to_string()),
+        tenant_id: Set(tenant_id.to_string()),
+        name: Set(key.name.to_owned()),
+        prefix: Set(key.secret.prefix().to_owned()),
+        key_hash: Set(key.secret.hash().to_hex()),
+        scopes: Set(key.scopes.to_stored()),
+        role: Set(key.role.as_str().to_owned()),
+        created_by: Set(audit.principal.clone()),
+        created_at: Set(now),
+        expires_at: Set(key.expires_at),
+        last_used_at: Set(None),
+        revoked_at: Set(None),
+    };
+    let name = name.to_owned();
+    let email = owner.clone();
+    let (tenant_row, user_id, key_row) = db
+        .transaction::<_, _, Error>(|txn| {
+            Box::pin(async move {
+                let tenant_row = tenant::ActiveModel {
+                    id: Set(tenant_id.to_string()),
+                    name: Set(name),
+                    created_at: Set(now),
+                }
+                .insert(txn)
+                .await?;
+                let existing = user::Entity::find()
+                    .filter(user::Column::Email.eq(email.as_str()))
+                    .one(txn)
+                    .await?;
+                let user_id = match existing {
+                    Some(row) => row.id,
+                    None => {
+                        user::ActiveModel {
+                            id: Set(UserId::generate().to_string()),
+                            email: Set(email.as_str().to_owned()),
+                            display_name: Set(None),
+                            created_at: Set(now),
+                        }
+                        .insert(txn)
+                        .await?
+                        .id
+                    }
+                };
+                membership::ActiveModel {
+                    tenant_id: Set(tenant_id.to_string()),
+                    user_id: Set(user_id.clone()),
+                    role: Set(Role::Owner.as_str().to_owned()),
+                    created_at: Set(now),
+                }
+                .insert(txn)
+                .await?;
+                let key_row = key_row.insert(txn).await?;
+                let audit = audit
+                    .in_tenant(&tenant_id)
+                    .target(tenant_id.to_string())
+                    .reason(format!("owner {email}"));
+                insert_audit(txn, audit).await?;
+                Ok((tenant_row, user_id, key_row))
+            })
+        })
+        .await?;
+    Ok(TenantWithOwner {
+        tenant: Tenant::try_from(tenant_row)?,
+        owner_id: UserId::parse(&user_id).map_err(anyhow::Error::from)?,
+        owner_email: owner.clone(),
+        key: ApiKey::try_from(key_row)?,
+    })
+}
+
+/// Finds the key with this hash, whatever its state; the caller decides
+/// whether it may be used.
+pub async fn find_api_key_by_hash(
+    db: &DatabaseConnection,
+    hash: KeyHash,
+) -> Result<Option<ApiKey>> {
+    let row = api_key::Entity::find()
+        .filter(api_key::Column::KeyHash.eq(hash.to_hex()))
+        .one(db)
+        .await?;
+    Ok(row.map(ApiKey::try_from).transpose()?)
+}
+
+/// Records when a key was last used.
+pub async fn touch_api_key(
+    db: &DatabaseConnection,
+    id: &ApiKeyId,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    api_key::Entity::update_many()
+        .col_expr(
+            api_key::Column::LastUsedAt,
+            sea_orm::sea_query::Expr::value(now),
+        )
+        .filter(api_key::Column::Id.eq(id.as_str()))
+        .exec(db)
+        .await?;
+    Ok(())
+}

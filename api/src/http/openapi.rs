@@ -1,0 +1,59 @@
+//! The OpenAPI document, generated from the handlers' annotations.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::routes::{api_keys, audit, ops, tenant};
+
+/// The whole API.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Carapace API",
+        description = "Run autonomous AI agents for many tenants, each in a hardened sandbox. \
+            Authenticate with `Authorization: Bearer <API key>`. Errors are \
+            `application/problem+json` documents whose `type` is \
+            `urn:carapace:problem:<code>`.",
+    ),
+    paths(
+        tenant::get_tenant,
+        api_keys::create_key,
+        api_keys::list_keys,
+        api_keys::revoke_key,
+        audit::list_audit,
+        ops::healthz,
+        ops::readyz,
+        ops::metrics,
+    ),
+    components(schemas(crate::http::problem::Problem)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "tenant", description = "The caller's tenant"),
+        (name = "api-keys", description = "API keys: created, listed, revoked"),
+        (name = "audit", description = "The append-only audit log"),
+        (name = "operations", description = "Health, readiness, metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API key, `cpk_…`"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The document as JSON.
+pub fn render() -> anyhow::Result<String> {
+    Ok(ApiDoc::openapi().to_pretty_json()?)
+}

@@ -1,0 +1,8 @@
+//! One module per resource, each with a `configure` that registers its
+//! routes.
+
+pub mod api_keys;
+pub mod audit;
+pub mod docs;
+pub mod ops;
+pub mod tenant;

@@ -1,0 +1,27 @@
+//! `AppState`: what every request handler shares.
+
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+use sea_orm::DatabaseConnection;
+
+use crate::auth::Authenticator;
+use crate::http::observe::Metrics;
+use crate::master_key::MasterKey;
+use crate::secret::Secret;
+
+/// Shared, read-mostly state of the running server.
+pub struct AppState {
+    /// Database pool.
+    pub db: DatabaseConnection,
+    /// API key verification.
+    pub auth: Authenticator,
+    /// Object store.
+    pub store: Arc<dyn ObjectStore>,
+    /// Master key (wraps tenant data keys; used by the memory service).
+    pub master_key: MasterKey,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// If set, `/metrics` requires `Authorization: Bearer <this>`.
+    pub metrics_token: Option<Secret<String>>,
+}

@@ -1,0 +1,22 @@
+//! Database schema migrations for Carapace.
+//!
+//! One set of migrations serves both SQLite (the embedded default) and
+//! PostgreSQL (production): tables are described with sea-query's builders,
+//! and the few statements that differ between the two backends (triggers)
+//! branch on the backend explicitly. This crate knows nothing of HTTP or of
+//! the domain types; `carapace-api` maps rows to those.
+
+pub use sea_orm_migration::MigratorTrait;
+use sea_orm_migration::prelude::*;
+
+mod m0001_foundation;
+
+/// Every migration, in the order it is applied.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m0001_foundation::Migration)]
+    }
+}

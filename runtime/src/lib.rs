@@ -1,0 +1,15 @@
+//! The Carapace worker node.
+//!
+//! This crate is what runs on each worker host. Today it knows how much the
+//! host can offer ([`capacity`]), which is what a worker will report in its
+//! heartbeats; sandboxes, images and the egress proxy are to come.
+//!
+//! It knows nothing of tenants, HTTP or billing: it is told what to run by the
+//! scheduler and reports back what happened. Nothing in it calls libcontainer
+//! from inside tokio: container operations are blocking and process-global
+//! (they fork and change namespaces), so they run on dedicated threads, never
+//! on an async executor's workers.
+
+pub mod capacity;
+
+pub use capacity::{Capacity, CapacityError};
