@@ -1,0 +1,303 @@
+//! API keys: creation shows the secret once, roles and scopes are enforced,
+//! revoked and expired keys are refused, and every step is audited.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::helpers::{assert_problem, spawn_app};
+
+#[tokio::test]
+async fn a_new_key_is_shown_once_and_works() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("Acme").await;
+
+    let (status, created) = app
+        .create_key(
+            &acme.key,
+            json!({"name": "ci", "scopes": ["api"], "role": "admin"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let secret = created["key"].as_str().unwrap();
+    assert!(secret.starts_with("cpk_"));
+    assert!(secret.starts_with(created["prefix"].as_str().unwrap()));
+    assert!(created["id"].as_str().unwrap().starts_with("key_"));
+
+    let me = app.get("/v1/tenant", secret).send().await.unwrap();
+    assert_eq!(me.status(), 200);
+    let me: serde_json::Value = me.json().await.unwrap();
+    assert_eq!(me["id"], acme.id);
+    assert_eq!(me["role"], "admin");
+
+    let list = app.get("/v1/api-keys", &acme.key).send().await.unwrap();
+    let text = list.text().await.unwrap();
+    assert!(text.contains(created["id"].as_str().unwrap()));
+    assert!(
+        !text.contains(secret),
+        "a listing must never contain a secret"
+    );
+    assert!(!text.contains("key_hash"));
+}
+
+#[tokio::test]
+async fn members_cannot_manage_keys_and_nobody_can_mint_a_stronger_key() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("Acme").await;
+    let (_, admin) = app
+        .create_key(&acme.key, json!({"name": "admin", "role": "admin"}))
+        .await;
+    let (_, member) = app.create_key(&acme.key, json!({"name": "member"})).await;
+    assert_eq!(member["role"], "member");
+
+    let res = app
+        .get("/v1/api-keys", member["key"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 403, "forbidden").await;
+
+    let res = app
+        .request(Method::POST, "/v1/api-keys", admin["key"].as_str().unwrap())
+        .json(&json!({"name": "escalate", "role": "owner"}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 403, "forbidden").await;
+
+    let denied = app.audit(&acme.key, "?outcome=denied").await;
+    assert!(denied.iter().any(|r| r["principal"]
+        == format!("api_key:{}", member["id"].as_str().unwrap())
+        && r["reason"].as_str().unwrap().contains("role")));
+}
+
+#[tokio::test]
+async fn a_key_without_the_api_scope_cannot_use_the_rest_api() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("Acme").await;
+    let (status, gateway_only) = app
+        .create_key(&acme.key, json!({"name": "gw", "scopes": ["gateway"]}))
+        .await;
+    assert_eq!(status, 201);
+    let res = app
+        .get("/v1/tenant", gateway_only["key"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(res, 403, "forbidden").await;
+    assert!(problem["detail"].as_str().unwrap().contains("api"));
+}
+
+#[tokio::test]
+async fn a_revoked_key_is_refused_at_once_and_the_audit_log_says_so() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("Acme").await;
+    let (_, created) = app.create_key(&acme.key, json!({"name": "doomed"})).await;
+    let id = created["id"].as_str().unwrap();
+    let secret = created["key"].as_str().unwrap();
+    // Warm the cache so that revocation must invalidate it.
+    assert_eq!(
+        app.get("/v1/tenant", secret).send().await.unwrap().status(),
+        200
+    );
+
+    let res = app
+        .request(Method::DELETE, &format!("/v1/api-keys/{id}"), &acme.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let res = app.get("/v1/tenant", secret).send().await.unwrap();
+    let problem = assert_problem(res, 401, "unauthenticated").await;
+    assert!(problem["detail"].as_str().unwrap().contains("revoked"));
+
+    // Revoking again is harmless.
+    let again = app
+        .request(Method::DELETE, &format!("/v1/api-keys/{id}"), &acme.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 204);
+
+    let records = app.audit(&acme.key, "").await;
+    let actions: Vec<(&str, &str)> = records
+        .iter()
+        .filter(|r| r["target"] == id || r["principal"] == format!("api_key:{id}"))
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap(),
+                r["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        actions.contains(&("api_key.create", "success")),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&("api_key.revoke", "success")),
+        "{actions:?}"
+    );
+    assert!(actions.contains(&("tenant.read", "denied")), "{actions:?}");
+    let refusal = records
+        .iter()
+        .find(|r| r["outcome"] == "denied" && r["principal"] == format!("api_key:{id}"))
+        .unwrap();
+    assert_eq!(refusal["reason"], "API key revoked");
+    assert_eq!(refusal["client_ip"], "127.0.0.1");
+    assert!(refusal["request_id"].is_string());
+}
+
+#[tokio::test]
+async fn a_key_revoked_on_another_replica_stops_working_within_a_second() {
+    let app = spawn_app().await;
+    let replica = app.spawn_replica().await;
+    let acme = app.create_tenant("Acme").await;
+    let (_, created) = app.create_key(&acme.key, json!({"name": "shared"})).await;
+    let secret = created["key"].as_str().unwrap();
+    // The replica has verified (and cached) the key.
+    assert_eq!(
+        replica
+            .get("/v1/tenant", secret)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let res = app
+        .request(
+            Method::DELETE,
+            &format!("/v1/api-keys/{}", created["id"].as_str().unwrap()),
+            &acme.key,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let revoked_at = Instant::now();
+    loop {
+        let status = replica
+            .get("/v1/tenant", secret)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            revoked_at.elapsed() < Duration::from_millis(1200),
+            "the replica still accepted a revoked key after {:?}",
+            revoked_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_expired_key_is_refused() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("Acme").await;
+    let expires_at = chrono::Utc::now() + chrono::TimeDelta::milliseconds(1500);
+    let (status, created) = app
+        .create_key(
+            &acme.key,
+            json!({"name": "brief", "expires_at": expires_at}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let secret = created["key"].as_str().unwrap();
+    assert_eq!(
+        app.get("/v1/tenant", secret).send().await.unwrap().status(),
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let res = app.get("/v1/tenant", secret).send().await.unwrap();
+    let problem = assert_problem(res, 401, "unauthenticated").await;
+    assert!(problem["detail"].as_str().unwrap().contains("expired"));
+    let denied = app
+        .audit(&acme.key, "?outcome=denied&action=tenant.read")
+        .await;
+    assert_eq!(denied[0]["reason"], "API key expired");
+}
+
+#[tokio::test]
+async fn keys_that_do_not_exist_or_are_not_keys_are_refused() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("Acme").await;
+    let forged = format!("cpk_{}", "A".repeat(43));
+    for key in [
+        forged.as_str(),
+        "not-a-key",
+        &acme.key[..acme.key.len() - 1],
+    ] {
+        let res = app.get("/v1/tenant", key).send().await.unwrap();
+        assert!(res.headers().get("www-authenticate").is_some());
+        assert_problem(res, 401, "unauthenticated").await;
+    }
+    let res = app
+        .client
+        .get(format!("{}/v1/tenant", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 401, "unauthenticated").await;
+    let res = app
+        .client
+        .get(format!("{}/v1/tenant", app.address))
+        .header("authorization", format!("Basic {}", acme.key))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 401, "unauthenticated").await;
+}
+
+#[tokio::test]
+async fn the_audit_log_filters_by_principal_outcome_time_and_pages() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("Acme").await;
+    let before = chrono::Utc::now();
+    for i in 0..5 {
+        let (status, _) = app
+            .create_key(&acme.key, json!({"name": format!("k{i}")}))
+            .await;
+        assert_eq!(status, 201);
+    }
+    let all = app.audit(&acme.key, "?action=api_key.create").await;
+    assert_eq!(all.len(), 5);
+    let since = app
+        .audit(
+            &acme.key,
+            &format!(
+                "?since={}",
+                before
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                    .replace('+', "%2B")
+            ),
+        )
+        .await;
+    assert!(since.iter().all(|r| r["action"] != "tenant.create"));
+    assert!(since.len() >= 5);
+
+    let res = app
+        .get("/v1/audit?limit=2&action=api_key.create", &acme.key)
+        .send()
+        .await
+        .unwrap();
+    let page: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(page["data"].as_array().unwrap().len(), 2);
+    let next = page["next_before"].as_i64().unwrap();
+    let rest = app
+        .audit(&acme.key, &format!("?before={next}&action=api_key.create"))
+        .await;
+    assert_eq!(rest.len(), 3);
+    assert!(rest.iter().all(|r| r["id"].as_i64().unwrap() < next));
+
+    let by_cli = app.audit(&acme.key, "?principal=cli").await;
+    assert_eq!(by_cli.len(), 1);
+    assert_eq!(by_cli[0]["action"], "tenant.create");
+}

@@ -1,0 +1,234 @@
+//! The real `carapace` binary, started the way an operator would: no
+//! configuration, in an empty directory.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::{fresh_database_url, test_database};
+
+const BIN: &str = env!("CARGO_BIN_EXE_carapace");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `carapace` in `dir` with only the given environment (plus PATH).
+fn carapace(dir: &Path, database_url: Option<&str>) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap());
+    if let Some(url) = database_url {
+        cmd.env("CARAPACE_DATABASE_URL", url);
+    }
+    cmd
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(dir: &Path, database_url: Option<&str>) -> Server {
+        let port = free_port();
+        let child = carapace(dir, database_url)
+            .arg("serve")
+            .env("CARAPACE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("CARAPACE_SHUTDOWN_TIMEOUT_SECS", "5")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let server = Server { child, port };
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "carapace serve did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// SIGTERM, then wait; returns (exit success, stdout, stderr).
+    fn stop(self) -> (bool, String, String) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let output = self.child.wait_with_output().unwrap();
+        (
+            output.status.success(),
+            String::from_utf8(output.stdout).unwrap(),
+            String::from_utf8(output.stderr).unwrap(),
+        )
+    }
+}
+
+fn create_tenant(dir: &Path, database_url: Option<&str>) -> String {
+    let output = carapace(dir, database_url)
+        .args([
+            "tenant",
+            "create",
+            "Acme Corp",
+            "--owner",
+            "ada@example.com",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let key = stdout.lines().last().unwrap().trim().to_owned();
+    assert!(
+        key.starts_with("cpk_"),
+        "the key must be alone on the last line: {stdout}"
+    );
+    key
+}
+
+#[tokio::test]
+async fn serve_with_no_configuration_creates_the_data_dir_and_a_restart_reuses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // On SQLite the binary uses nothing but its defaults; on PostgreSQL the
+    // database URL is the only setting given.
+    let pg_url = match test_database() {
+        "postgres" => Some(fresh_database_url(&dir).await),
+        _ => None,
+    };
+    let pg = pg_url.as_deref();
+    let key = create_tenant(dir.path(), pg);
+
+    let data = dir.path().join("carapace-data");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "the data dir must be private");
+    if pg.is_none() {
+        assert!(data.join("carapace.db").is_file());
+    }
+
+    let client = reqwest::Client::new();
+    let server = Server::start(dir.path(), pg);
+    assert!(data.join("objects").is_dir());
+    assert_eq!(mode(&data.join("master.key")), 0o600);
+    let master_key = std::fs::read(data.join("master.key")).unwrap();
+    let res = client
+        .get(server.url("/v1/tenant"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let ready = client.get(server.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let (ok, stdout, stderr) = server.stop();
+    assert!(ok, "SIGTERM must end in a clean exit: {stderr}");
+
+    // Logs are JSON lines (stdout is not a terminal), each request carries a
+    // request id, and no secret appears anywhere.
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    assert!(lines.iter().any(|l| {
+        l["message"] == "request served"
+            && l["span"]["request_id"]
+                .as_str()
+                .is_some_and(|id| !id.is_empty())
+    }));
+    assert!(lines.iter().any(|l| l["message"] == "shut down"));
+    let key_hex: String = master_key.iter().map(|b| *b as char).collect();
+    for text in [&stdout, &stderr] {
+        assert!(!text.contains(&key), "an API key reached the logs");
+        assert!(
+            !text.contains(key_hex.trim()),
+            "the master key reached the logs"
+        );
+    }
+
+    // A second start keeps the same key file and database.
+    let server = Server::start(dir.path(), pg);
+    let res = client
+        .get(server.url("/v1/tenant"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["name"], "Acme Corp");
+    assert!(server.stop().0);
+    assert_eq!(std::fs::read(data.join("master.key")).unwrap(), master_key);
+}
+
+#[test]
+fn bad_configuration_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("carapace.toml"),
+        "lisen = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let output = carapace(dir.path(), None)
+        .args(["serve", "--config", "carapace.toml"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("unknown field `lisen`"), "{stderr}");
+
+    let output = carapace(dir.path(), None)
+        .args(["tenant", "create", "Acme", "--owner", "not-an-email"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8(output.stderr)
+            .unwrap()
+            .contains("not a valid email")
+    );
+}
+
+#[test]
+fn settings_come_from_the_file_with_environment_over_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("carapace.toml"),
+        format!("listen = \"127.0.0.1:1\"\ndata_dir = \"from-file\"\n"),
+    )
+    .unwrap();
+    let mut child = carapace(dir.path(), None)
+        .args(["serve", "--config", "carapace.toml"])
+        .env("CARAPACE_LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "did not listen on the env port"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(dir.path().join("from-file/master.key").is_file());
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -1,0 +1,182 @@
+//! `spawn_app` and the `TestApp` request helpers.
+
+use carapace_api::audit::Actor;
+use carapace_api::bootstrap::{self, Application};
+use carapace_api::config::SettingsArgs;
+use reqwest::{Method, RequestBuilder, StatusCode};
+use sea_orm::{ConnectionTrait, DatabaseConnection};
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// A running server and what the test needs to talk to it.
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub db: DatabaseConnection,
+    pub database_url: String,
+    _dir: TempDir,
+}
+
+/// A tenant made for a test, with its owner's key.
+pub struct TestTenant {
+    pub id: String,
+    pub key: String,
+}
+
+/// Which database the suite runs against.
+pub fn test_database() -> &'static str {
+    match std::env::var("CARAPACE_TEST_DATABASE").as_deref() {
+        Ok("postgres") => "postgres",
+        Ok("sqlite") | Err(_) => "sqlite",
+        Ok(other) => panic!("CARAPACE_TEST_DATABASE must be sqlite or postgres, not {other}"),
+    }
+}
+
+/// A fresh, empty database URL for one test.
+pub async fn fresh_database_url(dir: &TempDir) -> String {
+    if test_database() == "sqlite" {
+        return format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
+    }
+    let admin_url = std::env::var("CARAPACE_TEST_POSTGRES_URL").expect(
+        "CARAPACE_TEST_DATABASE=postgres needs CARAPACE_TEST_POSTGRES_URL (infra/test sets both)",
+    );
+    let name = format!("carapace_test_{}", uuid::Uuid::now_v7().simple());
+    let admin = sea_orm::Database::connect(&admin_url).await.unwrap();
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    let (base, _) = admin_url.rsplit_once('/').unwrap();
+    format!("{base}/{name}")
+}
+
+/// Starts a server on a fresh database.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts a server on a fresh database, with settings adjusted by `adjust`.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut SettingsArgs)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = fresh_database_url(&dir).await;
+    start(dir, database_url, adjust).await
+}
+
+async fn start(
+    dir: TempDir,
+    database_url: String,
+    adjust: impl FnOnce(&mut SettingsArgs),
+) -> TestApp {
+    if std::env::var_os("TEST_LOG").is_some() {
+        carapace_api::telemetry::init("info", carapace_api::config::LogFormat::Text);
+    }
+    let mut args = SettingsArgs {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        data_dir: Some(dir.path().join("data")),
+        database_url: Some(database_url.clone()),
+        database_max_connections: Some(4),
+        http_workers: Some(1),
+        shutdown_timeout_secs: Some(1),
+        ..SettingsArgs::default()
+    };
+    adjust(&mut args);
+    let settings = args.resolve().unwrap();
+    let app = Application::build(&settings).await.unwrap();
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let db = app.db().clone();
+    tokio::spawn(app.run());
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        db,
+        database_url,
+        _dir: dir,
+    }
+}
+
+impl TestApp {
+    /// A second server process-equivalent on the same database: another
+    /// control-plane replica with its own caches.
+    pub async fn spawn_replica(&self) -> TestApp {
+        start(
+            tempfile::tempdir().unwrap(),
+            self.database_url.clone(),
+            |_| {},
+        )
+        .await
+    }
+
+    /// Creates a tenant the way `carapace tenant create` does.
+    pub async fn create_tenant(&self, name: &str) -> TestTenant {
+        let (created, secret) = bootstrap::create_tenant(
+            &self.db,
+            name,
+            &format!("owner@{}.example.com", name.to_lowercase()),
+            &Actor::cli(),
+        )
+        .await
+        .unwrap();
+        TestTenant {
+            id: created.tenant.id.to_string(),
+            key: secret.reveal().to_owned(),
+        }
+    }
+
+    /// A request with a bearer key.
+    pub fn request(&self, method: Method, path: &str, key: &str) -> RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.address))
+            .bearer_auth(key)
+    }
+
+    /// `GET` with a bearer key.
+    pub fn get(&self, path: &str, key: &str) -> RequestBuilder {
+        self.request(Method::GET, path, key)
+    }
+
+    /// `POST /v1/api-keys` with `body`; returns status and JSON.
+    pub async fn create_key(&self, key: &str, body: Value) -> (StatusCode, Value) {
+        let res = self
+            .request(Method::POST, "/v1/api-keys", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The caller's audit records, newest first.
+    pub async fn audit(&self, key: &str, query: &str) -> Vec<Value> {
+        let res = self
+            .get(&format!("/v1/audit{query}"), key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.unwrap();
+        body["data"].as_array().unwrap().clone()
+    }
+}
+
+/// Asserts that `res` is a problem document with this status and code, and
+/// returns it.
+pub async fn assert_problem(res: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(res.status().as_u16(), status, "unexpected status");
+    let content_type = res
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    assert!(res.headers().get("x-request-id").is_some());
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["type"], format!("urn:carapace:problem:{code}"));
+    assert_eq!(body["status"], status);
+    assert!(body["title"].is_string() && body["detail"].is_string());
+    body
+}

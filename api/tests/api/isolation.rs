@@ -1,0 +1,103 @@
+//! Tenant isolation: tenant A's key sees nothing of tenant B. Each resource
+//! of B that exists is listed in `CASES` — adding a future endpoint to the
+//! matrix is one line.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, TestTenant, spawn_app};
+
+/// How a case is checked.
+enum Expect {
+    /// Addressing B's resource by id answers 404, exactly as for an id that
+    /// does not exist.
+    NotFound,
+    /// A listing answers 200 and mentions none of B's ids or names.
+    ListsNothingOfB,
+}
+
+/// One endpoint. `{key}` in the path is replaced with the id of an API key
+/// of tenant B.
+struct Case(Method, &'static str, Expect);
+
+const CASES: &[Case] = &[
+    Case(Method::DELETE, "/v1/api-keys/{key}", Expect::NotFound),
+    Case(Method::GET, "/v1/api-keys", Expect::ListsNothingOfB),
+    Case(Method::GET, "/v1/audit", Expect::ListsNothingOfB),
+    Case(Method::GET, "/v1/tenant", Expect::ListsNothingOfB),
+];
+
+/// Everything tenant B owns, for substitution and for leak checks.
+struct Fixture {
+    b: TestTenant,
+    b_key_id: String,
+}
+
+async fn fixture(app: &TestApp) -> Fixture {
+    let b = app.create_tenant("Bravo").await;
+    let (status, key) = app
+        .create_key(&b.key, json!({"name": "bravo-secret-key"}))
+        .await;
+    assert_eq!(status, 201);
+    Fixture {
+        b_key_id: key["id"].as_str().unwrap().to_owned(),
+        b,
+    }
+}
+
+#[tokio::test]
+async fn a_tenant_never_sees_or_touches_another_tenants_resources() {
+    let app = spawn_app().await;
+    let a = app.create_tenant("Alpha").await;
+    let f = fixture(&app).await;
+    let secrets_of_b = [
+        f.b.id.as_str(),
+        f.b_key_id.as_str(),
+        "Bravo",
+        "bravo-secret-key",
+    ];
+
+    for Case(method, template, expect) in CASES {
+        let path = template.replace("{key}", &f.b_key_id);
+        let res = app
+            .request(method.clone(), &path, &a.key)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        let body = res.text().await.unwrap();
+        match expect {
+            Expect::NotFound => {
+                assert_eq!(status, 404, "{method} {path}: {body}");
+                // Same answer as for an id that never existed.
+                let missing = template.replace("{key}", "key_00000000000000000000000000000000");
+                let res = app
+                    .request(method.clone(), &missing, &a.key)
+                    .send()
+                    .await
+                    .unwrap();
+                let missing_body: Value = res.json().await.unwrap();
+                let body: Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(body, missing_body, "{method} {path}");
+            }
+            Expect::ListsNothingOfB => assert_eq!(status, 200, "{method} {path}: {body}"),
+        }
+        for secret in secrets_of_b {
+            assert!(
+                !body.contains(secret),
+                "{method} {path} leaked {secret}: {body}"
+            );
+        }
+    }
+
+    // B's resources are untouched by A's attempts.
+    let res = app.get("/v1/api-keys", &f.b.key).send().await.unwrap();
+    let keys: Value = res.json().await.unwrap();
+    let b_key = keys["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == f.b_key_id.as_str())
+        .unwrap();
+    assert!(b_key["revoked_at"].is_null());
+}

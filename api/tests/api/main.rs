@@ -1,0 +1,13 @@
+//! Integration tests of the control plane: each test starts the real HTTP
+//! server on port 0 against a fresh database (SQLite by default, PostgreSQL
+//! when `CARAPACE_TEST_DATABASE=postgres`; see `infra/test`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod api_keys;
+mod bad_input;
+mod binary;
+mod helpers;
+mod isolation;
+mod operations;
+mod repository;
