@@ -1,8 +1,6 @@
 //! Start-up: turning settings into a ready application (data directory,
 //! master key, database, object store), and the operator's tenant creation.
 
-use std::sync::Arc;
-
 use actix_web::dev::Server;
 use actix_web::web;
 use anyhow::Context;
@@ -49,7 +47,7 @@ impl Application {
         let state = web::Data::new(AppState {
             auth: Authenticator::new(db.clone(), settings.auth_cache_ttl),
             db,
-            store: Arc::from(store),
+            store,
             master_key,
             metrics: Metrics::new()?,
             metrics_token: settings.metrics_token.clone(),

@@ -210,7 +210,7 @@ fn settings_come_from_the_file_with_environment_over_it() {
     let port = free_port();
     std::fs::write(
         dir.path().join("carapace.toml"),
-        format!("listen = \"127.0.0.1:1\"\ndata_dir = \"from-file\"\n"),
+        "listen = \"127.0.0.1:1\"\ndata_dir = \"from-file\"\n",
     )
     .unwrap();
     let mut child = carapace(dir.path(), None)
