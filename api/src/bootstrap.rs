@@ -71,12 +71,36 @@ impl Application {
         &self.state.db
     }
 
-    /// Runs until SIGTERM/SIGINT, then shuts down gracefully.
+    /// Runs until SIGTERM or SIGINT, then shuts down gracefully: stops
+    /// accepting connections and gives in-flight requests the configured
+    /// deadline to finish.
     pub async fn run(self) -> anyhow::Result<()> {
-        self.server.await.context("HTTP server failed")?;
+        let handle = self.server.handle();
+        let server = self.server;
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => result.context("HTTP server failed")?,
+            signal = shutdown_signal() => {
+                tracing::info!(signal = signal?, "shutting down: finishing in-flight requests");
+                // The server future must keep running to carry out the stop.
+                let ((), result) = tokio::join!(handle.stop(true), &mut server);
+                result.context("HTTP server failed")?;
+            }
+        }
         tracing::info!("shut down");
         Ok(())
     }
+}
+
+/// Waits for SIGTERM or SIGINT and says which.
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("failed to listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("failed to listen for SIGINT")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
 }
 
 /// Creates the data directory, private to the service's user (it holds the

@@ -72,7 +72,7 @@ pub struct SettingsArgs {
     #[arg(long, env = "CARAPACE_MAX_JSON_BYTES", value_name = "BYTES")]
     pub max_json_bytes: Option<usize>,
 
-    /// Seconds that in-flight requests get to finish after SIGTERM/SIGINT.
+    /// Seconds that in-flight requests get to finish after SIGTERM or SIGINT.
     /// [default: 30]
     #[arg(long, env = "CARAPACE_SHUTDOWN_TIMEOUT_SECS", value_name = "SECS")]
     pub shutdown_timeout_secs: Option<u64>,

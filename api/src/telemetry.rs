@@ -11,15 +11,24 @@ use crate::config::LogFormat;
 /// Installs the global subscriber. Safe to call more than once (tests): later
 /// calls leave the first subscriber in place.
 pub fn init(filter: &str, format: LogFormat) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
+    init_with_writer(filter, json, std::io::stdout);
+}
+
+/// Installs the global subscriber writing to `writer` (benchmarks use a
+/// sink, to pay for formatting without flooding their output).
+pub fn init_with_writer<W>(filter: &str, json: bool, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout)
+        .with_writer(writer)
         .with_target(true);
     let result = if json {
         builder

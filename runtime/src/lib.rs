@@ -7,8 +7,8 @@
 //! It knows nothing of tenants, HTTP or billing: it is told what to run by the
 //! scheduler and reports back what happened. Nothing in it calls libcontainer
 //! from inside tokio: container operations are blocking and process-global
-//! (they fork and change namespaces), so they run on dedicated threads, never
-//! on an async executor's workers.
+//! (they fork and change namespaces), so they will run in a single-threaded
+//! helper process, one operation at a time, never on an async executor.
 
 pub mod capacity;
 

@@ -1,6 +1,6 @@
-//! The HTTP server: routes, extractor configuration, middleware, and the
-//! graceful shutdown that actix-web performs on SIGTERM/SIGINT (stop
-//! accepting, let in-flight requests finish within the configured deadline).
+//! The HTTP server: routes, extractor configuration and middleware. actix's
+//! own signal handling is off (it stops at once on SIGINT); the caller
+//! decides when to stop, see `bootstrap::Application::run`.
 
 pub mod observe;
 pub mod openapi;
@@ -38,6 +38,7 @@ pub fn serve(settings: &Settings, state: web::Data<AppState>) -> anyhow::Result<
             .default_service(web::to(problem::not_found))
     })
     .workers(settings.http_workers)
+    .disable_signals()
     .shutdown_timeout(settings.shutdown_timeout.as_secs())
     .listen(listener)?
     .run();

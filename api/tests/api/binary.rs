@@ -62,13 +62,21 @@ impl Server {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    /// SIGTERM, then wait; returns (exit success, stdout, stderr).
-    fn stop(self) -> (bool, String, String) {
+    fn signal(&self, signal: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([signal, &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// SIGTERM, then wait; returns (exit success, stdout, stderr).
+    fn stop(self) -> (bool, String, String) {
+        self.signal("-TERM");
+        self.wait()
+    }
+
+    fn wait(self) -> (bool, String, String) {
         let output = self.child.wait_with_output().unwrap();
         (
             output.status.success(),
@@ -231,4 +239,58 @@ fn settings_come_from_the_file_with_environment_over_it() {
     assert!(dir.path().join("from-file/master.key").is_file());
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+async fn in_flight_request_survives(signal: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let pg_url = match test_database() {
+        "postgres" => Some(fresh_database_url(&dir).await),
+        _ => None,
+    };
+    let key = create_tenant(dir.path(), pg_url.as_deref());
+    let server = Server::start(dir.path(), pg_url.as_deref());
+
+    // Start a request and send only half of its body.
+    let body = br#"{"name": "created during shutdown"}"#;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/api-keys HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    server.signal(signal);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // No new connections are taken once shutdown has begun...
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+            .await
+            .is_err(),
+        "the server still accepts connections after {signal}"
+    );
+    // ...but the request in flight completes.
+    stream.write_all(&body[10..]).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+
+    let (ok, stdout, stderr) = server.wait();
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("finishing in-flight requests"), "{stdout}");
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_request_finish() {
+    in_flight_request_survives("-TERM").await;
+}
+
+#[tokio::test]
+async fn sigint_is_as_graceful_as_sigterm() {
+    in_flight_request_survives("-INT").await;
 }
