@@ -14,6 +14,7 @@ use crate::config::Settings;
 use crate::db::{self, NewApiKey, TenantWithOwner, platform};
 use crate::email::EmailAddress;
 use crate::http;
+use crate::gateway::{Gateway, Ledger};
 use crate::http::observe::Metrics;
 use crate::master_key::MasterKey;
 use crate::state::AppState;
@@ -24,6 +25,7 @@ pub struct Application {
     server: Server,
     port: u16,
     state: web::Data<AppState>,
+    ledger_task: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -44,13 +46,20 @@ impl Application {
             scheme = settings.object_store_url.split("://").next().unwrap_or(""),
             "object store ready"
         );
+        let metrics = Metrics::new()?;
+        let (ledger, ledger_task) = Ledger::start(db.clone());
+        let gateway = match &settings.gateway {
+            Some(config) => Some(Gateway::new(config.clone(), ledger, metrics.registry())?),
+            None => None,
+        };
         let state = web::Data::new(AppState {
             auth: Authenticator::new(db.clone(), settings.auth_cache_ttl),
             db,
             store,
             master_key,
-            metrics: Metrics::new()?,
+            metrics,
             metrics_token: settings.metrics_token.clone(),
+            gateway,
         });
         let (server, port) = http::serve(settings, state.clone())?;
         tracing::info!(address = %settings.listen.ip(), port, "listening");
@@ -58,6 +67,7 @@ impl Application {
             server,
             port,
             state,
+            ledger_task,
         })
     }
 
@@ -86,6 +96,15 @@ impl Application {
                 let ((), result) = tokio::join!(handle.stop(true), &mut server);
                 result.context("HTTP server failed")?;
             }
+        }
+        // The last senders go with the state; the writer then drains its
+        // queue and ends.
+        drop(self.state);
+        if tokio::time::timeout(std::time::Duration::from_secs(10), self.ledger_task)
+            .await
+            .is_err()
+        {
+            tracing::error!("usage ledger did not drain within 10 s");
         }
         tracing::info!("shut down");
         Ok(())

@@ -19,7 +19,7 @@ use crate::secret::Secret;
 
 /// Every setting, each optional: the shape of the TOML file and of the
 /// command-line flags and `CARAPACE_*` variables.
-#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[derive(Default, Clone, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct SettingsArgs {
     /// Address and port to listen on.
@@ -97,6 +97,20 @@ pub struct SettingsArgs {
         hide_env_values = true
     )]
     pub metrics_token: Option<String>,
+
+    /// The model gateway's providers, aliases, prices and limits: the
+    /// `[gateway]` table of the settings file only (see `gateway::config`).
+    #[arg(skip)]
+    #[serde(default)]
+    pub gateway: Option<crate::gateway::GatewayArgs>,
+}
+
+/// Prints nothing of the values: some are secrets (database URL, tokens,
+/// provider keys).
+impl std::fmt::Debug for SettingsArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SettingsArgs { .. }")
+    }
 }
 
 /// How log lines are written.
@@ -140,6 +154,8 @@ pub struct Settings {
     pub auth_cache_ttl: Duration,
     /// Bearer token guarding `/metrics`, if any.
     pub metrics_token: Option<Secret<String>>,
+    /// The model gateway, if any provider is configured.
+    pub gateway: Option<crate::gateway::GatewayConfig>,
 }
 
 /// The limit above which a revocation would take too long to apply.
@@ -171,6 +187,7 @@ impl SettingsArgs {
             http_workers: self.http_workers.or(lower.http_workers),
             auth_cache_ttl_ms: self.auth_cache_ttl_ms.or(lower.auth_cache_ttl_ms),
             metrics_token: self.metrics_token.or(lower.metrics_token),
+            gateway: self.gateway.or(lower.gateway),
         }
     }
 
@@ -231,6 +248,11 @@ impl SettingsArgs {
             http_workers,
             auth_cache_ttl: Duration::from_millis(auth_cache_ttl_ms),
             metrics_token: self.metrics_token.map(Secret::new),
+            gateway: self
+                .gateway
+                .filter(|g| !g.providers.is_empty())
+                .map(crate::gateway::GatewayArgs::resolve)
+                .transpose()?,
         })
     }
 }

@@ -21,6 +21,7 @@ pub mod config;
 pub mod db;
 pub mod email;
 pub mod error;
+pub mod gateway;
 pub mod http;
 pub mod ids;
 pub mod master_key;

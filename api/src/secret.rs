@@ -46,6 +46,13 @@ impl From<String> for Secret<String> {
     }
 }
 
+/// Secrets can be read from configuration files.
+impl<'de> serde::Deserialize<'de> for Secret<String> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret::new)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,6 +54,14 @@ permission!(
     ManageKeys, "api_key.manage", Scope::Api, Role::Admin
 );
 permission!(
+    /// Call models through the gateway.
+    UseGateway, "gateway.call", Scope::Gateway, Role::Member
+);
+permission!(
+    /// Read the tenant's usage ledger.
+    ReadUsage, "usage.read", Scope::Api, Role::Member
+);
+permission!(
     /// Read the tenant's audit log.
     ReadAudit, "audit.read", Scope::Api, Role::Admin
 );
@@ -108,11 +116,18 @@ pub fn client_ip(req: &HttpRequest) -> Option<String> {
     req.peer_addr().map(|addr| addr.ip().to_string())
 }
 
+/// The presented key: `Authorization: Bearer <key>`, or `x-api-key: <key>`
+/// (what Anthropic's clients send).
 fn bearer_token(req: &HttpRequest) -> Result<&str, Error> {
-    let header = req
-        .headers()
-        .get(AUTHORIZATION)
-        .ok_or(Error::Unauthenticated("missing Authorization header"))?;
+    let Some(header) = req.headers().get(AUTHORIZATION) else {
+        return match req.headers().get("x-api-key") {
+            Some(key) => key
+                .to_str()
+                .map(str::trim)
+                .map_err(|_| Error::Unauthenticated("malformed x-api-key header")),
+            None => Err(Error::Unauthenticated("missing Authorization header")),
+        };
+    };
     let value = header
         .to_str()
         .map_err(|_| Error::Unauthenticated("malformed Authorization header"))?;

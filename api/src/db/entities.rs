@@ -109,3 +109,33 @@ pub mod audit_event {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod gateway_usage {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "gateway_usage")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub tenant_id: String,
+        pub principal: String,
+        pub endpoint: String,
+        pub requested_model: String,
+        pub provider: String,
+        pub model: String,
+        pub input_tokens: i64,
+        pub output_tokens: i64,
+        pub cost_micro_usd: i64,
+        pub latency_ms: i64,
+        pub status: i32,
+        pub outcome: String,
+        pub day: String,
+        pub created_at: ChronoDateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

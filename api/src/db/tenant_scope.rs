@@ -32,6 +32,11 @@ impl<'a> TenantScope<'a> {
         self.tenant
     }
 
+    /// The connection, for the scope's query modules (`usage`, …).
+    pub(super) fn db(&self) -> &'a DatabaseConnection {
+        self.db
+    }
+
     /// The tenant itself.
     pub async fn tenant(&self) -> Result<Tenant> {
         let row = tenant::Entity::find_by_id(self.tenant.as_str())

@@ -51,5 +51,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(routes::docs::configure)
         .configure(routes::tenant::configure)
         .configure(routes::api_keys::configure)
-        .configure(routes::audit::configure);
+        .configure(routes::audit::configure)
+        .configure(routes::usage::configure)
+        .configure(crate::gateway::configure);
 }

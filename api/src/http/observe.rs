@@ -67,6 +67,11 @@ impl Metrics {
         self.latency.with_label_values(&labels).observe(seconds);
     }
 
+    /// The registry, for other components' collectors.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> anyhow::Result<String> {
         let mut out = Vec::new();

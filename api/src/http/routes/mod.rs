@@ -6,3 +6,4 @@ pub mod audit;
 pub mod docs;
 pub mod ops;
 pub mod tenant;
+pub mod usage;

@@ -1,0 +1,46 @@
+//! The ledger writer: gateway calls end in many places (a response sent, a
+//! stream finished, a client gone mid-stream), some of which cannot wait for
+//! the database. They hand their entry to one background task that writes
+//! it; at shutdown the task drains what is queued before the process exits.
+
+use sea_orm::DatabaseConnection;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::db::{TenantScope, UsageEntry};
+use crate::ids::TenantId;
+
+/// Sends entries to the writer.
+#[derive(Clone)]
+pub struct Ledger {
+    tx: mpsc::UnboundedSender<(TenantId, UsageEntry)>,
+}
+
+impl Ledger {
+    /// Starts the writer on the current runtime. The task ends when every
+    /// `Ledger` clone is dropped and the queue is empty.
+    pub fn start(db: DatabaseConnection) -> (Ledger, JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(TenantId, UsageEntry)>();
+        let task = tokio::spawn(async move {
+            while let Some((tenant, entry)) = rx.recv().await {
+                let scope = TenantScope::new(&db, &tenant);
+                if let Err(e) = scope.record_usage(entry.clone()).await {
+                    // Billing data: say loudly what was not recorded.
+                    tracing::error!(
+                        error = ?e, tenant_id = %tenant, model = %entry.model,
+                        input_tokens = entry.input_tokens, output_tokens = entry.output_tokens,
+                        "failed to record gateway usage"
+                    );
+                }
+            }
+        });
+        (Ledger { tx }, task)
+    }
+
+    /// Queues one entry.
+    pub fn record(&self, tenant: TenantId, entry: UsageEntry) {
+        if self.tx.send((tenant.clone(), entry)).is_err() {
+            tracing::error!(tenant_id = %tenant, "usage ledger writer has stopped; entry lost");
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The AI gateway: OpenAI- and Anthropic-compatible endpoints under
+//! `/gateway/v1` that hold the provider keys, so that no agent ever does.
+//!
+//! The hot path is short: authenticate (cached), take a rate-limit permit
+//! (in memory), rewrite the `model` field, send upstream, and pass the
+//! answer through as it arrives while a tap counts tokens. Provider keys
+//! are read from configuration into [`Secret`](crate::secret::Secret)s and
+//! leave this process only in the upstream request's header.
+//!
+//! Not here yet: per-tenant provider keys (`/v1/providers`, stored
+//! encrypted), run tokens (they come with runs), monthly budgets, and
+//! limits shared between replicas.
+
+pub mod config;
+mod ledger;
+mod limits;
+mod proxy;
+pub mod usage;
+mod wire_error;
+
+use std::sync::Arc;
+
+use actix_web::web;
+use prometheus::{HistogramOpts, HistogramVec};
+
+pub use self::config::{GatewayArgs, GatewayConfig};
+pub use self::ledger::Ledger;
+use self::limits::Limiter;
+
+/// What the gateway's handlers share.
+pub struct Gateway {
+    config: GatewayConfig,
+    client: reqwest::Client,
+    limiter: Arc<Limiter>,
+    ledger: Ledger,
+    upstream_seconds: HistogramVec,
+    overhead_seconds: HistogramVec,
+}
+
+impl Gateway {
+    /// Builds the gateway; registers its metrics in `registry`.
+    pub fn new(
+        config: GatewayConfig,
+        ledger: Ledger,
+        registry: &prometheus::Registry,
+    ) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let buckets = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];
+        let upstream_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "carapace_gateway_upstream_seconds",
+                "Time from sending a request upstream to its response headers",
+            )
+            .buckets(buckets.clone()),
+            &["provider"],
+        )?;
+        let overhead_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "carapace_gateway_overhead_seconds",
+                "Time the gateway itself adds before the client gets response headers",
+            )
+            .buckets(buckets),
+            &["endpoint"],
+        )?;
+        registry.register(Box::new(upstream_seconds.clone()))?;
+        registry.register(Box::new(overhead_seconds.clone()))?;
+        Ok(Self {
+            limiter: Limiter::new(config.requests_per_minute, config.max_concurrent),
+            config,
+            client,
+            ledger,
+            upstream_seconds,
+            overhead_seconds,
+        })
+    }
+}
+
+/// Registers the gateway's routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/gateway/v1/chat/completions", web::post().to(proxy::chat_completions))
+        .route("/gateway/v1/messages", web::post().to(proxy::messages))
+        .route("/gateway/v1/models", web::get().to(proxy::models));
+}

@@ -1,0 +1,392 @@
+//! The gateway's handlers: authenticate, limit, route to a provider with
+//! retries and fallback, and pass the answer through.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use actix_web::http::StatusCode;
+use actix_web::web::Bytes;
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::{Stream, StreamExt};
+use serde_json::{Value, json};
+
+use super::config::{Price, Target, WireFormat};
+use super::limits::Permit;
+use super::usage::{self, StreamTap, Usage};
+use super::wire_error::GatewayError;
+use super::Gateway;
+use crate::auth::extract::{Caller, UseGateway};
+use crate::db::UsageEntry;
+use crate::error::Error;
+use crate::ids::TenantId;
+use crate::state::AppState;
+
+/// Largest non-streamed upstream response passed on.
+const MAX_UPSTREAM_BODY: usize = 32 * 1024 * 1024;
+
+type GatewayCaller = Result<Caller<UseGateway>, Error>;
+
+/// `POST /gateway/v1/chat/completions` (OpenAI format).
+pub async fn chat_completions(
+    caller: GatewayCaller,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> HttpResponse {
+    let format = WireFormat::OpenAi;
+    proxy(format, caller, &state, &req, body)
+        .await
+        .unwrap_or_else(|e| e.respond(format))
+}
+
+/// `POST /gateway/v1/messages` (Anthropic format).
+pub async fn messages(
+    caller: GatewayCaller,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> HttpResponse {
+    let format = WireFormat::Anthropic;
+    proxy(format, caller, &state, &req, body)
+        .await
+        .unwrap_or_else(|e| e.respond(format))
+}
+
+/// `GET /gateway/v1/models`: aliases and every provider's models, in
+/// OpenAI's list format.
+pub async fn models(caller: GatewayCaller, state: web::Data<AppState>) -> HttpResponse {
+    let format = WireFormat::OpenAi;
+    if let Err(e) = caller {
+        return GatewayError::from(e).respond(format);
+    }
+    let Some(gateway) = &state.gateway else {
+        return not_configured().respond(format);
+    };
+    let config = &gateway.config;
+    let mut data: Vec<Value> = config
+        .aliases
+        .keys()
+        .map(|alias| json!({"id": alias, "object": "model", "created": 0, "owned_by": "carapace"}))
+        .collect();
+    for provider in &config.providers {
+        for model in &provider.models {
+            data.push(json!({"id": model, "object": "model", "created": 0, "owned_by": provider.name}));
+        }
+    }
+    HttpResponse::Ok().json(json!({"object": "list", "data": data}))
+}
+
+fn not_configured() -> GatewayError {
+    GatewayError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "gateway_not_configured",
+        "no model providers are configured on this server",
+    )
+}
+
+async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Bytes, GatewayError> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            GatewayError::new(StatusCode::BAD_REQUEST, "bad_body", format!("failed to read the body: {e}"))
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(GatewayError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("request body larger than {limit} bytes"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+fn invalid(message: impl Into<String>) -> GatewayError {
+    GatewayError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+}
+
+/// A header value safe to forward: short printable ASCII.
+fn forwardable(req: &HttpRequest, name: &str) -> Option<String> {
+    let value = req.headers().get(name)?.to_str().ok()?;
+    (value.len() <= 200 && value.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+        .then(|| value.to_owned())
+}
+
+async fn proxy(
+    format: WireFormat,
+    caller: GatewayCaller,
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, GatewayError> {
+    let started = Instant::now();
+    let caller = caller?;
+    let gateway = state.gateway.as_ref().ok_or_else(not_configured)?;
+    let body = read_body(payload, gateway.config.max_body_bytes).await?;
+    let mut json: Value = serde_json::from_slice(&body)
+        .map_err(|e| invalid(format!("the body is not valid JSON: {e}")))?;
+    if !json.is_object() {
+        return Err(invalid("the body must be a JSON object"));
+    }
+    let requested = json
+        .get("model")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty() && m.len() <= 200)
+        .ok_or_else(|| invalid("`model` must be a non-empty string"))?
+        .to_owned();
+    let streaming = json.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let targets = gateway.config.targets(&requested, format);
+    if targets.is_empty() {
+        return Err(GatewayError::new(
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!("no provider serves model `{requested}` in this format"),
+        ));
+    }
+    let permit = gateway.limiter.acquire(caller.tenant_id()).map_err(|refusal| GatewayError {
+        retry_after: Some(refusal.retry_after_secs),
+        ..GatewayError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", refusal.reason)
+    })?;
+    if streaming && format == WireFormat::OpenAi {
+        // Ask for the final usage chunk so the ledger is exact.
+        json["stream_options"]["include_usage"] = Value::Bool(true);
+    }
+
+    let call = Call {
+        gateway,
+        format,
+        tenant: caller.tenant_id().clone(),
+        principal: caller.actor().principal.clone(),
+        requested,
+        started,
+    };
+    let mut last_failure = String::from("no attempt made");
+    for target in &targets {
+        let provider = &gateway.config.providers[target.provider];
+        json["model"] = Value::String(target.model.clone());
+        let request_body = serde_json::to_vec(&json)
+            .map_err(|e| GatewayError::from(Error::Unexpected(e.into())))?;
+        for attempt in 0..=gateway.config.max_retries {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 << attempt.min(6))).await;
+            }
+            let sent = Instant::now();
+            let outcome = tokio::time::timeout(
+                gateway.config.upstream_timeout,
+                upstream_request(gateway, target, format, req, request_body.clone()).send(),
+            )
+            .await;
+            gateway
+                .upstream_seconds
+                .with_label_values(&[provider.name.as_str()])
+                .observe(sent.elapsed().as_secs_f64());
+            match outcome {
+                Ok(Ok(res)) if res.status().as_u16() == 429 || res.status().is_server_error() => {
+                    last_failure = format!("{} answered {}", provider.name, res.status());
+                }
+                Ok(Ok(res)) => {
+                    let overhead = started.elapsed().saturating_sub(sent.elapsed());
+                    gateway
+                        .overhead_seconds
+                        .with_label_values(&[call.endpoint()])
+                        .observe(overhead.as_secs_f64());
+                    return call.respond(res, target, permit).await;
+                }
+                Ok(Err(e)) => {
+                    last_failure = format!("{} could not be reached: {}", provider.name, e.without_url());
+                }
+                Err(_) => last_failure = format!("{} did not answer in time", provider.name),
+            }
+            tracing::warn!(provider = %provider.name, attempt, failure = %last_failure, "upstream attempt failed");
+        }
+    }
+    call.record(None, Usage::default(), StatusCode::BAD_GATEWAY, "upstream_failed");
+    Err(GatewayError::new(
+        StatusCode::BAD_GATEWAY,
+        "upstream_failed",
+        format!("every provider for `{}` failed; last: {last_failure}", call.requested),
+    ))
+}
+
+fn upstream_request(
+    gateway: &Gateway,
+    target: &Target,
+    format: WireFormat,
+    req: &HttpRequest,
+    body: Vec<u8>,
+) -> reqwest::RequestBuilder {
+    let provider = &gateway.config.providers[target.provider];
+    let key = provider.api_key.expose();
+    let builder = match format {
+        WireFormat::OpenAi => {
+            let b = gateway.client.post(format!("{}/chat/completions", provider.base_url));
+            if key.is_empty() { b } else { b.bearer_auth(key) }
+        }
+        WireFormat::Anthropic => {
+            let version = forwardable(req, "anthropic-version").unwrap_or_else(|| "2023-06-01".to_owned());
+            let mut b = gateway
+                .client
+                .post(format!("{}/messages", provider.base_url))
+                .header("x-api-key", key)
+                .header("anthropic-version", version);
+            if let Some(beta) = forwardable(req, "anthropic-beta") {
+                b = b.header("anthropic-beta", beta);
+            }
+            b
+        }
+    };
+    builder.header("content-type", "application/json").body(body)
+}
+
+/// One client call, for the ledger.
+struct Call<'a> {
+    gateway: &'a Gateway,
+    format: WireFormat,
+    tenant: TenantId,
+    principal: String,
+    requested: String,
+    started: Instant,
+}
+
+impl Call<'_> {
+    fn endpoint(&self) -> &'static str {
+        match self.format {
+            WireFormat::OpenAi => "chat_completions",
+            WireFormat::Anthropic => "messages",
+        }
+    }
+
+    fn entry(&self, target: Option<&Target>, used: Usage, status: StatusCode, outcome: &'static str) -> UsageEntry {
+        let (provider, model) = target.map_or((String::new(), String::new()), |t| {
+            (self.gateway.config.providers[t.provider].name.clone(), t.model.clone())
+        });
+        UsageEntry {
+            principal: self.principal.clone(),
+            endpoint: self.endpoint(),
+            requested_model: self.requested.clone(),
+            cost_micro_usd: self.gateway.config.cost_micro_usd(&model, used.input, used.output),
+            provider,
+            model,
+            input_tokens: used.input,
+            output_tokens: used.output,
+            latency_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            status: status.as_u16(),
+            outcome,
+            at: chrono::Utc::now(),
+        }
+    }
+
+    fn record(&self, target: Option<&Target>, used: Usage, status: StatusCode, outcome: &'static str) {
+        self.gateway
+            .ledger
+            .record(self.tenant.clone(), self.entry(target, used, status, outcome));
+    }
+
+    async fn respond(self, res: reqwest::Response, target: &Target, permit: Permit) -> Result<HttpResponse, GatewayError> {
+        let status = StatusCode::from_u16(res.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let content_type = res
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_owned();
+        if content_type.starts_with("text/event-stream") {
+            let pending = self.entry(Some(target), Usage::default(), status, "client_disconnected");
+            let stream = TappedStream {
+                price: self.gateway.config.prices.get(&target.model).copied(),
+                inner: Box::pin(res.bytes_stream()),
+                tap: StreamTap::new(self.format),
+                pending: Some(pending),
+                ledger: self.gateway.ledger.clone(),
+                tenant: self.tenant.clone(),
+                started: self.started,
+                _permit: permit,
+            };
+            return Ok(HttpResponse::build(status)
+                .content_type(content_type)
+                .insert_header(("cache-control", "no-cache"))
+                .streaming(stream));
+        }
+        if res.content_length().is_some_and(|n| n > MAX_UPSTREAM_BODY as u64) {
+            return Err(GatewayError::new(StatusCode::BAD_GATEWAY, "upstream_too_large", "upstream response too large"));
+        }
+        let mut body = web::BytesMut::new();
+        let mut chunks = res.bytes_stream();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| {
+                GatewayError::new(StatusCode::BAD_GATEWAY, "upstream_failed", format!("upstream broke off: {}", e.without_url()))
+            })?;
+            if body.len() + chunk.len() > MAX_UPSTREAM_BODY {
+                return Err(GatewayError::new(StatusCode::BAD_GATEWAY, "upstream_too_large", "upstream response too large"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let used = if status.is_success() { usage::from_body(self.format, &body) } else { Usage::default() };
+        self.record(Some(target), used, status, "completed");
+        drop(permit);
+        Ok(HttpResponse::build(status).content_type(content_type).body(body.freeze()))
+    }
+}
+
+/// An upstream event stream on its way to the client. It counts tokens as
+/// they pass; when it ends — or when the client goes away and actix drops
+/// it, which also drops (and so cancels) the upstream request — it writes
+/// the ledger entry and frees the concurrency slot.
+struct TappedStream {
+    inner: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>>>>,
+    tap: StreamTap,
+    pending: Option<UsageEntry>,
+    price: Option<Price>,
+    ledger: super::Ledger,
+    tenant: TenantId,
+    started: Instant,
+    _permit: Permit,
+}
+
+impl TappedStream {
+    /// Writes the ledger entry once, with what has been counted.
+    fn finish(&mut self, outcome: &'static str) {
+        if let Some(mut entry) = self.pending.take() {
+            let used = self.tap.usage;
+            entry.input_tokens = used.input;
+            entry.output_tokens = used.output;
+            entry.cost_micro_usd = self.price.map_or(0, |p| p.cost_micro_usd(used.input, used.output));
+            entry.outcome = outcome;
+            entry.latency_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.ledger.record(self.tenant.clone(), entry);
+        }
+    }
+}
+
+impl Stream for TappedStream {
+    type Item = Result<Bytes, actix_web::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                self.tap.feed(&chunk);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                tracing::warn!(error = %e.without_url(), "upstream stream broke off");
+                self.finish("upstream_failed");
+                Poll::Ready(None)
+            }
+            Poll::Ready(None) => {
+                self.finish("completed");
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for TappedStream {
+    fn drop(&mut self) {
+        // Still pending: the client left before the end. Priced with what
+        // had been counted by then.
+        self.finish("client_disconnected");
+    }
+}
