@@ -33,7 +33,9 @@ enum GatewayUsage {
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let text = |name: GatewayUsage, len: u32| ColumnDef::new(name).string_len(len).not_null().to_owned();
+        let text = |name: GatewayUsage, len: u32| {
+            ColumnDef::new(name).string_len(len).not_null().to_owned()
+        };
         let int = |name: GatewayUsage| ColumnDef::new(name).big_integer().not_null().to_owned();
         manager
             .create_table(
@@ -81,7 +83,12 @@ impl MigrationTrait for Migration {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
-            .drop_table(Table::drop().table(GatewayUsage::Table).if_exists().to_owned())
+            .drop_table(
+                Table::drop()
+                    .table(GatewayUsage::Table)
+                    .if_exists()
+                    .to_owned(),
+            )
             .await
     }
 }

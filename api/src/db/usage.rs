@@ -3,7 +3,10 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect, Set};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
+    QuerySelect, Set,
+};
 
 use super::TenantScope;
 use super::entities::gateway_usage;
@@ -92,7 +95,12 @@ impl TenantScope<'_> {
     }
 
     /// Sums the ledger between two days (inclusive, `YYYY-MM-DD`).
-    pub async fn usage_totals(&self, grouping: UsageGrouping, from_day: &str, to_day: &str) -> Result<Vec<UsageTotal>> {
+    pub async fn usage_totals(
+        &self,
+        grouping: UsageGrouping,
+        from_day: &str,
+        to_day: &str,
+    ) -> Result<Vec<UsageTotal>> {
         let key = match grouping {
             UsageGrouping::Day => gateway_usage::Column::Day,
             UsageGrouping::Model => gateway_usage::Column::Model,
@@ -101,9 +109,24 @@ impl TenantScope<'_> {
             .select_only()
             .column_as(key, "key")
             .column_as(Expr::col(gateway_usage::Column::Id).count(), "requests")
-            .column_as(Expr::col(gateway_usage::Column::InputTokens).sum().cast_as("BIGINT"), "input_tokens")
-            .column_as(Expr::col(gateway_usage::Column::OutputTokens).sum().cast_as("BIGINT"), "output_tokens")
-            .column_as(Expr::col(gateway_usage::Column::CostMicroUsd).sum().cast_as("BIGINT"), "cost_micro_usd")
+            .column_as(
+                Expr::col(gateway_usage::Column::InputTokens)
+                    .sum()
+                    .cast_as("BIGINT"),
+                "input_tokens",
+            )
+            .column_as(
+                Expr::col(gateway_usage::Column::OutputTokens)
+                    .sum()
+                    .cast_as("BIGINT"),
+                "output_tokens",
+            )
+            .column_as(
+                Expr::col(gateway_usage::Column::CostMicroUsd)
+                    .sum()
+                    .cast_as("BIGINT"),
+                "cost_micro_usd",
+            )
             .filter(gateway_usage::Column::TenantId.eq(self.tenant_id().as_str()))
             .filter(gateway_usage::Column::Day.gte(from_day))
             .filter(gateway_usage::Column::Day.lte(to_day))

@@ -166,8 +166,14 @@ impl GatewayArgs {
     pub fn resolve(self) -> anyhow::Result<GatewayConfig> {
         let mut providers = Vec::new();
         for p in self.providers {
-            if p.name.is_empty() || p.name.contains('/') || providers.iter().any(|q: &Provider| q.name == p.name) {
-                bail!("gateway provider names must be unique, non-empty and without '/': {:?}", p.name);
+            if p.name.is_empty()
+                || p.name.contains('/')
+                || providers.iter().any(|q: &Provider| q.name == p.name)
+            {
+                bail!(
+                    "gateway provider names must be unique, non-empty and without '/': {:?}",
+                    p.name
+                );
             }
             let base_url = match (&p.base_url, p.kind) {
                 (Some(url), _) => url.trim_end_matches('/').to_owned(),
@@ -183,11 +189,19 @@ impl GatewayArgs {
             let api_key = match (p.api_key, &p.api_key_env) {
                 (Some(key), None) => key,
                 (None, Some(var)) => Secret::new(std::env::var(var).with_context(|| {
-                    format!("gateway provider {}: environment variable {var} is not set", p.name)
+                    format!(
+                        "gateway provider {}: environment variable {var} is not set",
+                        p.name
+                    )
                 })?),
-                (None, None) if p.kind == ProviderKind::OpenaiCompatible => Secret::new(String::new()),
+                (None, None) if p.kind == ProviderKind::OpenaiCompatible => {
+                    Secret::new(String::new())
+                }
                 (None, None) => bail!("gateway provider {} needs api_key or api_key_env", p.name),
-                (Some(_), Some(_)) => bail!("gateway provider {}: give api_key or api_key_env, not both", p.name),
+                (Some(_), Some(_)) => bail!(
+                    "gateway provider {}: give api_key or api_key_env, not both",
+                    p.name
+                ),
             };
             providers.push(Provider {
                 name: p.name,

@@ -86,7 +86,11 @@ impl Limiter {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let mut tenants = self.limiter.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tenants = self
+            .limiter
+            .tenants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(bucket) = tenants.get_mut(&self.tenant) {
             bucket.in_flight = bucket.in_flight.saturating_sub(1);
         }

@@ -14,7 +14,7 @@
 pub mod config;
 mod ledger;
 mod limits;
-mod proxy;
+pub(crate) mod proxy;
 pub mod usage;
 mod wire_error;
 
@@ -48,7 +48,9 @@ impl Gateway {
             .connect_timeout(std::time::Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        let buckets = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];
+        let buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,
+        ];
         let upstream_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "carapace_gateway_upstream_seconds",
@@ -80,7 +82,10 @@ impl Gateway {
 
 /// Registers the gateway's routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/gateway/v1/chat/completions", web::post().to(proxy::chat_completions))
-        .route("/gateway/v1/messages", web::post().to(proxy::messages))
-        .route("/gateway/v1/models", web::get().to(proxy::models));
+    cfg.route(
+        "/gateway/v1/chat/completions",
+        web::post().to(proxy::chat_completions),
+    )
+    .route("/gateway/v1/messages", web::post().to(proxy::messages))
+    .route("/gateway/v1/models", web::get().to(proxy::models));
 }

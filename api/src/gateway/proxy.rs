@@ -11,11 +11,11 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
 
+use super::Gateway;
 use super::config::{Price, Target, WireFormat};
 use super::limits::Permit;
 use super::usage::{self, StreamTap, Usage};
 use super::wire_error::GatewayError;
-use super::Gateway;
 use crate::auth::extract::{Caller, UseGateway};
 use crate::db::UsageEntry;
 use crate::error::Error;
@@ -27,7 +27,21 @@ const MAX_UPSTREAM_BODY: usize = 32 * 1024 * 1024;
 
 type GatewayCaller = Result<Caller<UseGateway>, Error>;
 
-/// `POST /gateway/v1/chat/completions` (OpenAI format).
+/// OpenAI-compatible chat completions (tools and `stream: true` included).
+/// `model` is an alias or a provider's model. Errors use OpenAI's shape.
+#[utoipa::path(
+    post, path = "/gateway/v1/chat/completions", tag = "gateway",
+    request_body(content = Object, description = "An OpenAI chat-completions request"),
+    responses(
+        (status = 200, description = "The provider's answer, passed through (JSON or text/event-stream)"),
+        (status = 401, description = "Missing or invalid key"),
+        (status = 403, description = "Key lacks the gateway scope"),
+        (status = 404, description = "No provider serves this model"),
+        (status = 429, description = "Rate limit; see Retry-After"),
+        (status = 502, description = "Every provider failed"),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn chat_completions(
     caller: GatewayCaller,
     state: web::Data<AppState>,
@@ -40,7 +54,20 @@ pub async fn chat_completions(
         .unwrap_or_else(|e| e.respond(format))
 }
 
-/// `POST /gateway/v1/messages` (Anthropic format).
+/// Anthropic-compatible messages (tools and streaming included). Accepts
+/// the key as `x-api-key`. Errors use Anthropic's shape.
+#[utoipa::path(
+    post, path = "/gateway/v1/messages", tag = "gateway",
+    request_body(content = Object, description = "An Anthropic messages request"),
+    responses(
+        (status = 200, description = "The provider's answer, passed through (JSON or text/event-stream)"),
+        (status = 401, description = "Missing or invalid key"),
+        (status = 404, description = "No provider serves this model"),
+        (status = 429, description = "Rate limit; see Retry-After"),
+        (status = 502, description = "Every provider failed"),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn messages(
     caller: GatewayCaller,
     state: web::Data<AppState>,
@@ -53,8 +80,12 @@ pub async fn messages(
         .unwrap_or_else(|e| e.respond(format))
 }
 
-/// `GET /gateway/v1/models`: aliases and every provider's models, in
-/// OpenAI's list format.
+/// Aliases and every provider's models, in OpenAI's list format.
+#[utoipa::path(
+    get, path = "/gateway/v1/models", tag = "gateway",
+    responses((status = 200, description = "OpenAI-style model list")),
+    security(("api_key" = []))
+)]
 pub async fn models(caller: GatewayCaller, state: web::Data<AppState>) -> HttpResponse {
     let format = WireFormat::OpenAi;
     if let Err(e) = caller {
@@ -71,7 +102,9 @@ pub async fn models(caller: GatewayCaller, state: web::Data<AppState>) -> HttpRe
         .collect();
     for provider in &config.providers {
         for model in &provider.models {
-            data.push(json!({"id": model, "object": "model", "created": 0, "owned_by": provider.name}));
+            data.push(
+                json!({"id": model, "object": "model", "created": 0, "owned_by": provider.name}),
+            );
         }
     }
     HttpResponse::Ok().json(json!({"object": "list", "data": data}))
@@ -89,7 +122,11 @@ async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Bytes, Gat
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| {
-            GatewayError::new(StatusCode::BAD_REQUEST, "bad_body", format!("failed to read the body: {e}"))
+            GatewayError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("failed to read the body: {e}"),
+            )
         })?;
         if body.len() + chunk.len() > limit {
             return Err(GatewayError::new(
@@ -145,10 +182,17 @@ async fn proxy(
             format!("no provider serves model `{requested}` in this format"),
         ));
     }
-    let permit = gateway.limiter.acquire(caller.tenant_id()).map_err(|refusal| GatewayError {
-        retry_after: Some(refusal.retry_after_secs),
-        ..GatewayError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", refusal.reason)
-    })?;
+    let permit = gateway
+        .limiter
+        .acquire(caller.tenant_id())
+        .map_err(|refusal| GatewayError {
+            retry_after: Some(refusal.retry_after_secs),
+            ..GatewayError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                refusal.reason,
+            )
+        })?;
     if streaming && format == WireFormat::OpenAi {
         // Ask for the final usage chunk so the ledger is exact.
         json["stream_options"]["include_usage"] = Value::Bool(true);
@@ -195,18 +239,30 @@ async fn proxy(
                     return call.respond(res, target, permit).await;
                 }
                 Ok(Err(e)) => {
-                    last_failure = format!("{} could not be reached: {}", provider.name, e.without_url());
+                    last_failure = format!(
+                        "{} could not be reached: {}",
+                        provider.name,
+                        e.without_url()
+                    );
                 }
                 Err(_) => last_failure = format!("{} did not answer in time", provider.name),
             }
             tracing::warn!(provider = %provider.name, attempt, failure = %last_failure, "upstream attempt failed");
         }
     }
-    call.record(None, Usage::default(), StatusCode::BAD_GATEWAY, "upstream_failed");
+    call.record(
+        None,
+        Usage::default(),
+        StatusCode::BAD_GATEWAY,
+        "upstream_failed",
+    );
     Err(GatewayError::new(
         StatusCode::BAD_GATEWAY,
         "upstream_failed",
-        format!("every provider for `{}` failed; last: {last_failure}", call.requested),
+        format!(
+            "every provider for `{}` failed; last: {last_failure}",
+            call.requested
+        ),
     ))
 }
 
@@ -221,11 +277,18 @@ fn upstream_request(
     let key = provider.api_key.expose();
     let builder = match format {
         WireFormat::OpenAi => {
-            let b = gateway.client.post(format!("{}/chat/completions", provider.base_url));
-            if key.is_empty() { b } else { b.bearer_auth(key) }
+            let b = gateway
+                .client
+                .post(format!("{}/chat/completions", provider.base_url));
+            if key.is_empty() {
+                b
+            } else {
+                b.bearer_auth(key)
+            }
         }
         WireFormat::Anthropic => {
-            let version = forwardable(req, "anthropic-version").unwrap_or_else(|| "2023-06-01".to_owned());
+            let version =
+                forwardable(req, "anthropic-version").unwrap_or_else(|| "2023-06-01".to_owned());
             let mut b = gateway
                 .client
                 .post(format!("{}/messages", provider.base_url))
@@ -237,7 +300,9 @@ fn upstream_request(
             b
         }
     };
-    builder.header("content-type", "application/json").body(body)
+    builder
+        .header("content-type", "application/json")
+        .body(body)
 }
 
 /// One client call, for the ledger.
@@ -258,15 +323,27 @@ impl Call<'_> {
         }
     }
 
-    fn entry(&self, target: Option<&Target>, used: Usage, status: StatusCode, outcome: &'static str) -> UsageEntry {
+    fn entry(
+        &self,
+        target: Option<&Target>,
+        used: Usage,
+        status: StatusCode,
+        outcome: &'static str,
+    ) -> UsageEntry {
         let (provider, model) = target.map_or((String::new(), String::new()), |t| {
-            (self.gateway.config.providers[t.provider].name.clone(), t.model.clone())
+            (
+                self.gateway.config.providers[t.provider].name.clone(),
+                t.model.clone(),
+            )
         });
         UsageEntry {
             principal: self.principal.clone(),
             endpoint: self.endpoint(),
             requested_model: self.requested.clone(),
-            cost_micro_usd: self.gateway.config.cost_micro_usd(&model, used.input, used.output),
+            cost_micro_usd: self
+                .gateway
+                .config
+                .cost_micro_usd(&model, used.input, used.output),
             provider,
             model,
             input_tokens: used.input,
@@ -278,13 +355,25 @@ impl Call<'_> {
         }
     }
 
-    fn record(&self, target: Option<&Target>, used: Usage, status: StatusCode, outcome: &'static str) {
-        self.gateway
-            .ledger
-            .record(self.tenant.clone(), self.entry(target, used, status, outcome));
+    fn record(
+        &self,
+        target: Option<&Target>,
+        used: Usage,
+        status: StatusCode,
+        outcome: &'static str,
+    ) {
+        self.gateway.ledger.record(
+            self.tenant.clone(),
+            self.entry(target, used, status, outcome),
+        );
     }
 
-    async fn respond(self, res: reqwest::Response, target: &Target, permit: Permit) -> Result<HttpResponse, GatewayError> {
+    async fn respond(
+        self,
+        res: reqwest::Response,
+        target: &Target,
+        permit: Permit,
+    ) -> Result<HttpResponse, GatewayError> {
         let status = StatusCode::from_u16(res.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
         let content_type = res
             .headers()
@@ -293,7 +382,12 @@ impl Call<'_> {
             .unwrap_or("application/json")
             .to_owned();
         if content_type.starts_with("text/event-stream") {
-            let pending = self.entry(Some(target), Usage::default(), status, "client_disconnected");
+            let pending = self.entry(
+                Some(target),
+                Usage::default(),
+                status,
+                "client_disconnected",
+            );
             let stream = TappedStream {
                 price: self.gateway.config.prices.get(&target.model).copied(),
                 inner: Box::pin(res.bytes_stream()),
@@ -309,24 +403,45 @@ impl Call<'_> {
                 .insert_header(("cache-control", "no-cache"))
                 .streaming(stream));
         }
-        if res.content_length().is_some_and(|n| n > MAX_UPSTREAM_BODY as u64) {
-            return Err(GatewayError::new(StatusCode::BAD_GATEWAY, "upstream_too_large", "upstream response too large"));
+        if res
+            .content_length()
+            .is_some_and(|n| n > MAX_UPSTREAM_BODY as u64)
+        {
+            return Err(GatewayError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_too_large",
+                "upstream response too large",
+            ));
         }
         let mut body = web::BytesMut::new();
         let mut chunks = res.bytes_stream();
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk.map_err(|e| {
-                GatewayError::new(StatusCode::BAD_GATEWAY, "upstream_failed", format!("upstream broke off: {}", e.without_url()))
+                GatewayError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_failed",
+                    format!("upstream broke off: {}", e.without_url()),
+                )
             })?;
             if body.len() + chunk.len() > MAX_UPSTREAM_BODY {
-                return Err(GatewayError::new(StatusCode::BAD_GATEWAY, "upstream_too_large", "upstream response too large"));
+                return Err(GatewayError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_too_large",
+                    "upstream response too large",
+                ));
             }
             body.extend_from_slice(&chunk);
         }
-        let used = if status.is_success() { usage::from_body(self.format, &body) } else { Usage::default() };
+        let used = if status.is_success() {
+            usage::from_body(self.format, &body)
+        } else {
+            Usage::default()
+        };
         self.record(Some(target), used, status, "completed");
         drop(permit);
-        Ok(HttpResponse::build(status).content_type(content_type).body(body.freeze()))
+        Ok(HttpResponse::build(status)
+            .content_type(content_type)
+            .body(body.freeze()))
     }
 }
 
@@ -352,9 +467,12 @@ impl TappedStream {
             let used = self.tap.usage;
             entry.input_tokens = used.input;
             entry.output_tokens = used.output;
-            entry.cost_micro_usd = self.price.map_or(0, |p| p.cost_micro_usd(used.input, used.output));
+            entry.cost_micro_usd = self
+                .price
+                .map_or(0, |p| p.cost_micro_usd(used.input, used.output));
             entry.outcome = outcome;
-            entry.latency_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            entry.latency_ms =
+                u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
             self.ledger.record(self.tenant.clone(), entry);
         }
     }

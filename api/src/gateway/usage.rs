@@ -47,9 +47,12 @@ fn apply(format: WireFormat, json: &Value, usage: &mut Usage) {
             // `message_start` carries the input count under `message`;
             // `message_delta` the running output count; a whole response
             // has both at the top level.
-            for u in [json.get("usage"), json.get("message").and_then(|m| m.get("usage"))]
-                .into_iter()
-                .flatten()
+            for u in [
+                json.get("usage"),
+                json.get("message").and_then(|m| m.get("usage")),
+            ]
+            .into_iter()
+            .flatten()
             {
                 usage.input = number(u, "input_tokens").unwrap_or(usage.input);
                 usage.output = number(u, "output_tokens").unwrap_or(usage.output);
@@ -113,7 +116,13 @@ mod tests {
     #[test]
     fn openai_usage_is_read_from_bodies_and_the_final_stream_chunk() {
         let body = br#"{"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":5}}"#;
-        assert_eq!(from_body(WireFormat::OpenAi, body), Usage { input: 12, output: 5 });
+        assert_eq!(
+            from_body(WireFormat::OpenAi, body),
+            Usage {
+                input: 12,
+                output: 5
+            }
+        );
         let mut tap = StreamTap::new(WireFormat::OpenAi);
         let stream = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n\
                       data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\n\
@@ -122,7 +131,13 @@ mod tests {
         for piece in stream.as_bytes().chunks(5) {
             tap.feed(piece);
         }
-        assert_eq!(tap.usage, Usage { input: 7, output: 3 });
+        assert_eq!(
+            tap.usage,
+            Usage {
+                input: 7,
+                output: 3
+            }
+        );
     }
 
     #[test]
@@ -130,9 +145,21 @@ mod tests {
         let mut tap = StreamTap::new(WireFormat::Anthropic);
         tap.feed(b"event: message_start\r\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":20,\"output_tokens\":1}}}\r\n\r\n");
         tap.feed(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":9}}\n\n");
-        assert_eq!(tap.usage, Usage { input: 20, output: 9 });
+        assert_eq!(
+            tap.usage,
+            Usage {
+                input: 20,
+                output: 9
+            }
+        );
         let body = br#"{"type":"message","usage":{"input_tokens":4,"output_tokens":2}}"#;
-        assert_eq!(from_body(WireFormat::Anthropic, body), Usage { input: 4, output: 2 });
+        assert_eq!(
+            from_body(WireFormat::Anthropic, body),
+            Usage {
+                input: 4,
+                output: 2
+            }
+        );
     }
 
     #[test]
@@ -141,7 +168,13 @@ mod tests {
         tap.feed(b"data: {not json\n");
         tap.feed(&vec![b'x'; MAX_LINE + 10]);
         tap.feed(b"\ndata: {\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n");
-        assert_eq!(tap.usage, Usage { input: 1, output: 1 });
+        assert_eq!(
+            tap.usage,
+            Usage {
+                input: 1,
+                output: 1
+            }
+        );
         assert_eq!(from_body(WireFormat::OpenAi, b"\xff\xfe"), Usage::default());
     }
 }

@@ -66,7 +66,8 @@ impl GatewayError {
 impl From<Error> for GatewayError {
     fn from(e: Error) -> Self {
         let problem = e.problem();
-        let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
             tracing::error!(error = ?e, "gateway request failed");
         }

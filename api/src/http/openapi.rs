@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::routes::{api_keys, audit, ops, tenant};
+use super::routes::{api_keys, audit, ops, tenant, usage};
 
 /// The whole API.
 #[derive(OpenApi)]
@@ -21,6 +21,10 @@ use super::routes::{api_keys, audit, ops, tenant};
         api_keys::list_keys,
         api_keys::revoke_key,
         audit::list_audit,
+        usage::get_usage,
+        crate::gateway::proxy::chat_completions,
+        crate::gateway::proxy::messages,
+        crate::gateway::proxy::models,
         ops::healthz,
         ops::readyz,
         ops::metrics,
@@ -31,6 +35,9 @@ use super::routes::{api_keys, audit, ops, tenant};
         (name = "tenant", description = "The caller's tenant"),
         (name = "api-keys", description = "API keys: created, listed, revoked"),
         (name = "audit", description = "The append-only audit log"),
+        (name = "usage", description = "Model gateway usage"),
+        (name = "gateway", description = "OpenAI- and Anthropic-compatible model gateway; \
+            authenticate with a key holding the `gateway` scope (Bearer or `x-api-key`)"),
         (name = "operations", description = "Health, readiness, metrics"),
     )
 )]

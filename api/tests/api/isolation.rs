@@ -2,6 +2,8 @@
 //! of B that exists is listed in `CASES` — adding a future endpoint to the
 //! matrix is one line.
 
+use carapace_api::db::{TenantScope, UsageEntry};
+use carapace_api::ids::TenantId;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -25,6 +27,16 @@ const CASES: &[Case] = &[
     Case(Method::GET, "/v1/api-keys", Expect::ListsNothingOfB),
     Case(Method::GET, "/v1/audit", Expect::ListsNothingOfB),
     Case(Method::GET, "/v1/tenant", Expect::ListsNothingOfB),
+    Case(
+        Method::GET,
+        "/v1/usage?group_by=model",
+        Expect::ListsNothingOfB,
+    ),
+    Case(
+        Method::GET,
+        "/v1/usage?group_by=day",
+        Expect::ListsNothingOfB,
+    ),
 ];
 
 /// Everything tenant B owns, for substitution and for leak checks.
@@ -39,6 +51,25 @@ async fn fixture(app: &TestApp) -> Fixture {
         .create_key(&b.key, json!({"name": "bravo-secret-key"}))
         .await;
     assert_eq!(status, 201);
+    // A model call of B's in the usage ledger.
+    let b_id = TenantId::parse(&b.id).unwrap();
+    TenantScope::new(&app.db, &b_id)
+        .record_usage(UsageEntry {
+            principal: "api_key:bravo".to_owned(),
+            endpoint: "chat_completions",
+            requested_model: "bravo-model".to_owned(),
+            provider: "bravo-provider".to_owned(),
+            model: "bravo-model".to_owned(),
+            input_tokens: 1,
+            output_tokens: 1,
+            cost_micro_usd: 1,
+            latency_ms: 1,
+            status: 200,
+            outcome: "completed",
+            at: chrono::Utc::now(),
+        })
+        .await
+        .unwrap();
     Fixture {
         b_key_id: key["id"].as_str().unwrap().to_owned(),
         b,

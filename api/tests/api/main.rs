@@ -7,6 +7,8 @@
 mod api_keys;
 mod bad_input;
 mod binary;
+mod fake_llm;
+mod gateway;
 mod helpers;
 mod isolation;
 mod operations;

@@ -1,0 +1,465 @@
+//! The model gateway against a fake provider that speaks the real OpenAI
+//! and Anthropic wire formats; and the official Python SDKs against the
+//! gateway.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use carapace_api::gateway::GatewayArgs;
+use carapace_api::gateway::config::{Price, ProviderArgs, ProviderKind};
+use carapace_api::secret::Secret;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::fake_llm::FakeLlm;
+use crate::helpers::{TestApp, TestTenant, spawn_app_with};
+
+const PRIMARY_KEY: &str = "sk-primary-upstream-secret";
+const BACKUP_KEY: &str = "sk-backup-upstream-secret";
+const ANTHROPIC_KEY: &str = "sk-ant-upstream-secret";
+
+fn provider(
+    name: &str,
+    kind: ProviderKind,
+    base_url: &str,
+    key: &str,
+    models: &[&str],
+) -> ProviderArgs {
+    ProviderArgs {
+        name: name.to_owned(),
+        kind,
+        base_url: Some(base_url.to_owned()),
+        api_key: Some(Secret::new(key.to_owned())),
+        api_key_env: None,
+        models: models.iter().map(|m| (*m).to_owned()).collect(),
+    }
+}
+
+struct Setup {
+    app: TestApp,
+    llm: FakeLlm,
+    tenant: TestTenant,
+}
+
+async fn setup(adjust: impl FnOnce(&mut GatewayArgs)) -> Setup {
+    let llm = FakeLlm::start().await;
+    let mut gateway = GatewayArgs {
+        providers: vec![
+            provider(
+                "primary",
+                ProviderKind::OpenaiCompatible,
+                &llm.base_url,
+                PRIMARY_KEY,
+                &["model-a", "slow-model"],
+            ),
+            provider(
+                "backup",
+                ProviderKind::Openai,
+                &llm.base_url,
+                BACKUP_KEY,
+                &["model-b"],
+            ),
+            provider(
+                "claude",
+                ProviderKind::Anthropic,
+                &llm.base_url,
+                ANTHROPIC_KEY,
+                &["claude-x"],
+            ),
+        ],
+        aliases: BTreeMap::from([
+            (
+                "fast".to_owned(),
+                vec!["primary/model-a".to_owned(), "backup/model-b".to_owned()],
+            ),
+            ("smart".to_owned(), vec!["claude/claude-x".to_owned()]),
+        ]),
+        prices: BTreeMap::from([(
+            "model-a".to_owned(),
+            Price {
+                input_per_mtok: 1.0,
+                output_per_mtok: 2.0,
+            },
+        )]),
+        max_retries: Some(1),
+        ..GatewayArgs::default()
+    };
+    adjust(&mut gateway);
+    let app = spawn_app_with(|s| s.gateway = Some(gateway)).await;
+    let tenant = app.create_tenant("Acme").await;
+    Setup { app, llm, tenant }
+}
+
+impl Setup {
+    async fn chat(&self, body: Value) -> reqwest::Response {
+        self.app
+            .request(
+                Method::POST,
+                "/gateway/v1/chat/completions",
+                &self.tenant.key,
+            )
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Waits for the ledger writer, then reads `GET /v1/usage`.
+    async fn usage(&self, query: &str, expected_requests: i64) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let res = self
+                .app
+                .get(&format!("/v1/usage{query}"), &self.tenant.key)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            let body: Value = res.json().await.unwrap();
+            let rows = body["data"].as_array().unwrap().clone();
+            let total: i64 = rows.iter().map(|r| r["requests"].as_i64().unwrap()).sum();
+            if total >= expected_requests || Instant::now() > deadline {
+                return rows;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_chat_completion_goes_upstream_with_the_provider_key_never_the_clients() {
+    let s = setup(|_| {}).await;
+    let res = s
+        .chat(json!({"model": "fast", "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "Hello world");
+
+    let received = s.llm.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(
+        received[0].body["model"], "model-a",
+        "the alias is resolved"
+    );
+    assert_eq!(
+        received[0].authorization.as_deref(),
+        Some(format!("Bearer {PRIMARY_KEY}").as_str())
+    );
+    assert!(
+        received
+            .iter()
+            .all(|r| !format!("{r:?}").contains(&s.tenant.key)),
+        "the client's key must not reach the provider"
+    );
+
+    let rows = s.usage("?group_by=model", 1).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["key"], "model-a");
+    assert_eq!(rows[0]["input_tokens"], 11);
+    assert_eq!(rows[0]["output_tokens"], 7);
+    // 11 × $1 + 7 × $2 per million tokens.
+    assert!((rows[0]["cost_usd"].as_f64().unwrap() - 0.000025).abs() < 1e-12);
+}
+
+#[tokio::test]
+async fn a_stream_passes_through_and_its_usage_is_counted() {
+    let s = setup(|_| {}).await;
+    let res = s
+        .chat(json!({"model": "fast", "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let text = res.text().await.unwrap();
+    assert!(
+        text.contains("\"Hello\"") && text.contains("[DONE]"),
+        "{text}"
+    );
+    let sent = &s.llm.received()[0].body;
+    assert_eq!(sent["stream_options"]["include_usage"], true);
+    let rows = s.usage("?group_by=model", 1).await;
+    assert_eq!(rows[0]["output_tokens"], 7);
+}
+
+#[tokio::test]
+async fn a_failing_provider_is_retried_then_the_next_one_serves() {
+    let s = setup(|_| {}).await;
+    // primary: 500, then (retry) 429; backup answers.
+    s.llm.fail_next(&[500, 429]);
+    let res = s.chat(json!({"model": "fast", "messages": []})).await;
+    assert_eq!(res.status(), 200);
+    let received = s.llm.received();
+    assert_eq!(received.len(), 3);
+    assert_eq!(received[0].body["model"], "model-a");
+    assert_eq!(received[1].body["model"], "model-a");
+    assert_eq!(received[2].body["model"], "model-b");
+    assert_eq!(
+        received[2].authorization.as_deref(),
+        Some(format!("Bearer {BACKUP_KEY}").as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_client_error_from_the_provider_is_passed_back_without_fallback() {
+    let s = setup(|_| {}).await;
+    s.llm.fail_next(&[400]);
+    let res = s.chat(json!({"model": "fast", "messages": []})).await;
+    assert_eq!(res.status(), 400);
+    assert_eq!(s.llm.received().len(), 1);
+}
+
+#[tokio::test]
+async fn when_every_provider_fails_the_client_gets_502_in_openai_shape() {
+    let s = setup(|g| g.max_retries = Some(0)).await;
+    s.llm.fail_next(&[503, 503]);
+    let res = s.chat(json!({"model": "fast", "messages": []})).await;
+    assert_eq!(res.status(), 502);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_failed");
+    let text = body.to_string();
+    assert!(!text.contains(PRIMARY_KEY) && !text.contains(BACKUP_KEY));
+}
+
+#[tokio::test]
+async fn anthropic_messages_work_with_x_api_key_streaming_or_not() {
+    let s = setup(|_| {}).await;
+    for stream in [false, true] {
+        let res = s
+            .app
+            .client
+            .post(format!("{}/gateway/v1/messages", s.app.address))
+            .header("x-api-key", &s.tenant.key)
+            .header("anthropic-version", "2023-06-01")
+            .json(
+                &json!({"model": "smart", "max_tokens": 10, "stream": stream,
+                          "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let text = res.text().await.unwrap();
+        assert!(text.contains("Hello"), "{text}");
+    }
+    let received = s.llm.received();
+    assert!(received.iter().all(|r| r.path == "/v1/messages"));
+    assert!(
+        received
+            .iter()
+            .all(|r| r.x_api_key.as_deref() == Some(ANTHROPIC_KEY))
+    );
+    assert!(received.iter().all(|r| r.body["model"] == "claude-x"));
+    let rows = s.usage("?group_by=model", 2).await;
+    assert_eq!(rows[0]["key"], "claude-x");
+    assert_eq!(rows[0]["requests"], 2);
+    assert_eq!(rows[0]["input_tokens"], 26);
+    assert_eq!(rows[0]["output_tokens"], 10);
+}
+
+#[tokio::test]
+async fn only_keys_with_the_gateway_scope_get_in() {
+    let s = setup(|_| {}).await;
+    let (_, api_only) = s
+        .app
+        .create_key(&s.tenant.key, json!({"name": "rest", "scopes": ["api"]}))
+        .await;
+    let res = s
+        .app
+        .request(
+            Method::POST,
+            "/gateway/v1/chat/completions",
+            api_only["key"].as_str().unwrap(),
+        )
+        .json(&json!({"model": "fast", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    let body: Value = res.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("gateway")
+    );
+    let res = s
+        .app
+        .client
+        .post(format!("{}/gateway/v1/chat/completions", s.app.address))
+        .json(&json!({"model": "fast", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert!(s.llm.received().is_empty());
+}
+
+#[tokio::test]
+async fn unknown_models_and_bad_bodies_are_refused_before_any_upstream_call() {
+    let s = setup(|g| g.max_body_bytes = Some(2048)).await;
+    let res = s
+        .chat(json!({"model": "gpt-nonexistent", "messages": []}))
+        .await;
+    assert_eq!(res.status(), 404);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "model_not_found"
+    );
+    // A model of the other wire format is not reachable here.
+    let res = s.chat(json!({"model": "smart", "messages": []})).await;
+    assert_eq!(res.status(), 404);
+    let res = s.chat(json!({"messages": []})).await;
+    assert_eq!(res.status(), 400);
+    let res = s
+        .chat(json!({"model": "fast", "messages": [{"role": "user", "content": "x".repeat(5000)}]}))
+        .await;
+    assert_eq!(res.status(), 413);
+    let res = s
+        .app
+        .request(Method::POST, "/gateway/v1/chat/completions", &s.tenant.key)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert!(s.llm.received().is_empty());
+}
+
+#[tokio::test]
+async fn the_rate_limit_answers_429_with_retry_after() {
+    let s = setup(|g| g.requests_per_minute = Some(2)).await;
+    for _ in 0..2 {
+        assert_eq!(
+            s.chat(json!({"model": "fast", "messages": []}))
+                .await
+                .status(),
+            200
+        );
+    }
+    let res = s.chat(json!({"model": "fast", "messages": []})).await;
+    assert_eq!(res.status(), 429);
+    let retry_after: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after));
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["type"],
+        "rate_limit_error"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_stream_cancels_the_upstream_request() {
+    let s = setup(|_| {}).await;
+    let mut res = s
+        .chat(json!({"model": "slow-model", "stream": true, "messages": []}))
+        .await;
+    assert_eq!(res.status(), 200);
+    // Read a little, then go away.
+    let first = res.chunk().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    drop(res);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !s.llm.shared.stream_cancelled.load(Ordering::SeqCst) {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream stream was not cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let rows = s.usage("?group_by=model", 1).await;
+        if !rows.is_empty() {
+            assert_eq!(rows[0]["key"], "slow-model");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned stream was not recorded"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_models_list_shows_aliases_and_provider_models() {
+    let s = setup(|_| {}).await;
+    let res = s
+        .app
+        .get("/gateway/v1/models", &s.tenant.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    let ids: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    for id in ["fast", "smart", "model-a", "model-b", "claude-x"] {
+        assert!(ids.contains(&id), "{id} missing from {ids:?}");
+    }
+    assert!(!body.to_string().contains("upstream-secret"));
+}
+
+/// The Python interpreter with the official `openai` and `anthropic`
+/// packages (`infra/install-deps` makes it).
+fn sdk_python() -> String {
+    let python = std::env::var("CARAPACE_TEST_PYTHON").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/carapace/venv/bin/python",
+            std::env::var("HOME").unwrap()
+        )
+    });
+    assert!(
+        std::path::Path::new(&python).is_file(),
+        "{python} is missing: run infra/install-deps (it installs the openai and anthropic SDKs)"
+    );
+    python
+}
+
+#[tokio::test]
+async fn the_official_openai_and_anthropic_sdks_work_against_the_gateway() {
+    let s = setup(|_| {}).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/clients.py");
+    let output = tokio::process::Command::new(sdk_python())
+        .arg(script)
+        .env("GATEWAY_URL", format!("{}/gateway/v1", s.app.address))
+        .env("GATEWAY_KEY", &s.tenant.key)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "SDK script failed:\n{stdout}\n{stderr}"
+    );
+    for check in [
+        "openai chat ok",
+        "openai stream ok",
+        "openai tools ok",
+        "openai stream tools ok",
+        "anthropic messages ok",
+        "anthropic stream ok",
+        "anthropic tools ok",
+        "anthropic stream tools ok",
+        "openai bad key refused",
+    ] {
+        assert!(
+            stdout.contains(check),
+            "missing `{check}` in:\n{stdout}\n{stderr}"
+        );
+    }
+}
