@@ -48,10 +48,7 @@ impl Application {
         );
         let metrics = Metrics::new()?;
         let (ledger, ledger_task) = Ledger::start(db.clone());
-        let gateway = match &settings.gateway {
-            Some(config) => Some(Gateway::new(config.clone(), ledger, metrics.registry())?),
-            None => None,
-        };
+        let gateway = Gateway::new(settings.gateway.clone(), ledger, metrics.registry())?;
         let state = web::Data::new(AppState {
             auth: Authenticator::new(db.clone(), settings.auth_cache_ttl),
             db,

@@ -154,8 +154,8 @@ pub struct Settings {
     pub auth_cache_ttl: Duration,
     /// Bearer token guarding `/metrics`, if any.
     pub metrics_token: Option<Secret<String>>,
-    /// The model gateway, if any provider is configured.
-    pub gateway: Option<crate::gateway::GatewayConfig>,
+    /// The model gateway (with no platform providers if none are set).
+    pub gateway: crate::gateway::GatewayConfig,
 }
 
 /// The limit above which a revocation would take too long to apply.
@@ -248,11 +248,7 @@ impl SettingsArgs {
             http_workers,
             auth_cache_ttl: Duration::from_millis(auth_cache_ttl_ms),
             metrics_token: self.metrics_token.map(Secret::new),
-            gateway: self
-                .gateway
-                .filter(|g| !g.providers.is_empty())
-                .map(crate::gateway::GatewayArgs::resolve)
-                .transpose()?,
+            gateway: self.gateway.unwrap_or_default().resolve()?,
         })
     }
 }

@@ -18,6 +18,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;
+pub mod crypto;
 pub mod db;
 pub mod email;
 pub mod error;

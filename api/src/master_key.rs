@@ -70,6 +70,11 @@ impl MasterKey {
         Ok(Self(Secret::new(bytes)))
     }
 
+    /// The key itself, for `crypto` only.
+    pub(crate) fn bytes(&self) -> &[u8; 32] {
+        self.0.expose()
+    }
+
     /// A non-secret fingerprint for logs: the first 8 hex digits of
     /// SHA-256 over the key.
     pub fn fingerprint(&self) -> String {

@@ -24,6 +24,6 @@ pub struct AppState {
     pub metrics: Metrics,
     /// If set, `/metrics` requires `Authorization: Bearer <this>`.
     pub metrics_token: Option<Secret<String>>,
-    /// The model gateway, when providers are configured.
-    pub gateway: Option<crate::gateway::Gateway>,
+    /// The model gateway.
+    pub gateway: crate::gateway::Gateway,
 }

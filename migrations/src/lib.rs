@@ -11,6 +11,7 @@ use sea_orm_migration::prelude::*;
 
 mod m0001_foundation;
 mod m0002_gateway_usage;
+mod m0003_tenant_keys_and_providers;
 
 /// Every migration, in the order it is applied.
 pub struct Migrator;
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m0001_foundation::Migration),
             Box::new(m0002_gateway_usage::Migration),
+            Box::new(m0003_tenant_keys_and_providers::Migration),
         ]
     }
 }

@@ -58,6 +58,10 @@ permission!(
     UseGateway, "gateway.call", Scope::Gateway, Role::Member
 );
 permission!(
+    /// Manage the tenant's own model providers and their keys.
+    ManageProviders, "provider.manage", Scope::Api, Role::Admin
+);
+permission!(
     /// Read the tenant's usage ledger.
     ReadUsage, "usage.read", Scope::Api, Role::Member
 );

@@ -15,6 +15,7 @@ mod entities;
 pub mod platform;
 mod records;
 mod tenant_scope;
+mod tenant_secrets;
 mod usage;
 
 use std::time::Duration;
@@ -26,6 +27,7 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbB
 use crate::secret::Secret;
 pub use records::{ApiKey, NewApiKey, Tenant, TenantWithOwner};
 pub use tenant_scope::TenantScope;
+pub use tenant_secrets::StoredProvider;
 pub use usage::{UsageEntry, UsageGrouping, UsageTotal};
 
 /// Opens a connection pool.

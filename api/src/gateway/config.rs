@@ -16,6 +16,7 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -47,6 +48,11 @@ pub struct GatewayArgs {
     pub requests_per_minute: Option<u32>,
     /// Concurrent requests per tenant. [default: 32]
     pub max_concurrent: Option<u32>,
+    /// Let tenants point their own providers at loopback and private
+    /// addresses (and plain http). Only for tests and closed networks: it
+    /// lets a tenant make the server connect to internal services.
+    /// [default: false]
+    pub allow_private_tenant_endpoints: Option<bool>,
 }
 
 /// One provider as written.
@@ -129,13 +135,16 @@ pub struct Provider {
     pub api_key: Secret<String>,
     /// Models served.
     pub models: Vec<String>,
+    /// Configured by a tenant (reached only through the public-address
+    /// guard) rather than by the operator.
+    pub tenant_owned: bool,
 }
 
-/// A place a request can go: a provider (by index) and its model name.
+/// A place a request can go: a provider and its model name.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// Index into [`GatewayConfig::providers`].
-    pub provider: usize,
+    /// The provider.
+    pub provider: Arc<Provider>,
     /// The upstream's model name.
     pub model: String,
 }
@@ -143,8 +152,8 @@ pub struct Target {
 /// Validated gateway configuration.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
-    /// Providers.
-    pub providers: Vec<Provider>,
+    /// Platform providers.
+    pub providers: Vec<Arc<Provider>>,
     /// Aliases.
     pub aliases: BTreeMap<String, Vec<Target>>,
     /// Prices.
@@ -159,16 +168,18 @@ pub struct GatewayConfig {
     pub requests_per_minute: u32,
     /// Per-tenant concurrency.
     pub max_concurrent: u32,
+    /// Tenant providers may use private addresses.
+    pub allow_private_tenant_endpoints: bool,
 }
 
 impl GatewayArgs {
     /// Validates, reading keys from the environment where asked.
     pub fn resolve(self) -> anyhow::Result<GatewayConfig> {
-        let mut providers = Vec::new();
+        let mut providers: Vec<Arc<Provider>> = Vec::new();
         for p in self.providers {
             if p.name.is_empty()
                 || p.name.contains('/')
-                || providers.iter().any(|q: &Provider| q.name == p.name)
+                || providers.iter().any(|q| q.name == p.name)
             {
                 bail!(
                     "gateway provider names must be unique, non-empty and without '/': {:?}",
@@ -203,13 +214,14 @@ impl GatewayArgs {
                     p.name
                 ),
             };
-            providers.push(Provider {
+            providers.push(Arc::new(Provider {
                 name: p.name,
                 kind: p.kind,
                 base_url,
                 api_key,
                 models: p.models,
-            });
+                tenant_owned: false,
+            }));
         }
         let mut aliases = BTreeMap::new();
         for (alias, targets) in self.aliases {
@@ -220,10 +232,10 @@ impl GatewayArgs {
                 })?;
                 let provider = providers
                     .iter()
-                    .position(|p| p.name == name)
+                    .find(|p| p.name == name)
                     .with_context(|| format!("gateway alias {alias}: no provider named {name}"))?;
                 resolved.push(Target {
-                    provider,
+                    provider: provider.clone(),
                     model: model.to_owned(),
                 });
             }
@@ -241,32 +253,39 @@ impl GatewayArgs {
             max_body_bytes: self.max_body_bytes.unwrap_or(4 * 1024 * 1024),
             requests_per_minute: self.requests_per_minute.unwrap_or(600).max(1),
             max_concurrent: self.max_concurrent.unwrap_or(32).max(1),
+            allow_private_tenant_endpoints: self.allow_private_tenant_endpoints.unwrap_or(false),
         })
     }
 }
 
 impl GatewayConfig {
-    /// Where a request for `model` in `format` may go, in order: an alias's
-    /// targets, else every provider that lists the model. Targets of the
-    /// other wire format are left out (no translation between formats).
-    pub fn targets(&self, model: &str, format: WireFormat) -> Vec<Target> {
-        let candidates = match self.aliases.get(model) {
-            Some(targets) => targets.clone(),
-            None => self
-                .providers
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| p.models.iter().any(|m| m == model))
-                .map(|(i, _)| Target {
-                    provider: i,
-                    model: model.to_owned(),
-                })
-                .collect(),
+    /// Where a request for `model` in `format` may go, in order: the
+    /// tenant's own providers that list the model, then the platform's —
+    /// an alias's targets, else every provider that lists the model.
+    /// Targets of the other wire format are left out (no translation
+    /// between formats).
+    pub fn targets(
+        &self,
+        tenant_providers: &[Arc<Provider>],
+        model: &str,
+        format: WireFormat,
+    ) -> Vec<Target> {
+        let serving = |p: &&Arc<Provider>| p.models.iter().any(|m| m == model);
+        let by_name = |p: &Arc<Provider>| Target {
+            provider: p.clone(),
+            model: model.to_owned(),
         };
+        let mut candidates: Vec<Target> = tenant_providers
+            .iter()
+            .filter(serving)
+            .map(by_name)
+            .collect();
+        match self.aliases.get(model) {
+            Some(targets) => candidates.extend(targets.iter().cloned()),
+            None => candidates.extend(self.providers.iter().filter(serving).map(by_name)),
+        }
+        candidates.retain(|t| t.provider.kind.format() == format);
         candidates
-            .into_iter()
-            .filter(|t| self.providers[t.provider].kind.format() == format)
-            .collect()
     }
 
     /// Cost in millionths of a US dollar; 0 for models without a price.

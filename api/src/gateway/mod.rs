@@ -7,14 +7,18 @@
 //! are read from configuration into [`Secret`](crate::secret::Secret)s and
 //! leave this process only in the upstream request's header.
 //!
-//! Not here yet: per-tenant provider keys (`/v1/providers`, stored
-//! encrypted), run tokens (they come with runs), monthly budgets, and
+//! Tenants may add their own providers (`/v1/providers`); their keys are
+//! stored sealed with the tenant's data key and decrypted here at call
+//! time (see `tenant_providers`).
+//!
+//! Not here yet: run tokens (they come with runs), monthly budgets, and
 //! limits shared between replicas.
 
 pub mod config;
 mod ledger;
 mod limits;
 pub(crate) mod proxy;
+mod tenant_providers;
 pub mod usage;
 mod wire_error;
 
@@ -26,11 +30,16 @@ use prometheus::{HistogramOpts, HistogramVec};
 pub use self::config::{GatewayArgs, GatewayConfig};
 pub use self::ledger::Ledger;
 use self::limits::Limiter;
+use self::tenant_providers::{PublicOnly, TenantProviders};
+pub use self::tenant_providers::{key_aad, validate_endpoint};
 
 /// What the gateway's handlers share.
 pub struct Gateway {
     config: GatewayConfig,
     client: reqwest::Client,
+    /// For tenant-supplied endpoints: public addresses only.
+    tenant_client: reqwest::Client,
+    tenant_providers: TenantProviders,
     limiter: Arc<Limiter>,
     ledger: Ledger,
     upstream_seconds: HistogramVec,
@@ -48,6 +57,14 @@ impl Gateway {
             .connect_timeout(std::time::Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
+        let mut tenant_client = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy();
+        if !config.allow_private_tenant_endpoints {
+            tenant_client = tenant_client.dns_resolver(Arc::new(PublicOnly));
+        }
+        let tenant_client = tenant_client.build()?;
         let buckets = vec![
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,
         ];
@@ -73,10 +90,24 @@ impl Gateway {
             limiter: Limiter::new(config.requests_per_minute, config.max_concurrent),
             config,
             client,
+            tenant_client,
+            tenant_providers: TenantProviders::default(),
             ledger,
             upstream_seconds,
             overhead_seconds,
         })
+    }
+}
+
+impl Gateway {
+    /// Whether tenants may use private endpoints (tests, closed networks).
+    pub fn allows_private_tenant_endpoints(&self) -> bool {
+        self.config.allow_private_tenant_endpoints
+    }
+
+    /// Forgets a tenant's cached providers after a change.
+    pub fn forget_tenant(&self, tenant: &crate::ids::TenantId) {
+        self.tenant_providers.forget(tenant);
     }
 }
 

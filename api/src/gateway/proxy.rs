@@ -88,19 +88,31 @@ pub async fn messages(
 )]
 pub async fn models(caller: GatewayCaller, state: web::Data<AppState>) -> HttpResponse {
     let format = WireFormat::OpenAi;
-    if let Err(e) = caller {
-        return GatewayError::from(e).respond(format);
-    }
-    let Some(gateway) = &state.gateway else {
-        return not_configured().respond(format);
+    let caller = match caller {
+        Ok(caller) => caller,
+        Err(e) => return GatewayError::from(e).respond(format),
     };
+    let gateway = &state.gateway;
     let config = &gateway.config;
+    let own = match gateway
+        .tenant_providers
+        .get(
+            &state.db,
+            &state.master_key,
+            caller.tenant_id(),
+            config.allow_private_tenant_endpoints,
+        )
+        .await
+    {
+        Ok(own) => own,
+        Err(e) => return GatewayError::from(e).respond(format),
+    };
     let mut data: Vec<Value> = config
         .aliases
         .keys()
         .map(|alias| json!({"id": alias, "object": "model", "created": 0, "owned_by": "carapace"}))
         .collect();
-    for provider in &config.providers {
+    for provider in own.iter().chain(&config.providers) {
         for model in &provider.models {
             data.push(
                 json!({"id": model, "object": "model", "created": 0, "owned_by": provider.name}),
@@ -108,14 +120,6 @@ pub async fn models(caller: GatewayCaller, state: web::Data<AppState>) -> HttpRe
         }
     }
     HttpResponse::Ok().json(json!({"object": "list", "data": data}))
-}
-
-fn not_configured() -> GatewayError {
-    GatewayError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "gateway_not_configured",
-        "no model providers are configured on this server",
-    )
 }
 
 async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Bytes, GatewayError> {
@@ -160,7 +164,7 @@ async fn proxy(
 ) -> Result<HttpResponse, GatewayError> {
     let started = Instant::now();
     let caller = caller?;
-    let gateway = state.gateway.as_ref().ok_or_else(not_configured)?;
+    let gateway = &state.gateway;
     let body = read_body(payload, gateway.config.max_body_bytes).await?;
     let mut json: Value = serde_json::from_slice(&body)
         .map_err(|e| invalid(format!("the body is not valid JSON: {e}")))?;
@@ -174,7 +178,16 @@ async fn proxy(
         .ok_or_else(|| invalid("`model` must be a non-empty string"))?
         .to_owned();
     let streaming = json.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let targets = gateway.config.targets(&requested, format);
+    let own = gateway
+        .tenant_providers
+        .get(
+            &state.db,
+            &state.master_key,
+            caller.tenant_id(),
+            gateway.config.allow_private_tenant_endpoints,
+        )
+        .await?;
+    let targets = gateway.config.targets(&own, &requested, format);
     if targets.is_empty() {
         return Err(GatewayError::new(
             StatusCode::NOT_FOUND,
@@ -208,7 +221,7 @@ async fn proxy(
     };
     let mut last_failure = String::from("no attempt made");
     for target in &targets {
-        let provider = &gateway.config.providers[target.provider];
+        let provider = &target.provider;
         json["model"] = Value::String(target.model.clone());
         let request_body = serde_json::to_vec(&json)
             .map_err(|e| GatewayError::from(Error::Unexpected(e.into())))?;
@@ -273,13 +286,16 @@ fn upstream_request(
     req: &HttpRequest,
     body: Vec<u8>,
 ) -> reqwest::RequestBuilder {
-    let provider = &gateway.config.providers[target.provider];
+    let provider = &target.provider;
     let key = provider.api_key.expose();
+    let client = if provider.tenant_owned {
+        &gateway.tenant_client
+    } else {
+        &gateway.client
+    };
     let builder = match format {
         WireFormat::OpenAi => {
-            let b = gateway
-                .client
-                .post(format!("{}/chat/completions", provider.base_url));
+            let b = client.post(format!("{}/chat/completions", provider.base_url));
             if key.is_empty() {
                 b
             } else {
@@ -289,8 +305,7 @@ fn upstream_request(
         WireFormat::Anthropic => {
             let version =
                 forwardable(req, "anthropic-version").unwrap_or_else(|| "2023-06-01".to_owned());
-            let mut b = gateway
-                .client
+            let mut b = client
                 .post(format!("{}/messages", provider.base_url))
                 .header("x-api-key", key)
                 .header("anthropic-version", version);
@@ -331,10 +346,7 @@ impl Call<'_> {
         outcome: &'static str,
     ) -> UsageEntry {
         let (provider, model) = target.map_or((String::new(), String::new()), |t| {
-            (
-                self.gateway.config.providers[t.provider].name.clone(),
-                t.model.clone(),
-            )
+            (t.provider.name.clone(), t.model.clone())
         });
         UsageEntry {
             principal: self.principal.clone(),

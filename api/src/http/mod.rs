@@ -53,5 +53,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(routes::api_keys::configure)
         .configure(routes::audit::configure)
         .configure(routes::usage::configure)
+        .configure(routes::providers::configure)
         .configure(crate::gateway::configure);
 }

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::routes::{api_keys, audit, ops, tenant, usage};
+use super::routes::{api_keys, audit, ops, providers, tenant, usage};
 
 /// The whole API.
 #[derive(OpenApi)]
@@ -22,6 +22,9 @@ use super::routes::{api_keys, audit, ops, tenant, usage};
         api_keys::revoke_key,
         audit::list_audit,
         usage::get_usage,
+        providers::list_providers,
+        providers::put_provider,
+        providers::delete_provider,
         crate::gateway::proxy::chat_completions,
         crate::gateway::proxy::messages,
         crate::gateway::proxy::models,
@@ -36,6 +39,7 @@ use super::routes::{api_keys, audit, ops, tenant, usage};
         (name = "api-keys", description = "API keys: created, listed, revoked"),
         (name = "audit", description = "The append-only audit log"),
         (name = "usage", description = "Model gateway usage"),
+        (name = "providers", description = "A tenant's own model provider keys, stored encrypted"),
         (name = "gateway", description = "OpenAI- and Anthropic-compatible model gateway; \
             authenticate with a key holding the `gateway` scope (Bearer or `x-api-key`)"),
         (name = "operations", description = "Health, readiness, metrics"),

@@ -10,6 +10,7 @@ use carapace_api::gateway::GatewayArgs;
 use carapace_api::gateway::config::{Price, ProviderArgs, ProviderKind};
 use carapace_api::secret::Secret;
 use reqwest::Method;
+use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
 
 use crate::fake_llm::FakeLlm;
@@ -462,4 +463,230 @@ async fn the_official_openai_and_anthropic_sdks_work_against_the_gateway() {
             "missing `{check}` in:\n{stdout}\n{stderr}"
         );
     }
+}
+
+const TENANT_KEY: &str = "sk-tenant-own-provider-key";
+
+async fn put_provider(s: &Setup, key: &str, name: &str, body: Value) -> reqwest::Response {
+    s.app
+        .request(Method::PUT, &format!("/v1/providers/{name}"), key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_tenants_own_provider_key_is_stored_encrypted_and_used_only_for_that_tenant() {
+    let s = setup(|g| g.allow_private_tenant_endpoints = Some(true)).await;
+    let res = put_provider(
+        &s,
+        &s.tenant.key,
+        "own",
+        json!({"kind": "openai_compatible", "base_url": s.llm.base_url, "api_key": TENANT_KEY, "models": ["private-model"]}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let view: Value = res.json().await.unwrap();
+    assert_eq!(view["id"], "own");
+    assert!(!view.to_string().contains(TENANT_KEY));
+
+    // Never listed, never in the audit log, never in clear in the database.
+    let list = s
+        .app
+        .get("/v1/providers", &s.tenant.key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(list.contains("private-model") && !list.contains(TENANT_KEY));
+    let audit = s.app.audit(&s.tenant.key, "?action=provider.put").await;
+    assert_eq!(audit.len(), 1);
+    assert!(!Value::Array(audit).to_string().contains(TENANT_KEY));
+    let rows = s
+        .app
+        .db
+        .query_all(sea_orm::Statement::from_string(
+            s.app.db.get_database_backend(),
+            "SELECT * FROM tenant_providers",
+        ))
+        .await
+        .unwrap();
+    assert!(!format!("{rows:?}").contains(TENANT_KEY));
+    assert!(!format!("{rows:?}").contains(&base64_of(TENANT_KEY)));
+
+    // The tenant's key goes upstream for the tenant's model.
+    let res = s
+        .chat(json!({"model": "private-model", "messages": []}))
+        .await;
+    assert_eq!(res.status(), 200);
+    let received = s.llm.received();
+    assert_eq!(
+        received[0].authorization.as_deref(),
+        Some(format!("Bearer {TENANT_KEY}").as_str())
+    );
+
+    // Another tenant cannot reach it.
+    let other = s.app.create_tenant("Other").await;
+    let res = s
+        .app
+        .request(Method::POST, "/gateway/v1/chat/completions", &other.key)
+        .json(&json!({"model": "private-model", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+
+    // Deleting it takes effect at once.
+    let res = s
+        .app
+        .request(Method::DELETE, "/v1/providers/own", &s.tenant.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let res = s
+        .chat(json!({"model": "private-model", "messages": []}))
+        .await;
+    assert_eq!(res.status(), 404);
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[tokio::test]
+async fn a_sealed_key_copied_into_another_tenant_does_not_decrypt() {
+    let s = setup(|g| g.allow_private_tenant_endpoints = Some(true)).await;
+    let body = json!({"kind": "openai_compatible", "base_url": s.llm.base_url, "api_key": TENANT_KEY, "models": ["private-model"]});
+    assert_eq!(
+        put_provider(&s, &s.tenant.key, "own", body).await.status(),
+        200
+    );
+    let mallory = s.app.create_tenant("Mallory").await;
+    let body = json!({"kind": "openai_compatible", "base_url": s.llm.base_url, "api_key": "sk-mallory", "models": ["private-model"]});
+    assert_eq!(
+        put_provider(&s, &mallory.key, "own", body).await.status(),
+        200
+    );
+
+    // An attacker with write access to the database copies Acme's sealed
+    // key into Mallory's row.
+    let backend = s.app.db.get_database_backend();
+    let sealed: String = s
+        .app
+        .db
+        .query_one(sea_orm::Statement::from_sql_and_values(
+            backend,
+            match backend {
+                sea_orm::DbBackend::Postgres => {
+                    "SELECT sealed_api_key FROM tenant_providers WHERE tenant_id = $1"
+                }
+                _ => "SELECT sealed_api_key FROM tenant_providers WHERE tenant_id = ?",
+            },
+            [s.tenant.id.clone().into()],
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get("", "sealed_api_key")
+        .unwrap();
+    s.app
+        .db
+        .execute(sea_orm::Statement::from_sql_and_values(
+            backend,
+            match backend {
+                sea_orm::DbBackend::Postgres => {
+                    "UPDATE tenant_providers SET sealed_api_key = $1 WHERE tenant_id = $2"
+                }
+                _ => "UPDATE tenant_providers SET sealed_api_key = ? WHERE tenant_id = ?",
+            },
+            [sealed.into(), mallory.id.clone().into()],
+        ))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await; // past the provider cache
+
+    let res = s
+        .app
+        .request(Method::POST, "/gateway/v1/chat/completions", &mallory.key)
+        .json(&json!({"model": "private-model", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        404,
+        "the copied key must not decrypt for Mallory"
+    );
+    assert!(
+        s.llm
+            .received()
+            .iter()
+            .all(|r| r.authorization.as_deref() != Some(&format!("Bearer {TENANT_KEY}")))
+    );
+    // Acme is unaffected.
+    assert_eq!(
+        s.chat(json!({"model": "private-model", "messages": []}))
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn tenant_endpoints_on_internal_addresses_are_refused() {
+    let s = setup(|_| {}).await;
+    for url in [
+        s.llm.base_url.clone(),
+        "https://127.0.0.1/v1".to_owned(),
+        "https://169.254.169.254/latest".to_owned(),
+        "https://[::ffff:10.0.0.1]/v1".to_owned(),
+        "https://localhost/v1".to_owned(),
+        "https://user:pw@api.example.com/v1".to_owned(),
+    ] {
+        let res = put_provider(
+            &s,
+            &s.tenant.key,
+            "evil",
+            json!({"kind": "openai_compatible", "base_url": url, "api_key": "sk-x", "models": ["m"]}),
+        )
+        .await;
+        let problem = crate::helpers::assert_problem(res, 422, "invalid_field").await;
+        assert_eq!(problem["field"], "base_url", "{url}");
+    }
+    for (name, body, field) in [
+        (
+            "Bad Name",
+            json!({"kind": "openai", "api_key": "sk"}),
+            "name",
+        ),
+        ("ok", json!({"kind": "openai", "api_key": ""}), "api_key"),
+        (
+            "ok",
+            json!({"kind": "openai", "api_key": "sk x"}),
+            "api_key",
+        ),
+        (
+            "ok",
+            json!({"kind": "openai_compatible", "api_key": "sk"}),
+            "base_url",
+        ),
+    ] {
+        let res = put_provider(&s, &s.tenant.key, &name.replace(' ', "%20"), body).await;
+        let problem = crate::helpers::assert_problem(res, 422, "invalid_field").await;
+        assert_eq!(problem["field"], field);
+    }
+    // A public https endpoint is accepted (it is not called here).
+    let res = put_provider(
+        &s,
+        &s.tenant.key,
+        "public",
+        json!({"kind": "openai", "base_url": "https://api.example.com/v1", "api_key": "sk-x", "models": ["m"]}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
 }

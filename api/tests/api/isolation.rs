@@ -18,12 +18,14 @@ enum Expect {
     ListsNothingOfB,
 }
 
-/// One endpoint. `{key}` in the path is replaced with the id of an API key
-/// of tenant B.
+/// One endpoint. In the path, `{key}` is replaced with the id of an API key
+/// of tenant B and `{provider}` with the name of one of B's providers.
 struct Case(Method, &'static str, Expect);
 
 const CASES: &[Case] = &[
     Case(Method::DELETE, "/v1/api-keys/{key}", Expect::NotFound),
+    Case(Method::DELETE, "/v1/providers/{provider}", Expect::NotFound),
+    Case(Method::GET, "/v1/providers", Expect::ListsNothingOfB),
     Case(Method::GET, "/v1/api-keys", Expect::ListsNothingOfB),
     Case(Method::GET, "/v1/audit", Expect::ListsNothingOfB),
     Case(Method::GET, "/v1/tenant", Expect::ListsNothingOfB),
@@ -51,6 +53,16 @@ async fn fixture(app: &TestApp) -> Fixture {
         .create_key(&b.key, json!({"name": "bravo-secret-key"}))
         .await;
     assert_eq!(status, 201);
+    let res = app
+        .request(Method::PUT, "/v1/providers/bravo-provider", &b.key)
+        .json(
+            &json!({"kind": "openai", "base_url": "https://bravo.example.com/v1",
+                      "api_key": "sk-bravo", "models": ["bravo-model"]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
     // A model call of B's in the usage ledger.
     let b_id = TenantId::parse(&b.id).unwrap();
     TenantScope::new(&app.db, &b_id)
@@ -89,7 +101,9 @@ async fn a_tenant_never_sees_or_touches_another_tenants_resources() {
     ];
 
     for Case(method, template, expect) in CASES {
-        let path = template.replace("{key}", &f.b_key_id);
+        let path = template
+            .replace("{key}", &f.b_key_id)
+            .replace("{provider}", "bravo-provider");
         let res = app
             .request(method.clone(), &path, &a.key)
             .send()
@@ -101,7 +115,9 @@ async fn a_tenant_never_sees_or_touches_another_tenants_resources() {
             Expect::NotFound => {
                 assert_eq!(status, 404, "{method} {path}: {body}");
                 // Same answer as for an id that never existed.
-                let missing = template.replace("{key}", "key_00000000000000000000000000000000");
+                let missing = template
+                    .replace("{key}", "key_00000000000000000000000000000000")
+                    .replace("{provider}", "no-such-provider");
                 let res = app
                     .request(method.clone(), &missing, &a.key)
                     .send()
@@ -131,4 +147,6 @@ async fn a_tenant_never_sees_or_touches_another_tenants_resources() {
         .find(|k| k["id"] == f.b_key_id.as_str())
         .unwrap();
     assert!(b_key["revoked_at"].is_null());
+    let res = app.get("/v1/providers", &f.b.key).send().await.unwrap();
+    assert!(res.text().await.unwrap().contains("bravo-provider"));
 }

@@ -5,5 +5,6 @@ pub mod api_keys;
 pub mod audit;
 pub mod docs;
 pub mod ops;
+pub mod providers;
 pub mod tenant;
 pub mod usage;
