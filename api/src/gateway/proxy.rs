@@ -444,6 +444,19 @@ impl Call<'_> {
             }
             body.extend_from_slice(&chunk);
         }
+        if status.is_success() && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+            self.record(
+                Some(target),
+                Usage::default(),
+                StatusCode::BAD_GATEWAY,
+                "upstream_failed",
+            );
+            return Err(GatewayError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_invalid",
+                "the provider's answer was not valid JSON",
+            ));
+        }
         let used = if status.is_success() {
             usage::from_body(self.format, &body)
         } else {
@@ -500,9 +513,15 @@ impl Stream for TappedStream {
                 Poll::Ready(Some(Ok(chunk)))
             }
             Poll::Ready(Some(Err(e))) => {
-                tracing::warn!(error = %e.without_url(), "upstream stream broke off");
+                let e = e.without_url();
+                tracing::warn!(error = %e, "upstream stream broke off");
                 self.finish("upstream_failed");
-                Poll::Ready(None)
+                // An error (not a clean end) makes actix abort the response,
+                // so the client sees a truncated stream rather than a
+                // complete-looking one.
+                Poll::Ready(Some(Err(actix_web::error::ErrorBadGateway(
+                    "upstream stream broke off",
+                ))))
             }
             Poll::Ready(None) => {
                 self.finish("completed");

@@ -294,3 +294,114 @@ async fn sigterm_lets_an_in_flight_request_finish() {
 async fn sigint_is_as_graceful_as_sigterm() {
     in_flight_request_survives("-INT").await;
 }
+
+#[tokio::test]
+async fn provider_keys_never_reach_a_response_or_a_log_line() {
+    const PROVIDER_KEY: &str = "sk-provider-canary-7f3a9c1e";
+    let llm = crate::fake_llm::FakeLlm::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pg_url = match test_database() {
+        "postgres" => Some(fresh_database_url(&dir).await),
+        _ => None,
+    };
+    let pg = pg_url.as_deref();
+    std::fs::write(
+        dir.path().join("carapace.toml"),
+        format!(
+            r#"
+log = "debug"
+[gateway]
+max_retries = 1
+[[gateway.providers]]
+name = "dead"
+kind = "openai_compatible"
+base_url = "http://127.0.0.1:1/v1"
+api_key_env = "CANARY_KEY"
+models = ["model-a"]
+[[gateway.providers]]
+name = "fake"
+kind = "openai_compatible"
+base_url = "{}"
+api_key_env = "CANARY_KEY"
+models = ["model-a", "garbage-model"]
+[gateway.aliases]
+fast = ["dead/model-a", "fake/model-a"]
+"#,
+            llm.base_url
+        ),
+    )
+    .unwrap();
+    let key = create_tenant(dir.path(), pg);
+    let port = free_port();
+    let mut cmd = carapace(dir.path(), pg);
+    let child = cmd
+        .args(["serve", "--config", "carapace.toml"])
+        .env("CANARY_KEY", PROVIDER_KEY)
+        .env("CARAPACE_LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let server = Server { child, port };
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "carapace serve did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let client = reqwest::Client::new();
+    let url = server.url("/gateway/v1/chat/completions");
+    let mut bodies = String::new();
+    llm.fail_next(&[500, 500]);
+    for body in [
+        serde_json::json!({"model": "fast", "messages": []}),
+        serde_json::json!({"model": "fast", "stream": true, "messages": []}),
+        serde_json::json!({"model": "garbage-model", "messages": []}),
+        serde_json::json!({"model": "nope", "messages": []}),
+    ] {
+        let res = client
+            .post(&url)
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        bodies.push_str(&format!("{:?}", res.headers()));
+        bodies.push_str(&res.text().await.unwrap_or_default());
+    }
+    for path in ["/gateway/v1/models", "/metrics", "/openapi.json"] {
+        let res = client
+            .get(server.url(path))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        bodies.push_str(&res.text().await.unwrap());
+    }
+    let (ok, stdout, stderr) = server.stop();
+    assert!(ok, "{stderr}");
+    assert!(
+        llm.received()
+            .iter()
+            .any(|r| r.authorization.as_deref() == Some(&format!("Bearer {PROVIDER_KEY}"))),
+        "the key was used upstream"
+    );
+    assert!(
+        stdout.contains("upstream attempt failed"),
+        "failures were logged"
+    );
+    for (what, text) in [
+        ("responses", &bodies),
+        ("stdout", &stdout),
+        ("stderr", &stderr),
+    ] {
+        assert!(
+            !text.contains(PROVIDER_KEY),
+            "the provider key leaked into {what}"
+        );
+        assert!(!text.contains(&key), "the client key leaked into {what}");
+    }
+}

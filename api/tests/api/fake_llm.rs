@@ -4,7 +4,9 @@
 //! what it received and can be told to fail.
 //!
 //! Behaviour by model name: `slow-*` streams 200 chunks 50 ms apart (for
-//! disconnect tests); anything else answers at once.
+//! disconnect tests); `truncated-*` breaks its stream off after two events;
+//! `garbage-*` answers 200 with a body that is not JSON; `huge-*` answers
+//! with 40 MiB; anything else answers at once.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -147,6 +149,37 @@ async fn chat(req: HttpRequest, shared: web::Data<Shared>, body: web::Json<Value
         return failure;
     }
     let model = body["model"].as_str().unwrap_or_default().to_owned();
+    if model.starts_with("garbage") {
+        return HttpResponse::Ok()
+            .content_type("application/json")
+            .body("{\"choices\": [truncated");
+    }
+    if model.starts_with("huge") {
+        return HttpResponse::Ok()
+            .content_type("application/json")
+            .body(vec![b' '; 40 * 1024 * 1024]);
+    }
+    if model.starts_with("truncated") {
+        // Pauses let the headers and first events reach the wire before
+        // the connection is dropped.
+        let events = futures_util::stream::unfold(0u8, |step| async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let item = match step {
+                0 => Ok(Bytes::from_static(
+                    b"data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n",
+                )),
+                1 => Ok(Bytes::from_static(b"data: {\"choices\":[{\"delta\":{\"con")),
+                2 => Err(actix_web::error::ErrorInternalServerError(
+                    "connection lost",
+                )),
+                _ => return None,
+            };
+            Some((item, step + 1))
+        });
+        return HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .streaming(events);
+    }
     let tool = tool_name(&body);
     if body["stream"].as_bool().unwrap_or(false) {
         let chunk = |delta: Value, finish: Value| {

@@ -52,7 +52,13 @@ async fn setup(adjust: impl FnOnce(&mut GatewayArgs)) -> Setup {
                 ProviderKind::OpenaiCompatible,
                 &llm.base_url,
                 PRIMARY_KEY,
-                &["model-a", "slow-model"],
+                &[
+                    "model-a",
+                    "slow-model",
+                    "truncated-model",
+                    "garbage-model",
+                    "huge-model",
+                ],
             ),
             provider(
                 "backup",
@@ -689,4 +695,44 @@ async fn tenant_endpoints_on_internal_addresses_are_refused() {
     )
     .await;
     assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn upstream_garbage_ends_in_clean_errors() {
+    let s = setup(|_| {}).await;
+    // Not JSON at all.
+    let res = s
+        .chat(json!({"model": "garbage-model", "messages": []}))
+        .await;
+    assert_eq!(res.status(), 502);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "upstream_invalid"
+    );
+    // Far too large.
+    let res = s.chat(json!({"model": "huge-model", "messages": []})).await;
+    assert_eq!(res.status(), 502);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "upstream_too_large"
+    );
+    // A stream cut off mid-event: the client's stream is cut off too, not
+    // ended as if complete.
+    let res = s
+        .chat(json!({"model": "truncated-model", "stream": true, "messages": []}))
+        .await;
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.text().await.is_err(),
+        "a truncated upstream stream must not look complete"
+    );
+    // The gateway is unharmed.
+    let res = s.chat(json!({"model": "fast", "messages": []})).await;
+    assert_eq!(res.status(), 200);
+    let outcomes = s.usage("?group_by=model", 4).await;
+    let models: Vec<&str> = outcomes
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert!(models.contains(&"truncated-model"), "{models:?}");
 }
