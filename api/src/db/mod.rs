@@ -28,7 +28,7 @@ use crate::secret::Secret;
 pub use records::{ApiKey, NewApiKey, Tenant, TenantWithOwner};
 pub use tenant_scope::TenantScope;
 pub use tenant_secrets::StoredProvider;
-pub use usage::{UsageEntry, UsageGrouping, UsageTotal};
+pub use usage::{UsageEntry, UsageGrouping, UsageTotal, append_usage};
 
 /// Opens a connection pool.
 pub async fn connect(

@@ -8,9 +8,12 @@ use sea_orm::{
     QuerySelect, Set,
 };
 
+use sea_orm::DatabaseConnection;
+
 use super::TenantScope;
 use super::entities::gateway_usage;
 use crate::error::Result;
+use crate::ids::TenantId;
 
 /// One model call, as the gateway saw it.
 #[derive(Debug, Clone)]
@@ -69,28 +72,47 @@ fn clamp(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+fn row(tenant: &TenantId, entry: UsageEntry) -> gateway_usage::ActiveModel {
+    gateway_usage::ActiveModel {
+        tenant_id: Set(tenant.to_string()),
+        principal: Set(entry.principal),
+        endpoint: Set(entry.endpoint.to_owned()),
+        requested_model: Set(entry.requested_model.chars().take(200).collect()),
+        provider: Set(entry.provider),
+        model: Set(entry.model.chars().take(200).collect()),
+        input_tokens: Set(clamp(entry.input_tokens)),
+        output_tokens: Set(clamp(entry.output_tokens)),
+        cost_micro_usd: Set(entry.cost_micro_usd),
+        latency_ms: Set(clamp(entry.latency_ms)),
+        status: Set(i32::from(entry.status)),
+        outcome: Set(entry.outcome.to_owned()),
+        day: Set(entry.at.format("%Y-%m-%d").to_string()),
+        created_at: Set(entry.at),
+        ..Default::default()
+    }
+}
+
+/// Appends many calls, each to its own tenant's ledger, in one statement
+/// (the gateway's ledger writer batches what queued up meanwhile).
+pub async fn append_usage(
+    db: &DatabaseConnection,
+    batch: Vec<(TenantId, UsageEntry)>,
+) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    gateway_usage::Entity::insert_many(
+        batch.into_iter().map(|(tenant, entry)| row(&tenant, entry)),
+    )
+    .exec_without_returning(db)
+    .await?;
+    Ok(())
+}
+
 impl TenantScope<'_> {
     /// Appends one call to the ledger.
     pub async fn record_usage(&self, entry: UsageEntry) -> Result<()> {
-        gateway_usage::ActiveModel {
-            tenant_id: Set(self.tenant_id().to_string()),
-            principal: Set(entry.principal),
-            endpoint: Set(entry.endpoint.to_owned()),
-            requested_model: Set(entry.requested_model.chars().take(200).collect()),
-            provider: Set(entry.provider),
-            model: Set(entry.model.chars().take(200).collect()),
-            input_tokens: Set(clamp(entry.input_tokens)),
-            output_tokens: Set(clamp(entry.output_tokens)),
-            cost_micro_usd: Set(entry.cost_micro_usd),
-            latency_ms: Set(clamp(entry.latency_ms)),
-            status: Set(i32::from(entry.status)),
-            outcome: Set(entry.outcome.to_owned()),
-            day: Set(entry.at.format("%Y-%m-%d").to_string()),
-            created_at: Set(entry.at),
-            ..Default::default()
-        }
-        .insert(self.db())
-        .await?;
+        row(self.tenant_id(), entry).insert(self.db()).await?;
         Ok(())
     }
 

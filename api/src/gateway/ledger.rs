@@ -1,13 +1,18 @@
 //! The ledger writer: gateway calls end in many places (a response sent, a
 //! stream finished, a client gone mid-stream), some of which cannot wait for
 //! the database. They hand their entry to one background task that writes
-//! it; at shutdown the task drains what is queued before the process exits.
+//! whatever has queued up in one statement (so the database sees one write
+//! per batch, not per call); at shutdown the task drains the queue before
+//! the process exits.
 
 use sea_orm::DatabaseConnection;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::db::{TenantScope, UsageEntry};
+use crate::db::{UsageEntry, append_usage};
+
+/// Most entries written in one statement.
+const BATCH: usize = 500;
 use crate::ids::TenantId;
 
 /// Sends entries to the writer.
@@ -22,15 +27,18 @@ impl Ledger {
     pub fn start(db: DatabaseConnection) -> (Ledger, JoinHandle<()>) {
         let (tx, mut rx) = mpsc::unbounded_channel::<(TenantId, UsageEntry)>();
         let task = tokio::spawn(async move {
-            while let Some((tenant, entry)) = rx.recv().await {
-                let scope = TenantScope::new(&db, &tenant);
-                if let Err(e) = scope.record_usage(entry.clone()).await {
+            let mut batch = Vec::with_capacity(BATCH);
+            while rx.recv_many(&mut batch, BATCH).await > 0 {
+                let entries = std::mem::take(&mut batch);
+                if let Err(e) = append_usage(&db, entries.clone()).await {
                     // Billing data: say loudly what was not recorded.
-                    tracing::error!(
-                        error = ?e, tenant_id = %tenant, model = %entry.model,
-                        input_tokens = entry.input_tokens, output_tokens = entry.output_tokens,
-                        "failed to record gateway usage"
-                    );
+                    for (tenant, entry) in &entries {
+                        tracing::error!(
+                            error = ?e, tenant_id = %tenant, model = %entry.model,
+                            input_tokens = entry.input_tokens, output_tokens = entry.output_tokens,
+                            "failed to record gateway usage"
+                        );
+                    }
                 }
             }
         });
