@@ -26,6 +26,7 @@ pub struct Application {
     port: u16,
     state: web::Data<AppState>,
     ledger_task: tokio::task::JoinHandle<()>,
+    limit_sync: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -49,6 +50,7 @@ impl Application {
         let metrics = Metrics::new()?;
         let (ledger, ledger_task) = Ledger::start(db.clone());
         let gateway = Gateway::new(settings.gateway.clone(), ledger, metrics.registry())?;
+        let limit_sync = tokio::spawn(gateway.limit_sync(db.clone()));
         let state = web::Data::new(AppState {
             auth: Authenticator::new(db.clone(), settings.auth_cache_ttl),
             db,
@@ -65,6 +67,7 @@ impl Application {
             port,
             state,
             ledger_task,
+            limit_sync,
         })
     }
 
@@ -94,6 +97,8 @@ impl Application {
                 result.context("HTTP server failed")?;
             }
         }
+        // Counts not yet shared are at most one sync interval's worth.
+        self.limit_sync.abort();
         // The last senders go with the state; the writer then drains its
         // queue and ends.
         drop(self.state);

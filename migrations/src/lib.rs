@@ -12,6 +12,7 @@ use sea_orm_migration::prelude::*;
 mod m0001_foundation;
 mod m0002_gateway_usage;
 mod m0003_tenant_keys_and_providers;
+mod m0004_gateway_buckets;
 
 /// Every migration, in the order it is applied.
 pub struct Migrator;
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0001_foundation::Migration),
             Box::new(m0002_gateway_usage::Migration),
             Box::new(m0003_tenant_keys_and_providers::Migration),
+            Box::new(m0004_gateway_buckets::Migration),
         ]
     }
 }

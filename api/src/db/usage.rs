@@ -116,6 +116,29 @@ impl TenantScope<'_> {
         Ok(())
     }
 
+    /// Total cost recorded since `from_day` (`YYYY-MM-DD`), in millionths
+    /// of a dollar.
+    pub async fn spend_since(&self, from_day: &str) -> Result<i64> {
+        #[derive(FromQueryResult)]
+        struct Total {
+            total: Option<i64>,
+        }
+        let total = gateway_usage::Entity::find()
+            .select_only()
+            .column_as(
+                Expr::col(gateway_usage::Column::CostMicroUsd)
+                    .sum()
+                    .cast_as("BIGINT"),
+                "total",
+            )
+            .filter(gateway_usage::Column::TenantId.eq(self.tenant_id().as_str()))
+            .filter(gateway_usage::Column::Day.gte(from_day))
+            .into_model::<Total>()
+            .one(self.db())
+            .await?;
+        Ok(total.and_then(|t| t.total).unwrap_or(0))
+    }
+
     /// Sums the ledger between two days (inclusive, `YYYY-MM-DD`).
     pub async fn usage_totals(
         &self,

@@ -48,6 +48,14 @@ pub struct GatewayArgs {
     pub requests_per_minute: Option<u32>,
     /// Concurrent requests per tenant. [default: 32]
     pub max_concurrent: Option<u32>,
+    /// Requests per minute per API key. [default: requests_per_minute]
+    pub key_requests_per_minute: Option<u32>,
+    /// Tokens (prompt + completion) per minute per tenant. [default: 1000000]
+    pub tokens_per_minute: Option<u64>,
+    /// Monthly budget per tenant in US dollars, from the price table; the
+    /// gateway refuses calls once the month's spend reaches it.
+    /// [default: none]
+    pub monthly_budget_usd: Option<f64>,
     /// Let tenants point their own providers at loopback and private
     /// addresses (and plain http). Only for tests and closed networks: it
     /// lets a tenant make the server connect to internal services.
@@ -164,10 +172,8 @@ pub struct GatewayConfig {
     pub max_retries: u32,
     /// Body limit.
     pub max_body_bytes: usize,
-    /// Per-tenant rate.
-    pub requests_per_minute: u32,
-    /// Per-tenant concurrency.
-    pub max_concurrent: u32,
+    /// The limits.
+    pub limits: super::limits::Limits,
     /// Tenant providers may use private addresses.
     pub allow_private_tenant_endpoints: bool,
 }
@@ -251,8 +257,24 @@ impl GatewayArgs {
             upstream_timeout: Duration::from_secs(self.upstream_timeout_secs.unwrap_or(60)),
             max_retries: self.max_retries.unwrap_or(2),
             max_body_bytes: self.max_body_bytes.unwrap_or(4 * 1024 * 1024),
-            requests_per_minute: self.requests_per_minute.unwrap_or(600).max(1),
-            max_concurrent: self.max_concurrent.unwrap_or(32).max(1),
+            limits: {
+                let tenant_rpm = self.requests_per_minute.unwrap_or(600).max(1);
+                if self
+                    .monthly_budget_usd
+                    .is_some_and(|b| !(b >= 0.0 && b.is_finite()))
+                {
+                    bail!("gateway monthly_budget_usd must be a non-negative number");
+                }
+                super::limits::Limits {
+                    tenant_rpm,
+                    key_rpm: self.key_requests_per_minute.unwrap_or(tenant_rpm).max(1),
+                    tenant_tpm: self.tokens_per_minute.unwrap_or(1_000_000).max(1),
+                    max_concurrent: self.max_concurrent.unwrap_or(32).max(1),
+                    monthly_budget_micro_usd: self
+                        .monthly_budget_usd
+                        .map(|b| (b * 1e6).round() as i64),
+                }
+            },
             allow_private_tenant_endpoints: self.allow_private_tenant_endpoints.unwrap_or(false),
         })
     }

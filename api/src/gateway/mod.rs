@@ -11,12 +11,15 @@
 //! stored sealed with the tenant's data key and decrypted here at call
 //! time (see `tenant_providers`).
 //!
-//! Not here yet: run tokens (they come with runs), monthly budgets, and
-//! limits shared between replicas.
+//! Limits (`limits`): requests and tokens per minute, concurrency and a
+//! monthly budget, with the buckets shared between replicas through the
+//! database.
+//!
+//! Not here yet: run tokens (they come with runs).
 
 pub mod config;
 mod ledger;
-mod limits;
+pub(crate) mod limits;
 pub(crate) mod proxy;
 mod tenant_providers;
 pub mod usage;
@@ -87,7 +90,7 @@ impl Gateway {
         registry.register(Box::new(upstream_seconds.clone()))?;
         registry.register(Box::new(overhead_seconds.clone()))?;
         Ok(Self {
-            limiter: Limiter::new(config.requests_per_minute, config.max_concurrent),
+            limiter: Limiter::new(config.limits),
             config,
             client,
             tenant_client,
@@ -103,6 +106,15 @@ impl Gateway {
     /// Whether tenants may use private endpoints (tests, closed networks).
     pub fn allows_private_tenant_endpoints(&self) -> bool {
         self.config.allow_private_tenant_endpoints
+    }
+
+    /// The task that shares rate-limit buckets with other replicas through
+    /// the database; runs until aborted.
+    pub fn limit_sync(
+        &self,
+        db: sea_orm::DatabaseConnection,
+    ) -> impl std::future::Future<Output = ()> + use<> {
+        limits::run_sync(self.limiter.clone(), db)
     }
 
     /// Forgets a tenant's cached providers after a change.

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::Gateway;
 use super::config::{Price, Target, WireFormat};
-use super::limits::Permit;
+use super::limits::{Permit, Refusal};
 use super::usage::{self, StreamTap, Usage};
 use super::wire_error::GatewayError;
 use crate::auth::extract::{Caller, UseGateway};
@@ -195,16 +195,35 @@ async fn proxy(
             format!("no provider serves model `{requested}` in this format"),
         ));
     }
+    if gateway.limiter.spend_is_stale(caller.tenant_id()) {
+        let first_of_month = chrono::Utc::now().format("%Y-%m-01").to_string();
+        let spent = caller.scope(&state.db).spend_since(&first_of_month).await?;
+        gateway.limiter.set_spend(caller.tenant_id(), spent);
+    }
+    gateway
+        .limiter
+        .prime(&state.db, caller.tenant_id(), &caller.principal().key_id)
+        .await
+        .map_err(Error::from)?;
     let permit = gateway
         .limiter
-        .acquire(caller.tenant_id())
-        .map_err(|refusal| GatewayError {
-            retry_after: Some(refusal.retry_after_secs),
-            ..GatewayError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                refusal.reason,
-            )
+        .acquire(caller.tenant_id(), &caller.principal().key_id)
+        .map_err(|refusal| match refusal {
+            Refusal::Rate {
+                reason,
+                retry_after_secs,
+            } => GatewayError {
+                retry_after: Some(retry_after_secs),
+                ..GatewayError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", reason)
+            },
+            Refusal::Budget { budget_usd } => GatewayError::new(
+                StatusCode::PAYMENT_REQUIRED,
+                "budget_exceeded",
+                format!(
+                    "this month's model budget of ${budget_usd:.2} is spent; \
+                     it renews on the first of next month (UTC)"
+                ),
+            ),
         })?;
     if streaming && format == WireFormat::OpenAi {
         // Ask for the final usage chunk so the ledger is exact.
@@ -408,7 +427,7 @@ impl Call<'_> {
                 ledger: self.gateway.ledger.clone(),
                 tenant: self.tenant.clone(),
                 started: self.started,
-                _permit: permit,
+                permit,
             };
             return Ok(HttpResponse::build(status)
                 .content_type(content_type)
@@ -463,6 +482,11 @@ impl Call<'_> {
             Usage::default()
         };
         self.record(Some(target), used, status, "completed");
+        let cost = self
+            .gateway
+            .config
+            .cost_micro_usd(&target.model, used.input, used.output);
+        permit.record(used.input + used.output, cost);
         drop(permit);
         Ok(HttpResponse::build(status)
             .content_type(content_type)
@@ -482,7 +506,7 @@ struct TappedStream {
     ledger: super::Ledger,
     tenant: TenantId,
     started: Instant,
-    _permit: Permit,
+    permit: Permit,
 }
 
 impl TappedStream {
@@ -495,6 +519,8 @@ impl TappedStream {
             entry.cost_micro_usd = self
                 .price
                 .map_or(0, |p| p.cost_micro_usd(used.input, used.output));
+            self.permit
+                .record(used.input + used.output, entry.cost_micro_usd);
             entry.outcome = outcome;
             entry.latency_ms =
                 u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);

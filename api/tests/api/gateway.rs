@@ -736,3 +736,144 @@ async fn upstream_garbage_ends_in_clean_errors() {
         .collect();
     assert!(models.contains(&"truncated-model"), "{models:?}");
 }
+
+fn usage_entry(
+    model: &str,
+    cost_micro_usd: i64,
+    at: chrono::DateTime<chrono::Utc>,
+) -> carapace_api::db::UsageEntry {
+    carapace_api::db::UsageEntry {
+        principal: "api_key:earlier".to_owned(),
+        endpoint: "chat_completions",
+        requested_model: model.to_owned(),
+        provider: "primary".to_owned(),
+        model: model.to_owned(),
+        input_tokens: 1,
+        output_tokens: 1,
+        cost_micro_usd,
+        latency_ms: 1,
+        status: 200,
+        outcome: "completed",
+        at,
+    }
+}
+
+#[tokio::test]
+async fn the_monthly_budget_cuts_off_mid_month_and_last_month_does_not_count() {
+    // Each call to model-a costs 11 × $1 + 7 × $2 per million tokens = $0.000025.
+    let s = setup(|g| g.monthly_budget_usd = Some(0.000_04)).await;
+    let tenant = carapace_api::ids::TenantId::parse(&s.tenant.id).unwrap();
+    let scope = carapace_api::db::TenantScope::new(&s.app.db, &tenant);
+    let now = chrono::Utc::now();
+    let last_month = now - chrono::TimeDelta::days(40);
+    // Spent earlier this month: $0.00001. Last month's spending is history.
+    scope
+        .record_usage(usage_entry("model-a", 10, now))
+        .await
+        .unwrap();
+    scope
+        .record_usage(usage_entry("model-a", 1_000_000, last_month))
+        .await
+        .unwrap();
+
+    let res = s.chat(json!({"model": "fast", "messages": []})).await;
+    assert_eq!(res.status(), 200, "$0.00001 of $0.00004 spent");
+    let res = s.chat(json!({"model": "fast", "messages": []})).await;
+    assert_eq!(res.status(), 200, "$0.000035 of $0.00004 spent");
+    let res = s.chat(json!({"model": "fast", "messages": []})).await;
+    assert_eq!(res.status(), 402);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "budget_exceeded");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("budget")
+    );
+    assert_eq!(
+        s.llm.received().len(),
+        2,
+        "no upstream call once the budget is spent"
+    );
+}
+
+#[tokio::test]
+async fn tokens_per_minute_are_limited() {
+    // Each call uses 18 tokens.
+    let s = setup(|g| g.tokens_per_minute = Some(20)).await;
+    assert_eq!(
+        s.chat(json!({"model": "fast", "messages": []}))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        s.chat(json!({"model": "fast", "messages": []}))
+            .await
+            .status(),
+        200
+    );
+    let res = s.chat(json!({"model": "fast", "messages": []})).await;
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().contains_key("retry-after"));
+    let body: Value = res.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tokens per minute")
+    );
+}
+
+#[tokio::test]
+async fn rate_limits_are_shared_between_replicas() {
+    let s = setup(|g| g.requests_per_minute = Some(6)).await;
+    let gateway = |args: &mut carapace_api::config::SettingsArgs| {
+        args.gateway = Some(GatewayArgs {
+            providers: vec![provider(
+                "primary",
+                ProviderKind::OpenaiCompatible,
+                &s.llm.base_url,
+                PRIMARY_KEY,
+                &["model-a"],
+            )],
+            requests_per_minute: Some(6),
+            ..GatewayArgs::default()
+        });
+    };
+    let replica = s.app.spawn_replica_with(gateway).await;
+    let via_replica = || async {
+        replica
+            .request(Method::POST, "/gateway/v1/chat/completions", &s.tenant.key)
+            .json(&json!({"model": "model-a", "messages": []}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    // The replica has seen the tenant (its buckets are warm)...
+    assert_eq!(via_replica().await, 200);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // ...then the first replica uses up the rest of the minute's allowance.
+    for _ in 0..5 {
+        assert_eq!(
+            s.chat(json!({"model": "fast", "messages": []}))
+                .await
+                .status(),
+            200
+        );
+    }
+    assert_eq!(
+        s.chat(json!({"model": "fast", "messages": []}))
+            .await
+            .status(),
+        429
+    );
+    // After a sync or two, the other replica knows the allowance is used up.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        via_replica().await,
+        429,
+        "the replica must see the first one's use"
+    );
+}

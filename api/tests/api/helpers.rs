@@ -99,10 +99,15 @@ impl TestApp {
     /// A second server process-equivalent on the same database: another
     /// control-plane replica with its own caches.
     pub async fn spawn_replica(&self) -> TestApp {
+        self.spawn_replica_with(|_| {}).await
+    }
+
+    /// Another replica, with its own settings.
+    pub async fn spawn_replica_with(&self, adjust: impl FnOnce(&mut SettingsArgs)) -> TestApp {
         start(
             tempfile::tempdir().unwrap(),
             self.database_url.clone(),
-            |_| {},
+            adjust,
         )
         .await
     }
