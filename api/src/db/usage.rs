@@ -78,7 +78,7 @@ fn row(tenant: &TenantId, entry: UsageEntry) -> gateway_usage::ActiveModel {
         principal: Set(entry.principal),
         endpoint: Set(entry.endpoint.to_owned()),
         requested_model: Set(entry.requested_model.chars().take(200).collect()),
-        provider: Set(entry.provider),
+        provider: Set(entry.provider.chars().take(100).collect()),
         model: Set(entry.model.chars().take(200).collect()),
         input_tokens: Set(clamp(entry.input_tokens)),
         output_tokens: Set(clamp(entry.output_tokens)),

@@ -250,6 +250,12 @@ impl GatewayArgs {
             }
             aliases.insert(alias, resolved);
         }
+        if self.upstream_timeout_secs == Some(0) {
+            bail!("gateway upstream_timeout_secs must be at least 1");
+        }
+        if self.max_body_bytes.is_some_and(|n| n < 1024) {
+            bail!("gateway max_body_bytes must be at least 1024");
+        }
         Ok(GatewayConfig {
             providers,
             aliases,

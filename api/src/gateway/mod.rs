@@ -125,10 +125,20 @@ impl Gateway {
 
 /// Registers the gateway's routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route(
-        "/gateway/v1/chat/completions",
-        web::post().to(proxy::chat_completions),
+    use crate::http::problem::method_not_allowed;
+    cfg.service(
+        web::resource("/gateway/v1/chat/completions")
+            .route(web::post().to(proxy::chat_completions))
+            .default_service(web::to(method_not_allowed)),
     )
-    .route("/gateway/v1/messages", web::post().to(proxy::messages))
-    .route("/gateway/v1/models", web::get().to(proxy::models));
+    .service(
+        web::resource("/gateway/v1/messages")
+            .route(web::post().to(proxy::messages))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/gateway/v1/models")
+            .route(web::get().to(proxy::models))
+            .default_service(web::to(method_not_allowed)),
+    );
 }

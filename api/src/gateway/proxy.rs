@@ -94,7 +94,7 @@ pub async fn models(caller: GatewayCaller, state: web::Data<AppState>) -> HttpRe
     };
     let gateway = &state.gateway;
     let config = &gateway.config;
-    let own = match gateway
+    let own = gateway
         .tenant_providers
         .get(
             &state.db,
@@ -102,11 +102,7 @@ pub async fn models(caller: GatewayCaller, state: web::Data<AppState>) -> HttpRe
             caller.tenant_id(),
             config.allow_private_tenant_endpoints,
         )
-        .await
-    {
-        Ok(own) => own,
-        Err(e) => return GatewayError::from(e).respond(format),
-    };
+        .await;
     let mut data: Vec<Value> = config
         .aliases
         .keys()
@@ -186,7 +182,7 @@ async fn proxy(
             caller.tenant_id(),
             gateway.config.allow_private_tenant_endpoints,
         )
-        .await?;
+        .await;
     let targets = gateway.config.targets(&own, &requested, format);
     if targets.is_empty() {
         return Err(GatewayError::new(
@@ -227,7 +223,15 @@ async fn proxy(
         })?;
     if streaming && format == WireFormat::OpenAi {
         // Ask for the final usage chunk so the ledger is exact.
-        json["stream_options"]["include_usage"] = Value::Bool(true);
+        match json.get_mut("stream_options") {
+            Some(Value::Object(options)) => {
+                options.insert("include_usage".to_owned(), Value::Bool(true));
+            }
+            None | Some(Value::Null) => {
+                json["stream_options"] = serde_json::json!({"include_usage": true});
+            }
+            Some(_) => return Err(invalid("`stream_options` must be an object")),
+        }
     }
 
     let call = Call {
@@ -237,6 +241,8 @@ async fn proxy(
         principal: caller.actor().principal.clone(),
         requested,
         started,
+        started_at: chrono::Utc::now()
+            - chrono::TimeDelta::from_std(started.elapsed()).unwrap_or_default(),
     };
     let mut last_failure = String::from("no attempt made");
     for target in &targets {
@@ -256,7 +262,13 @@ async fn proxy(
             .await;
             gateway
                 .upstream_seconds
-                .with_label_values(&[provider.name.as_str()])
+                // Tenants name their own providers: one label for all of
+                // them keeps the metric's cardinality bounded.
+                .with_label_values(&[if provider.tenant_owned {
+                    "tenant"
+                } else {
+                    provider.name.as_str()
+                }])
                 .observe(sent.elapsed().as_secs_f64());
             match outcome {
                 Ok(Ok(res)) if res.status().as_u16() == 429 || res.status().is_server_error() => {
@@ -347,6 +359,7 @@ struct Call<'a> {
     principal: String,
     requested: String,
     started: Instant,
+    started_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl Call<'_> {
@@ -382,7 +395,7 @@ impl Call<'_> {
             latency_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             status: status.as_u16(),
             outcome,
-            at: chrono::Utc::now(),
+            at: self.started_at,
         }
     }
 
@@ -434,35 +447,14 @@ impl Call<'_> {
                 .insert_header(("cache-control", "no-cache"))
                 .streaming(stream));
         }
-        if res
-            .content_length()
-            .is_some_and(|n| n > MAX_UPSTREAM_BODY as u64)
-        {
-            return Err(GatewayError::new(
-                StatusCode::BAD_GATEWAY,
-                "upstream_too_large",
-                "upstream response too large",
-            ));
-        }
-        let mut body = web::BytesMut::new();
-        let mut chunks = res.bytes_stream();
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk.map_err(|e| {
-                GatewayError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_failed",
-                    format!("upstream broke off: {}", e.without_url()),
-                )
-            })?;
-            if body.len() + chunk.len() > MAX_UPSTREAM_BODY {
-                return Err(GatewayError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_too_large",
-                    "upstream response too large",
-                ));
+        let body = match read_upstream(res).await {
+            Ok(body) => body,
+            Err(e) => {
+                // The provider may still bill for it: keep the call on record.
+                self.record(Some(target), Usage::default(), e.status, "upstream_failed");
+                return Err(e);
             }
-            body.extend_from_slice(&chunk);
-        }
+        };
         if status.is_success() && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
             self.record(
                 Some(target),
@@ -492,6 +484,40 @@ impl Call<'_> {
             .content_type(content_type)
             .body(body.freeze()))
     }
+}
+
+/// Reads a whole (non-streamed) upstream answer, at most
+/// `MAX_UPSTREAM_BODY` bytes.
+async fn read_upstream(res: reqwest::Response) -> Result<web::BytesMut, GatewayError> {
+    let too_large = || {
+        GatewayError::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_too_large",
+            "upstream response too large",
+        )
+    };
+    if res
+        .content_length()
+        .is_some_and(|n| n > MAX_UPSTREAM_BODY as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = web::BytesMut::new();
+    let mut chunks = res.bytes_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| {
+            GatewayError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_failed",
+                format!("upstream broke off: {}", e.without_url()),
+            )
+        })?;
+        if body.len() + chunk.len() > MAX_UPSTREAM_BODY {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// An upstream event stream on its way to the client. It counts tokens as

@@ -30,10 +30,16 @@ const CACHE_TTL: Duration = Duration::from_secs(1);
 
 type ProviderList = Arc<Vec<Arc<Provider>>>;
 
-/// The associated data that binds a sealed provider key to its tenant and
-/// provider name.
-pub fn key_aad(tenant: &TenantId, name: &str) -> Vec<u8> {
-    format!("carapace:provider-key:v1:{tenant}:{name}").into_bytes()
+/// The associated data that binds a sealed provider key to its tenant, its
+/// provider's name, kind and endpoint: a key moved to another tenant or
+/// row, or a row pointed at another endpoint behind the API's back, no
+/// longer decrypts.
+pub fn key_aad(tenant: &TenantId, name: &str, kind: &str, base_url: Option<&str>) -> Vec<u8> {
+    format!(
+        "carapace:provider-key:v1\n{tenant}\n{name}\n{kind}\n{}",
+        base_url.unwrap_or("")
+    )
+    .into_bytes()
 }
 
 /// Checks a tenant-supplied base URL; returns it normalised (no trailing
@@ -94,6 +100,12 @@ fn decrypt(
     stored: StoredProvider,
     allow_private: bool,
 ) -> anyhow::Result<Provider> {
+    let aad = key_aad(
+        tenant,
+        &stored.name,
+        &stored.kind,
+        stored.base_url.as_deref(),
+    );
     let kind = match stored.kind.as_str() {
         "openai" => ProviderKind::Openai,
         "anthropic" => ProviderKind::Anthropic,
@@ -112,7 +124,7 @@ fn decrypt(
         },
     };
     let api_key = key
-        .open(&stored.sealed_api_key, &key_aad(tenant, &stored.name))
+        .open(&stored.sealed_api_key, &aad)
         .map_err(|_| anyhow::anyhow!("provider {} key does not decrypt", stored.name))?;
     let api_key =
         String::from_utf8(api_key).map_err(|_| anyhow::anyhow!("provider key is not UTF-8"))?;
@@ -126,6 +138,32 @@ fn decrypt(
     })
 }
 
+async fn load(
+    db: &DatabaseConnection,
+    wrapper: &dyn KeyWrapper,
+    tenant: &TenantId,
+    allow_private: bool,
+) -> Result<ProviderList> {
+    let scope = TenantScope::new(db, tenant);
+    let stored = scope.providers().await?;
+    if stored.is_empty() {
+        return Ok(Arc::new(Vec::new()));
+    }
+    let key = scope.data_key(wrapper).await?;
+    let mut providers = Vec::with_capacity(stored.len());
+    for provider in stored {
+        let name = provider.name.clone();
+        match decrypt(tenant, &key, provider, allow_private) {
+            Ok(p) => providers.push(Arc::new(p)),
+            // One broken provider must not take the others down.
+            Err(e) => {
+                tracing::error!(tenant_id = %tenant, provider = %name, error = %e, "skipping tenant provider")
+            }
+        }
+    }
+    Ok(Arc::new(providers))
+}
+
 /// The per-replica cache of tenants' decrypted providers.
 #[derive(Default)]
 pub struct TenantProviders {
@@ -133,14 +171,17 @@ pub struct TenantProviders {
 }
 
 impl TenantProviders {
-    /// The tenant's providers, decrypted.
+    /// The tenant's providers, decrypted. If they cannot be loaded (the
+    /// database is down, the data key does not unwrap) the error is logged
+    /// and the tenant gets none of its own providers for a moment, rather
+    /// than losing the platform's models too.
     pub async fn get(
         &self,
         db: &DatabaseConnection,
         wrapper: &dyn KeyWrapper,
         tenant: &TenantId,
         allow_private: bool,
-    ) -> Result<ProviderList> {
+    ) -> ProviderList {
         let cached = self
             .cache
             .lock()
@@ -149,33 +190,20 @@ impl TenantProviders {
             .filter(|(at, _)| at.elapsed() < CACHE_TTL)
             .map(|(_, list)| list.clone());
         if let Some(list) = cached {
-            return Ok(list);
+            return list;
         }
-        let scope = TenantScope::new(db, tenant);
-        let stored = scope.providers().await?;
-        let list: ProviderList = if stored.is_empty() {
-            Arc::new(Vec::new())
-        } else {
-            let key = scope.data_key(wrapper).await?;
-            let mut providers = Vec::with_capacity(stored.len());
-            for provider in stored {
-                let name = provider.name.clone();
-                match decrypt(tenant, &key, provider, allow_private) {
-                    Ok(p) => providers.push(Arc::new(p)),
-                    // One broken provider must not take the others down.
-                    Err(e) => {
-                        tracing::error!(tenant_id = %tenant, provider = %name, error = %e, "skipping tenant provider")
-                    }
-                }
+        let list = match load(db, wrapper, tenant, allow_private).await {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::error!(tenant_id = %tenant, error = ?e, "failed to load the tenant's own providers");
+                Arc::new(Vec::new())
             }
-            Arc::new(providers)
         };
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() > 10_000 {
-            cache.clear();
-        }
+        // Decrypted keys stay in memory no longer than the cache lifetime.
+        cache.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
         cache.insert(tenant.clone(), (Instant::now(), list.clone()));
-        Ok(list)
+        list
     }
 
     /// Drops the tenant's cached providers (after a change on this replica).

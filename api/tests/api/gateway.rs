@@ -323,6 +323,21 @@ async fn unknown_models_and_bad_bodies_are_refused_before_any_upstream_call() {
     assert_eq!(res.status(), 404);
     let res = s.chat(json!({"messages": []})).await;
     assert_eq!(res.status(), 400);
+    for options in [json!("yes"), json!(5), json!([true])] {
+        let res = s
+            .chat(
+                json!({"model": "fast", "stream": true, "stream_options": options, "messages": []}),
+            )
+            .await;
+        assert_eq!(res.status(), 400, "stream_options {options}");
+    }
+    let res = s
+        .app
+        .get("/gateway/v1/chat/completions", &s.tenant.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 405);
     let res = s
         .chat(json!({"model": "fast", "messages": [{"role": "user", "content": "x".repeat(5000)}]}))
         .await;

@@ -213,7 +213,13 @@ pub async fn put_provider(
         )));
     }
     let data_key = scope.data_key(&state.master_key).await?;
-    let sealed_api_key = data_key.seal(key.as_bytes(), &key_aad(caller.tenant_id(), &name))?;
+    let aad = key_aad(
+        caller.tenant_id(),
+        &name,
+        body.kind.as_str(),
+        base_url.as_deref(),
+    );
+    let sealed_api_key = data_key.seal(key.as_bytes(), &aad)?;
     let now = Utc::now();
     let stored = scope
         .put_provider(
