@@ -79,6 +79,22 @@ impl DataKey {
         seal_with(self.0.expose(), plaintext, aad)
     }
 
+    /// A stable identifier derived from the key and `context` (hex of
+    /// SHA-256 over both): names objects without revealing what they
+    /// belong to to anyone who lacks the key.
+    pub fn derive_id(&self, context: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(self.0.expose());
+        hasher.update(context.as_bytes());
+        hasher
+            .finalize()
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// Decrypts what [`seal`](Self::seal) made with the same `aad`.
     pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, DecryptError> {
         open_with(self.0.expose(), sealed, aad)

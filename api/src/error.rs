@@ -60,6 +60,14 @@ pub enum Error {
     /// The body has the wrong media type.
     #[error("unsupported media type: {0}")]
     UnsupportedMediaType(String),
+    /// The change conflicts with one made meanwhile (e.g. a concurrent
+    /// memory commit); retry from the current state.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Stored data failed its integrity check (tampering or corruption);
+    /// it is never served.
+    #[error("stored data failed its integrity check")]
+    Integrity(String),
     /// A plan or safety limit was reached.
     #[error("limit reached: {0}")]
     LimitReached(String),
@@ -77,6 +85,7 @@ impl fmt::Debug for Error {
         match self {
             // `{:#}` prints anyhow's whole cause chain on one line.
             Error::Unexpected(cause) => write!(f, "internal error: {cause:#}"),
+            Error::Integrity(what) => write!(f, "integrity failure: {what}"),
             other => write!(f, "{other}"),
         }
     }

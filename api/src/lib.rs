@@ -26,6 +26,7 @@ pub mod gateway;
 pub mod http;
 pub mod ids;
 pub mod master_key;
+pub mod memory;
 pub mod secret;
 pub mod state;
 pub mod storage;

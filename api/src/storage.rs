@@ -1,5 +1,9 @@
-//! The object store, chosen by URL. Today: `file://` (the embedded default)
-//! and `memory://`; the memory issue adds `s3://`, `gs://` and `az://`.
+//! The object store, chosen by URL: `file://` (the embedded default),
+//! `memory://`, and `s3://BUCKET` (AWS, Cloudflare R2, MinIO, ...)
+//! configured by the standard `AWS_*` environment variables
+//! (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+//! `AWS_REGION`, `AWS_ALLOW_HTTP`). `gs://` and `az://` are not built in
+//! yet.
 
 use std::sync::Arc;
 
@@ -24,8 +28,20 @@ pub fn open(url: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
         Ok(Arc::new(store))
     } else if url == "memory://" || url == "memory:///" {
         Ok(Arc::new(object_store::memory::InMemory::new()))
+    } else if let Some(bucket) = url.strip_prefix("s3://") {
+        let bucket = bucket.trim_end_matches('/');
+        if bucket.is_empty() || bucket.contains('/') {
+            bail!("object_store_url must be s3://BUCKET (no path)");
+        }
+        let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        // Path-style requests work with every S3-compatible server.
+        if std::env::var_os("AWS_ENDPOINT_URL").is_some() {
+            builder = builder.with_virtual_hosted_style_request(false);
+        }
+        let store = builder.build().context("invalid S3 configuration")?;
+        Ok(Arc::new(store))
     } else {
-        bail!("unsupported object_store_url scheme (supported: file://, memory://)")
+        bail!("unsupported object_store_url scheme (supported: file://, memory://, s3://)")
     }
 }
 

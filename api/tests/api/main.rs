@@ -11,5 +11,6 @@ mod fake_llm;
 mod gateway;
 mod helpers;
 mod isolation;
+mod memory;
 mod operations;
 mod repository;

@@ -1,0 +1,491 @@
+//! Encrypted, versioned agent memory in object storage.
+//!
+//! Every file is split into chunks of 1 MiB, each sealed with the tenant's
+//! data key (AES-256-GCM, fresh nonce) and stored as its own object, so a
+//! file is never whole in memory. The associated data of a chunk binds the
+//! tenant, agent, path, the version it was written for, its blob id, its
+//! index and whether it is the last one: a chunk copied to another tenant,
+//! agent, path or version, reordered, or a file cut short, fails to open.
+//!
+//! A version is one encrypted [`Manifest`] listing the files and their
+//! chunks. Committing writes the chunks first and the manifest last, with
+//! a create-only conditional write at the next version number: a crash
+//! before the manifest leaves only unreferenced chunks (garbage, collected
+//! later), and of two concurrent committers exactly one wins — the other
+//! gets [`Error::Conflict`]. The manifest's associated data binds its
+//! version number, so an old manifest replayed under a newer number is
+//! detected.
+//!
+//! Object names reveal nothing: an agent's objects live under a prefix
+//! derived from the tenant's data key (`mem/<id>/`), chunks under random
+//! ids. No tenant, agent or file name appears in the bucket.
+//!
+//! This module knows nothing of HTTP or of how agents are stored; callers
+//! hand it a [`Namespace`] (tenant, agent and the tenant's data key).
+
+mod manifest;
+mod path;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+use sha2::{Digest, Sha256};
+
+pub use self::manifest::{FileEntry, Manifest};
+pub use self::path::{InvalidPath, MemoryPath};
+use crate::crypto::DataKey;
+use crate::error::{Error, Result};
+use crate::ids::TenantId;
+
+/// Size of one encrypted chunk's plaintext.
+pub const CHUNK_SIZE: usize = 1024 * 1024;
+
+/// One agent's memory, with the key that opens it.
+pub struct Namespace {
+    tenant: TenantId,
+    agent: String,
+    key: DataKey,
+    prefix: String,
+}
+
+impl Namespace {
+    /// The memory of `agent` in `tenant`, sealed with the tenant's `key`.
+    pub fn new(tenant: TenantId, agent: &str, key: DataKey) -> Self {
+        let id = key.derive_id(&format!("carapace:memory-namespace:v1\n{tenant}\n{agent}"));
+        Namespace {
+            tenant,
+            agent: agent.to_owned(),
+            key,
+            prefix: format!("mem/{id}"),
+        }
+    }
+
+    fn manifest_path(&self, version: u64) -> ObjectPath {
+        ObjectPath::from(format!("{}/m/{version:020}", self.prefix))
+    }
+
+    fn manifests(&self) -> ObjectPath {
+        ObjectPath::from(format!("{}/m", self.prefix))
+    }
+
+    fn blobs(&self) -> ObjectPath {
+        ObjectPath::from(format!("{}/b", self.prefix))
+    }
+
+    fn chunk_path(&self, written_in: u64, blob: &str, index: u32) -> ObjectPath {
+        ObjectPath::from(format!(
+            "{}/b/{written_in:020}/{blob}/{index:08}",
+            self.prefix
+        ))
+    }
+
+    fn manifest_aad(&self, version: u64) -> Vec<u8> {
+        format!(
+            "carapace:memory-manifest:v1\n{}\n{}\n{version}",
+            self.tenant, self.agent
+        )
+        .into_bytes()
+    }
+
+    fn chunk_aad(
+        &self,
+        path: &MemoryPath,
+        written_in: u64,
+        blob: &str,
+        index: u32,
+        last: bool,
+    ) -> Vec<u8> {
+        format!(
+            "carapace:memory-chunk:v1\n{}\n{}\n{path}\n{written_in}\n{blob}\n{index}\n{}",
+            self.tenant,
+            self.agent,
+            u8::from(last)
+        )
+        .into_bytes()
+    }
+}
+
+/// What garbage collection removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Manifests of versions beyond the retention.
+    pub manifests: u64,
+    /// Chunk objects no retained version refers to.
+    pub chunks: u64,
+}
+
+/// The memory store over any `object_store` backend.
+#[derive(Clone)]
+pub struct MemoryStore {
+    store: Arc<dyn ObjectStore>,
+}
+
+fn store_error(e: object_store::Error) -> Error {
+    Error::Unexpected(anyhow::Error::new(e).context("object store request failed"))
+}
+
+fn random_id() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("failed to get random bytes: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl MemoryStore {
+    /// A memory store on `store`.
+    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
+        Self { store }
+    }
+
+    /// Every committed version, oldest first.
+    pub async fn versions(&self, ns: &Namespace) -> Result<Vec<u64>> {
+        let mut listing = self.store.list(Some(&ns.manifests()));
+        let mut versions = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(store_error)?;
+            let name = meta.location.filename().unwrap_or_default();
+            match name.parse::<u64>() {
+                Ok(v) if name.len() == 20 => versions.push(v),
+                _ => {
+                    return Err(Error::Integrity(format!(
+                        "unexpected object in memory manifests: {name}"
+                    )));
+                }
+            }
+        }
+        versions.sort_unstable();
+        Ok(versions)
+    }
+
+    /// The current version, if any has been committed.
+    pub async fn head(&self, ns: &Namespace) -> Result<Option<Manifest>> {
+        match self.versions(ns).await?.last() {
+            Some(&v) => Ok(Some(self.manifest(ns, v).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// One version's manifest, verified.
+    pub async fn manifest(&self, ns: &Namespace, version: u64) -> Result<Manifest> {
+        let sealed = match self.store.get(&ns.manifest_path(version)).await {
+            Ok(result) => result.bytes().await.map_err(store_error)?,
+            Err(object_store::Error::NotFound { .. }) => return Err(Error::NotFound),
+            Err(e) => return Err(store_error(e)),
+        };
+        let plain = ns
+            .key
+            .open(&sealed, &ns.manifest_aad(version))
+            .map_err(|_| {
+                Error::Integrity(format!(
+                    "manifest of version {version} does not authenticate"
+                ))
+            })?;
+        let manifest: Manifest = serde_json::from_slice(&plain).map_err(|e| {
+            Error::Integrity(format!("manifest of version {version} is malformed: {e}"))
+        })?;
+        if manifest.version != version {
+            return Err(Error::Integrity(format!(
+                "manifest stored as version {version} claims {}",
+                manifest.version
+            )));
+        }
+        Ok(manifest)
+    }
+
+    /// A writer for one file of the version after `base`.
+    pub fn writer<'a>(
+        &'a self,
+        ns: &'a Namespace,
+        path: MemoryPath,
+        base: Option<&Manifest>,
+    ) -> Result<FileWriter<'a>> {
+        Ok(FileWriter {
+            store: self,
+            ns,
+            path,
+            written_in: base.map_or(1, |m| m.version + 1),
+            blob: random_id()?,
+            buffer: Vec::with_capacity(CHUNK_SIZE),
+            index: 0,
+            size: 0,
+            hasher: Sha256::new(),
+        })
+    }
+
+    /// Commits the version after `base`: `base`'s files, with `puts` added
+    /// or replaced and `deletes` removed. Fails with [`Error::Conflict`] if
+    /// another version was committed after `base` meanwhile.
+    pub async fn commit(
+        &self,
+        ns: &Namespace,
+        base: Option<&Manifest>,
+        puts: Vec<(MemoryPath, FileEntry)>,
+        deletes: &[MemoryPath],
+    ) -> Result<Manifest> {
+        let version = base.map_or(1, |m| m.version + 1);
+        let mut files = base.map(|m| m.files.clone()).unwrap_or_default();
+        for path in deletes {
+            files.remove(path.as_str());
+        }
+        for (path, entry) in puts {
+            if entry.written_in != version {
+                return Err(anyhow::anyhow!(
+                    "file {path} was written for version {}, not {version}",
+                    entry.written_in
+                )
+                .into());
+            }
+            files.insert(path.as_str().to_owned(), entry);
+        }
+        self.write_manifest(
+            ns,
+            Manifest {
+                version,
+                parent: base.map(|m| m.version),
+                created_at: chrono::Utc::now(),
+                files,
+            },
+        )
+        .await
+    }
+
+    /// Makes the files of `version` current again, as a new version.
+    pub async fn restore(&self, ns: &Namespace, version: u64) -> Result<Manifest> {
+        let old = self.manifest(ns, version).await?;
+        let head = self.head(ns).await?;
+        let next = head.as_ref().map_or(1, |m| m.version + 1);
+        self.write_manifest(
+            ns,
+            Manifest {
+                version: next,
+                parent: head.map(|m| m.version),
+                created_at: chrono::Utc::now(),
+                files: old.files,
+            },
+        )
+        .await
+    }
+
+    async fn write_manifest(&self, ns: &Namespace, manifest: Manifest) -> Result<Manifest> {
+        let plain = serde_json::to_vec(&manifest).map_err(anyhow::Error::from)?;
+        let sealed = ns.key.seal(&plain, &ns.manifest_aad(manifest.version))?;
+        let create = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        match self
+            .store
+            .put_opts(
+                &ns.manifest_path(manifest.version),
+                PutPayload::from(sealed),
+                create,
+            )
+            .await
+        {
+            Ok(_) => Ok(manifest),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Err(Error::Conflict(format!(
+                "version {} was committed meanwhile; start again from the current version",
+                manifest.version
+            ))),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    /// One chunk of a file, decrypted and verified.
+    pub async fn read_chunk(
+        &self,
+        ns: &Namespace,
+        path: &MemoryPath,
+        entry: &FileEntry,
+        index: u32,
+    ) -> Result<Vec<u8>> {
+        let location = ns.chunk_path(entry.written_in, &entry.blob, index);
+        let sealed = match self.store.get(&location).await {
+            Ok(result) => result.bytes().await.map_err(store_error)?,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(Error::Integrity(format!(
+                    "chunk {index} of {path} is missing"
+                )));
+            }
+            Err(e) => return Err(store_error(e)),
+        };
+        let last = index + 1 == entry.chunks;
+        ns.key
+            .open(
+                &sealed,
+                &ns.chunk_aad(path, entry.written_in, &entry.blob, index, last),
+            )
+            .map_err(|_| Error::Integrity(format!("chunk {index} of {path} does not authenticate")))
+    }
+
+    /// A whole file (for small files; large ones are read chunk by chunk
+    /// with [`read_chunk`](Self::read_chunk)). Checks size and digest.
+    pub async fn read_file(
+        &self,
+        ns: &Namespace,
+        manifest: &Manifest,
+        path: &MemoryPath,
+    ) -> Result<Vec<u8>> {
+        let entry = manifest.files.get(path.as_str()).ok_or(Error::NotFound)?;
+        let mut content = Vec::with_capacity(
+            usize::try_from(entry.size)
+                .unwrap_or(0)
+                .min(64 * CHUNK_SIZE),
+        );
+        let mut hasher = Sha256::new();
+        for index in 0..entry.chunks {
+            let chunk = self.read_chunk(ns, path, entry, index).await?;
+            hasher.update(&chunk);
+            content.extend_from_slice(&chunk);
+        }
+        let digest: String = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if content.len() as u64 != entry.size || digest != entry.sha256 {
+            return Err(Error::Integrity(format!(
+                "{path} does not match its manifest"
+            )));
+        }
+        Ok(content)
+    }
+
+    /// Keeps the newest `keep` versions and deletes older manifests and
+    /// every chunk no kept version refers to. Chunks written for versions
+    /// newer than the current one (a commit in progress) are left alone.
+    pub async fn gc(&self, ns: &Namespace, keep: usize) -> Result<GcReport> {
+        let versions = self.versions(ns).await?;
+        let Some(&current) = versions.last() else {
+            return Ok(GcReport::default());
+        };
+        let cut = versions.len().saturating_sub(keep.max(1));
+        let mut report = GcReport::default();
+        let mut referenced = BTreeSet::new();
+        for &v in &versions[cut..] {
+            for entry in self.manifest(ns, v).await?.files.into_values() {
+                referenced.insert(entry.blob);
+            }
+        }
+        for &v in &versions[..cut] {
+            self.store
+                .delete(&ns.manifest_path(v))
+                .await
+                .map_err(store_error)?;
+            report.manifests += 1;
+        }
+        let mut listing = self.store.list(Some(&ns.blobs()));
+        let mut doomed = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(store_error)?;
+            let parts: Vec<_> = meta.location.parts().collect();
+            let (Some(written_in), Some(blob)) = (
+                parts.get(parts.len().wrapping_sub(3)),
+                parts.get(parts.len().wrapping_sub(2)),
+            ) else {
+                continue;
+            };
+            let written_in: u64 = written_in.as_ref().parse().unwrap_or(u64::MAX);
+            if written_in <= current && !referenced.contains(blob.as_ref()) {
+                doomed.push(meta.location);
+            }
+        }
+        for location in doomed {
+            self.store.delete(&location).await.map_err(store_error)?;
+            report.chunks += 1;
+        }
+        Ok(report)
+    }
+
+    /// Deletes every object of the namespace (after its key is destroyed,
+    /// they are unreadable anyway; this reclaims the space).
+    pub async fn destroy(&self, ns: &Namespace) -> Result<u64> {
+        let prefix = ObjectPath::from(ns.prefix.as_str());
+        let mut listing = self.store.list(Some(&prefix));
+        let mut locations = Vec::new();
+        while let Some(meta) = listing.next().await {
+            locations.push(meta.map_err(store_error)?.location);
+        }
+        for location in &locations {
+            self.store.delete(location).await.map_err(store_error)?;
+        }
+        Ok(locations.len() as u64)
+    }
+}
+
+/// Writes one file as encrypted chunks, streaming: at most one chunk is
+/// held in memory.
+pub struct FileWriter<'a> {
+    store: &'a MemoryStore,
+    ns: &'a Namespace,
+    path: MemoryPath,
+    written_in: u64,
+    blob: String,
+    buffer: Vec<u8>,
+    index: u32,
+    size: u64,
+    hasher: Sha256,
+}
+
+impl FileWriter<'_> {
+    /// Appends content.
+    pub async fn write(&mut self, mut data: &[u8]) -> Result<()> {
+        self.size += data.len() as u64;
+        self.hasher.update(data);
+        while !data.is_empty() {
+            let room = CHUNK_SIZE - self.buffer.len();
+            let take = room.min(data.len());
+            self.buffer.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            // A full chunk is written only once more data follows, so that
+            // the last chunk is always known when it is sealed.
+            if self.buffer.len() == CHUNK_SIZE && !data.is_empty() {
+                self.flush(false).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, last: bool) -> Result<()> {
+        let aad = self
+            .ns
+            .chunk_aad(&self.path, self.written_in, &self.blob, self.index, last);
+        let sealed = self.ns.key.seal(&self.buffer, &aad)?;
+        self.buffer.clear();
+        let location = self.ns.chunk_path(self.written_in, &self.blob, self.index);
+        self.store
+            .store
+            .put(&location, PutPayload::from(sealed))
+            .await
+            .map_err(store_error)?;
+        self.index += 1;
+        Ok(())
+    }
+
+    /// Writes the last chunk; the entry goes into [`MemoryStore::commit`].
+    pub async fn finish(mut self) -> Result<(MemoryPath, FileEntry)> {
+        // Whatever is buffered (a full chunk, a partial one, or nothing for
+        // an empty file) is the last chunk.
+        self.flush(true).await?;
+        let sha256 = std::mem::take(&mut self.hasher)
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok((
+            self.path,
+            FileEntry {
+                blob: self.blob,
+                written_in: self.written_in,
+                size: self.size,
+                chunks: self.index,
+                sha256,
+            },
+        ))
+    }
+}
