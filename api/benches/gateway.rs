@@ -90,6 +90,7 @@ fn main() {
             }],
             aliases: BTreeMap::from([("fast".to_owned(), vec!["fake/m".to_owned()])]),
             requests_per_minute: Some(100_000_000),
+            tokens_per_minute: Some(u64::MAX / 4),
             max_concurrent: Some(10_000),
             ..GatewayArgs::default()
         };

@@ -47,7 +47,8 @@ pub struct SettingsArgs {
     #[arg(long, env = "CARAPACE_DATABASE_MAX_CONNECTIONS", value_name = "N")]
     pub database_max_connections: Option<u32>,
 
-    /// Object store URL: `file:///ABSOLUTE/PATH` or `memory://`.
+    /// Object store URL: `file:///ABSOLUTE/PATH`, `memory://`, or
+    /// `s3://BUCKET` (configured by the standard `AWS_*` variables).
     /// [default: file://<data-dir>/objects]
     #[arg(long, env = "CARAPACE_OBJECT_STORE_URL", value_name = "URL")]
     pub object_store_url: Option<String>,

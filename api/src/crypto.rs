@@ -6,16 +6,17 @@
 //! associated data naming exactly what the ciphertext is (tenant, kind,
 //! name), so that a ciphertext moved to another tenant or row fails to open.
 //!
-//! Sealed format: `1 || nonce (12 bytes) || ciphertext and tag`.
+//! Sealed format: `1 || nonce (12 bytes) || ciphertext and tag`. The AEAD
+//! is `ring`'s (already linked for TLS; its assembly runs several times
+//! faster than a portable implementation).
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 
 use crate::master_key::MasterKey;
 use crate::secret::Secret;
 
 const VERSION: u8 = 1;
-const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
 
 /// A ciphertext did not open: wrong key, wrong associated data, or
 /// tampering. Deliberately says nothing more.
@@ -29,40 +30,42 @@ fn random<const N: usize>() -> anyhow::Result<[u8; N]> {
     Ok(bytes)
 }
 
+fn cipher(key: &[u8; 32]) -> LessSafeKey {
+    // A 32-byte key is always valid for AES-256-GCM.
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).unwrap_or_else(|_| unreachable!()))
+}
+
 fn seal_with(key: &[u8; 32], plaintext: &[u8], aad: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let cipher = Aes256Gcm::new(key.into());
     let nonce = random::<NONCE_LEN>()?;
-    let sealed = cipher
-        .encrypt(
-            Nonce::from_slice(&nonce),
-            Payload {
-                msg: plaintext,
-                aad,
-            },
-        )
-        .map_err(|_| anyhow::anyhow!("encryption failed"))?;
-    let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
+    let mut out = Vec::with_capacity(1 + NONCE_LEN + plaintext.len() + TAG_LEN);
     out.push(VERSION);
     out.extend_from_slice(&nonce);
-    out.extend_from_slice(&sealed);
+    out.extend_from_slice(plaintext);
+    let tag = cipher(key)
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut out[1 + NONCE_LEN..],
+        )
+        .map_err(|_| anyhow::anyhow!("encryption failed"))?;
+    out.extend_from_slice(tag.as_ref());
     Ok(out)
 }
 
 fn open_with(key: &[u8; 32], sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, DecryptError> {
     let (&version, rest) = sealed.split_first().ok_or(DecryptError)?;
-    if version != VERSION || rest.len() < NONCE_LEN + 16 {
+    if version != VERSION || rest.len() < NONCE_LEN + TAG_LEN {
         return Err(DecryptError);
     }
     let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
-    Aes256Gcm::new(key.into())
-        .decrypt(
-            Nonce::from_slice(nonce),
-            Payload {
-                msg: ciphertext,
-                aad,
-            },
-        )
-        .map_err(|_| DecryptError)
+    let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| DecryptError)?;
+    let mut buffer = ciphertext.to_vec();
+    let plain_len = cipher(key)
+        .open_in_place(nonce, Aad::from(aad), &mut buffer)
+        .map_err(|_| DecryptError)?
+        .len();
+    buffer.truncate(plain_len);
+    Ok(buffer)
 }
 
 /// A tenant's data key, in memory only while in use.

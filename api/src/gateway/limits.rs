@@ -309,7 +309,8 @@ impl Limiter {
                 .collect()
         };
         let now_ms = now_ms();
-        for (name, capacity, per_second, taken) in pending {
+        let mut pending = pending.into_iter();
+        while let Some((name, capacity, per_second, taken)) = pending.next() {
             match sync_bucket(db, &name, capacity, per_second / 1000.0, taken, now_ms).await {
                 Ok(level) => {
                     let mut state = self.lock();
@@ -321,10 +322,15 @@ impl Limiter {
                     }
                 }
                 Err(e) => {
-                    // Keep the consumption for the next attempt.
+                    // Keep this bucket's and every later bucket's
+                    // consumption for the next attempt.
                     let mut state = self.lock();
-                    if let Some(b) = state.buckets.get_mut(&name) {
-                        b.unsynced += taken;
+                    for (name, _, _, taken) in
+                        std::iter::once((name, capacity, per_second, taken)).chain(pending)
+                    {
+                        if let Some(b) = state.buckets.get_mut(&name) {
+                            b.unsynced += taken;
+                        }
                     }
                     return Err(e);
                 }

@@ -191,6 +191,18 @@ async fn proxy(
             format!("no provider serves model `{requested}` in this format"),
         ));
     }
+    if streaming && format == WireFormat::OpenAi {
+        // Ask for the final usage chunk so the ledger is exact.
+        match json.get_mut("stream_options") {
+            Some(Value::Object(options)) => {
+                options.insert("include_usage".to_owned(), Value::Bool(true));
+            }
+            None | Some(Value::Null) => {
+                json["stream_options"] = serde_json::json!({"include_usage": true});
+            }
+            Some(_) => return Err(invalid("`stream_options` must be an object")),
+        }
+    }
     if gateway.limiter.spend_is_stale(caller.tenant_id()) {
         let first_of_month = chrono::Utc::now().format("%Y-%m-01").to_string();
         let spent = caller.scope(&state.db).spend_since(&first_of_month).await?;
@@ -221,18 +233,6 @@ async fn proxy(
                 ),
             ),
         })?;
-    if streaming && format == WireFormat::OpenAi {
-        // Ask for the final usage chunk so the ledger is exact.
-        match json.get_mut("stream_options") {
-            Some(Value::Object(options)) => {
-                options.insert("include_usage".to_owned(), Value::Bool(true));
-            }
-            None | Some(Value::Null) => {
-                json["stream_options"] = serde_json::json!({"include_usage": true});
-            }
-            Some(_) => return Err(invalid("`stream_options` must be an object")),
-        }
-    }
 
     let call = Call {
         gateway,

@@ -7,8 +7,10 @@
 //! index and whether it is the last one: a chunk copied to another tenant,
 //! agent, path or version, reordered, or a file cut short, fails to open.
 //!
-//! A version is one encrypted [`Manifest`] listing the files and their
-//! chunks. Committing writes the chunks first and the manifest last, with
+//! Files of at most 16 KiB (up to 16 MiB of them per version) are kept
+//! inside the manifest instead, so that committing many small notes costs
+//! one object write. A version is one encrypted [`Manifest`] listing the
+//! files and their content or chunks. Committing writes the chunks first and the manifest last, with
 //! a create-only conditional write at the next version number: a crash
 //! before the manifest leaves only unreferenced chunks (garbage, collected
 //! later), and of two concurrent committers exactly one wins — the other
@@ -29,12 +31,13 @@ mod path;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use futures_util::StreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
-use sha2::{Digest, Sha256};
 
-pub use self::manifest::{FileEntry, Manifest};
+pub use self::manifest::{Content, FileEntry, Manifest};
 pub use self::path::{InvalidPath, MemoryPath};
 use crate::crypto::DataKey;
 use crate::error::{Error, Result};
@@ -42,6 +45,11 @@ use crate::ids::TenantId;
 
 /// Size of one encrypted chunk's plaintext.
 pub const CHUNK_SIZE: usize = 1024 * 1024;
+/// Files up to this size are kept inside the manifest.
+pub const INLINE_MAX: usize = 16 * 1024;
+/// Most inline bytes one manifest holds; beyond, the largest inline files
+/// are written out as chunks at commit.
+pub const INLINE_TOTAL_MAX: u64 = 16 * 1024 * 1024;
 
 /// One agent's memory, with the key that opens it.
 pub struct Namespace {
@@ -53,14 +61,22 @@ pub struct Namespace {
 
 impl Namespace {
     /// The memory of `agent` in `tenant`, sealed with the tenant's `key`.
-    pub fn new(tenant: TenantId, agent: &str, key: DataKey) -> Self {
+    /// The agent id must be 1-100 printable characters (it is part of the
+    /// associated data, which separates fields with newlines).
+    pub fn new(tenant: TenantId, agent: &str, key: DataKey) -> Result<Self> {
+        if agent.is_empty() || agent.len() > 100 || agent.chars().any(char::is_control) {
+            return Err(Error::Invalid {
+                field: "agent",
+                message: "must be 1-100 printable characters".to_owned(),
+            });
+        }
         let id = key.derive_id(&format!("carapace:memory-namespace:v1\n{tenant}\n{agent}"));
-        Namespace {
+        Ok(Namespace {
             tenant,
             agent: agent.to_owned(),
             key,
             prefix: format!("mem/{id}"),
-        }
+        })
     }
 
     fn manifest_path(&self, version: u64) -> ObjectPath {
@@ -201,17 +217,7 @@ impl MemoryStore {
         path: MemoryPath,
         base: Option<&Manifest>,
     ) -> Result<FileWriter<'a>> {
-        Ok(FileWriter {
-            store: self,
-            ns,
-            path,
-            written_in: base.map_or(1, |m| m.version + 1),
-            blob: random_id()?,
-            buffer: Vec::with_capacity(CHUNK_SIZE),
-            index: 0,
-            size: 0,
-            hasher: Sha256::new(),
-        })
+        FileWriter::new(self, ns, path, base.map_or(1, |m| m.version + 1), true)
     }
 
     /// Commits the version after `base`: `base`'s files, with `puts` added
@@ -230,15 +236,17 @@ impl MemoryStore {
             files.remove(path.as_str());
         }
         for (path, entry) in puts {
-            if entry.written_in != version {
+            if let Content::Chunks { written_in, .. } = entry.content
+                && written_in != version
+            {
                 return Err(anyhow::anyhow!(
-                    "file {path} was written for version {}, not {version}",
-                    entry.written_in
+                    "file {path} was written for version {written_in}, not {version}"
                 )
                 .into());
             }
             files.insert(path.as_str().to_owned(), entry);
         }
+        self.spill_inline(ns, version, &mut files).await?;
         self.write_manifest(
             ns,
             Manifest {
@@ -266,6 +274,46 @@ impl MemoryStore {
             },
         )
         .await
+    }
+
+    /// Writes the largest inline files out as chunks until the manifest
+    /// holds at most `INLINE_TOTAL_MAX` inline bytes.
+    async fn spill_inline(
+        &self,
+        ns: &Namespace,
+        version: u64,
+        files: &mut std::collections::BTreeMap<String, FileEntry>,
+    ) -> Result<()> {
+        let mut inline: Vec<(String, u64)> = files
+            .iter()
+            .filter(|(_, f)| matches!(f.content, Content::Inline { .. }))
+            .map(|(p, f)| (p.clone(), f.size))
+            .collect();
+        let mut total: u64 = inline.iter().map(|(_, size)| size).sum();
+        inline.sort_by_key(|(_, size)| std::cmp::Reverse(*size));
+        for (path, size) in inline {
+            if total <= INLINE_TOTAL_MAX {
+                break;
+            }
+            let Some(FileEntry {
+                content: Content::Inline { data },
+                ..
+            }) = files.get(&path)
+            else {
+                continue;
+            };
+            let bytes = BASE64
+                .decode(data)
+                .map_err(|e| Error::Integrity(format!("inline {path}: {e}")))?;
+            let memory_path =
+                MemoryPath::parse(&path).map_err(|e| Error::Integrity(e.to_string()))?;
+            let mut writer = FileWriter::new(self, ns, memory_path, version, false)?;
+            writer.write(&bytes).await?;
+            let (_, entry) = writer.finish().await?;
+            files.insert(path, entry);
+            total -= size;
+        }
+        Ok(())
     }
 
     async fn write_manifest(&self, ns: &Namespace, manifest: Manifest) -> Result<Manifest> {
@@ -296,7 +344,7 @@ impl MemoryStore {
         }
     }
 
-    /// One chunk of a file, decrypted and verified.
+    /// One chunk of a chunked file, decrypted and verified.
     pub async fn read_chunk(
         &self,
         ns: &Namespace,
@@ -304,7 +352,15 @@ impl MemoryStore {
         entry: &FileEntry,
         index: u32,
     ) -> Result<Vec<u8>> {
-        let location = ns.chunk_path(entry.written_in, &entry.blob, index);
+        let Content::Chunks {
+            blob,
+            written_in,
+            chunks,
+        } = &entry.content
+        else {
+            return Err(anyhow::anyhow!("{path} is stored inline, not in chunks").into());
+        };
+        let location = ns.chunk_path(*written_in, blob, index);
         let sealed = match self.store.get(&location).await {
             Ok(result) => result.bytes().await.map_err(store_error)?,
             Err(object_store::Error::NotFound { .. }) => {
@@ -314,17 +370,18 @@ impl MemoryStore {
             }
             Err(e) => return Err(store_error(e)),
         };
-        let last = index + 1 == entry.chunks;
+        let last = index + 1 == *chunks;
         ns.key
-            .open(
-                &sealed,
-                &ns.chunk_aad(path, entry.written_in, &entry.blob, index, last),
-            )
+            .open(&sealed, &ns.chunk_aad(path, *written_in, blob, index, last))
             .map_err(|_| Error::Integrity(format!("chunk {index} of {path} does not authenticate")))
     }
 
     /// A whole file (for small files; large ones are read chunk by chunk
-    /// with [`read_chunk`](Self::read_chunk)). Checks size and digest.
+    /// with [`read_chunk`](Self::read_chunk)). Every chunk authenticates
+    /// with its position, its file's blob id and whether it is the last,
+    /// so a complete, in-order read is verified by construction; inline
+    /// content is authenticated with the manifest. The size is checked as
+    /// well.
     pub async fn read_file(
         &self,
         ns: &Namespace,
@@ -332,28 +389,50 @@ impl MemoryStore {
         path: &MemoryPath,
     ) -> Result<Vec<u8>> {
         let entry = manifest.files.get(path.as_str()).ok_or(Error::NotFound)?;
-        let mut content = Vec::with_capacity(
-            usize::try_from(entry.size)
-                .unwrap_or(0)
-                .min(64 * CHUNK_SIZE),
-        );
-        let mut hasher = Sha256::new();
-        for index in 0..entry.chunks {
-            let chunk = self.read_chunk(ns, path, entry, index).await?;
-            hasher.update(&chunk);
-            content.extend_from_slice(&chunk);
-        }
-        let digest: String = hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        if content.len() as u64 != entry.size || digest != entry.sha256 {
+        let content = match &entry.content {
+            Content::Inline { data } => BASE64
+                .decode(data)
+                .map_err(|e| Error::Integrity(format!("inline content of {path}: {e}")))?,
+            Content::Chunks { chunks, .. } => {
+                let mut content = Vec::with_capacity(
+                    usize::try_from(entry.size)
+                        .unwrap_or(0)
+                        .min(64 * CHUNK_SIZE),
+                );
+                for index in 0..*chunks {
+                    content.extend_from_slice(&self.read_chunk(ns, path, entry, index).await?);
+                }
+                content
+            }
+        };
+        if content.len() as u64 != entry.size {
             return Err(Error::Integrity(format!(
                 "{path} does not match its manifest"
             )));
         }
         Ok(content)
+    }
+
+    /// Writes many small files for the version after `base` concurrently
+    /// (each as its own encrypted object), ready for [`commit`](Self::commit).
+    pub async fn write_files(
+        &self,
+        ns: &Namespace,
+        base: Option<&Manifest>,
+        files: Vec<(MemoryPath, Vec<u8>)>,
+    ) -> Result<Vec<(MemoryPath, FileEntry)>> {
+        let mut writes =
+            futures_util::stream::iter(files.into_iter().map(|(path, content)| async move {
+                let mut writer = self.writer(ns, path, base)?;
+                writer.write(&content).await?;
+                writer.finish().await
+            }))
+            .buffer_unordered(16);
+        let mut entries = Vec::new();
+        while let Some(entry) = writes.next().await {
+            entries.push(entry?);
+        }
+        Ok(entries)
     }
 
     /// Keeps the newest `keep` versions and deletes older manifests and
@@ -369,7 +448,9 @@ impl MemoryStore {
         let mut referenced = BTreeSet::new();
         for &v in &versions[cut..] {
             for entry in self.manifest(ns, v).await?.files.into_values() {
-                referenced.insert(entry.blob);
+                if let Content::Chunks { blob, .. } = entry.content {
+                    referenced.insert(blob);
+                }
             }
         }
         for &v in &versions[..cut] {
@@ -429,14 +510,33 @@ pub struct FileWriter<'a> {
     buffer: Vec<u8>,
     index: u32,
     size: u64,
-    hasher: Sha256,
+    allow_inline: bool,
 }
 
-impl FileWriter<'_> {
+impl<'a> FileWriter<'a> {
+    fn new(
+        store: &'a MemoryStore,
+        ns: &'a Namespace,
+        path: MemoryPath,
+        written_in: u64,
+        allow_inline: bool,
+    ) -> Result<Self> {
+        Ok(FileWriter {
+            store,
+            ns,
+            path,
+            written_in,
+            blob: random_id()?,
+            buffer: Vec::new(),
+            index: 0,
+            size: 0,
+            allow_inline,
+        })
+    }
+
     /// Appends content.
     pub async fn write(&mut self, mut data: &[u8]) -> Result<()> {
         self.size += data.len() as u64;
-        self.hasher.update(data);
         while !data.is_empty() {
             let room = CHUNK_SIZE - self.buffer.len();
             let take = room.min(data.len());
@@ -467,24 +567,30 @@ impl FileWriter<'_> {
         Ok(())
     }
 
-    /// Writes the last chunk; the entry goes into [`MemoryStore::commit`].
+    /// Ends the file; the entry goes into [`MemoryStore::commit`]. A small
+    /// file becomes inline content; otherwise what is buffered (a full
+    /// chunk, or a partial one) is written as the last chunk.
     pub async fn finish(mut self) -> Result<(MemoryPath, FileEntry)> {
-        // Whatever is buffered (a full chunk, a partial one, or nothing for
-        // an empty file) is the last chunk.
+        if self.allow_inline && self.index == 0 && self.buffer.len() <= INLINE_MAX {
+            let data = BASE64.encode(&self.buffer);
+            return Ok((
+                self.path,
+                FileEntry {
+                    size: self.size,
+                    content: Content::Inline { data },
+                },
+            ));
+        }
         self.flush(true).await?;
-        let sha256 = std::mem::take(&mut self.hasher)
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
         Ok((
             self.path,
             FileEntry {
-                blob: self.blob,
-                written_in: self.written_in,
                 size: self.size,
-                chunks: self.index,
-                sha256,
+                content: Content::Chunks {
+                    blob: self.blob,
+                    written_in: self.written_in,
+                    chunks: self.index,
+                },
             },
         ))
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use carapace_api::crypto::DataKey;
 use carapace_api::error::Error;
 use carapace_api::ids::TenantId;
-use carapace_api::memory::{CHUNK_SIZE, MemoryPath, MemoryStore, Namespace};
+use carapace_api::memory::{CHUNK_SIZE, Content, INLINE_MAX, MemoryPath, MemoryStore, Namespace};
 use futures_util::StreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutPayload};
@@ -97,8 +97,13 @@ async fn files_round_trip_through_versions_on_every_backend() {
     for (backend, store, _dir) in backends().await {
         let memory = MemoryStore::new(store.clone());
         let tenant = TenantId::generate();
-        let ns = Namespace::new(tenant.clone(), AGENT, DataKey::generate().unwrap());
+        let ns = Namespace::new(tenant.clone(), AGENT, DataKey::generate().unwrap()).unwrap();
         assert!(memory.head(&ns).await.unwrap().is_none());
+        for bad_agent in ["", "a\nb", &"x".repeat(101)] {
+            assert!(
+                Namespace::new(tenant.clone(), bad_agent, DataKey::generate().unwrap()).is_err()
+            );
+        }
 
         let big: Vec<u8> = (0..(2 * CHUNK_SIZE + 12_345))
             .map(|i| (i % 251) as u8)
@@ -118,8 +123,16 @@ async fn files_round_trip_through_versions_on_every_backend() {
         .await
         .unwrap();
         assert_eq!(v1.version, 1);
-        assert_eq!(v1.files["sessions/big.bin"].chunks, 3, "{backend}");
-        assert_eq!(v1.files["exact.bin"].chunks, 1, "{backend}");
+        let chunks = |p: &str| match &v1.files[p].content {
+            Content::Chunks { chunks, .. } => *chunks,
+            Content::Inline { .. } => 0,
+        };
+        assert_eq!(chunks("sessions/big.bin"), 3, "{backend}");
+        assert_eq!(chunks("exact.bin"), 1, "{backend}");
+        assert!(
+            matches!(v1.files["MEMORY.md"].content, Content::Inline { .. }),
+            "small files are inline"
+        );
         let head = memory.head(&ns).await.unwrap().unwrap();
         assert_eq!(head, v1);
         assert_eq!(
@@ -210,16 +223,15 @@ async fn tampering_is_detected_and_never_served() {
     for (backend, store, _dir) in backends().await {
         let memory = MemoryStore::new(store.clone());
         let tenant = TenantId::generate();
-        let ns = Namespace::new(tenant.clone(), AGENT, DataKey::generate().unwrap());
-        let v1 = commit(
-            &memory,
-            &ns,
-            None,
-            &[("a.md", b"alpha"), ("b.md", b"bravo")],
-        )
-        .await
-        .unwrap();
-        let v2 = commit(&memory, &ns, Some(&v1), &[("a.md", b"alpha two")])
+        let ns = Namespace::new(tenant.clone(), AGENT, DataKey::generate().unwrap()).unwrap();
+        // Large enough to be stored as chunks rather than inline.
+        let alpha = vec![b'a'; INLINE_MAX + 1];
+        let bravo = vec![b'b'; INLINE_MAX + 1];
+        let alpha2 = vec![b'c'; INLINE_MAX + 1];
+        let v1 = commit(&memory, &ns, None, &[("a.md", &alpha), ("b.md", &bravo)])
+            .await
+            .unwrap();
+        let v2 = commit(&memory, &ns, Some(&v1), &[("a.md", &alpha2)])
             .await
             .unwrap();
         let objects = all_objects(&store).await;
@@ -301,7 +313,8 @@ async fn tampering_is_detected_and_never_served() {
             .unwrap();
 
         // The same objects under another tenant's namespace do not open.
-        let mallory = Namespace::new(TenantId::generate(), AGENT, DataKey::generate().unwrap());
+        let mallory =
+            Namespace::new(TenantId::generate(), AGENT, DataKey::generate().unwrap()).unwrap();
         assert!(memory.head(&mallory).await.unwrap().is_none());
         assert!(
             memory
@@ -311,10 +324,12 @@ async fn tampering_is_detected_and_never_served() {
         );
 
         // A missing chunk (a truncated file) is an integrity failure.
-        let entry = &v2.files["a.md"];
+        let Content::Chunks { blob, .. } = &v2.files["a.md"].content else {
+            panic!("a.md should be chunked");
+        };
         let chunk = objects
             .iter()
-            .find(|(n, _)| n.contains(&entry.blob))
+            .find(|(n, _)| n.contains(blob.as_str()))
             .map(|(n, _)| n.clone())
             .unwrap();
         store
@@ -328,7 +343,7 @@ async fn tampering_is_detected_and_never_served() {
         // Still intact: the other file.
         assert_eq!(
             memory.read_file(&ns, &v2, &path("b.md")).await.unwrap(),
-            b"bravo"
+            bravo
         );
     }
 }
@@ -337,7 +352,7 @@ async fn tampering_is_detected_and_never_served() {
 async fn of_two_concurrent_committers_one_wins_and_the_other_gets_a_conflict() {
     for (backend, store, _dir) in backends().await {
         let memory = MemoryStore::new(store.clone());
-        let ns = Namespace::new(TenantId::generate(), AGENT, DataKey::generate().unwrap());
+        let ns = Namespace::new(TenantId::generate(), AGENT, DataKey::generate().unwrap()).unwrap();
         let v1 = commit(&memory, &ns, None, &[("a.md", b"one")])
             .await
             .unwrap();
@@ -364,7 +379,7 @@ async fn of_two_concurrent_committers_one_wins_and_the_other_gets_a_conflict() {
 async fn a_crash_before_the_manifest_leaves_the_previous_version_intact() {
     for (backend, store, _dir) in backends().await {
         let memory = MemoryStore::new(store.clone());
-        let ns = Namespace::new(TenantId::generate(), AGENT, DataKey::generate().unwrap());
+        let ns = Namespace::new(TenantId::generate(), AGENT, DataKey::generate().unwrap()).unwrap();
         let v1 = commit(&memory, &ns, None, &[("a.md", b"committed")])
             .await
             .unwrap();
@@ -400,10 +415,10 @@ async fn a_crash_before_the_manifest_leaves_the_previous_version_intact() {
 async fn retention_keeps_the_newest_versions_and_destroy_removes_everything() {
     for (backend, store, _dir) in backends().await {
         let memory = MemoryStore::new(store.clone());
-        let ns = Namespace::new(TenantId::generate(), AGENT, DataKey::generate().unwrap());
+        let ns = Namespace::new(TenantId::generate(), AGENT, DataKey::generate().unwrap()).unwrap();
         let mut head = None;
         for i in 0..5u8 {
-            let content = [i; 10];
+            let content = vec![i; INLINE_MAX + 1];
             head = Some(
                 commit(&memory, &ns, head.as_ref(), &[("notes.md", &content)])
                     .await
@@ -417,7 +432,7 @@ async fn retention_keeps_the_newest_versions_and_destroy_removes_everything() {
         let v4 = memory.manifest(&ns, 4).await.unwrap();
         assert_eq!(
             memory.read_file(&ns, &v4, &path("notes.md")).await.unwrap(),
-            [3u8; 10]
+            vec![3u8; INLINE_MAX + 1]
         );
         assert!(matches!(
             memory.manifest(&ns, 1).await,
@@ -427,5 +442,58 @@ async fn retention_keeps_the_newest_versions_and_destroy_removes_everything() {
         let removed = memory.destroy(&ns).await.unwrap();
         assert_eq!(removed, 4, "{backend}: two manifests and two chunks");
         assert!(all_objects(&store).await.is_empty(), "{backend}");
+    }
+}
+
+#[tokio::test]
+async fn many_small_files_are_one_object_until_the_inline_budget_is_spent() {
+    for (backend, store, _dir) in backends().await {
+        let memory = MemoryStore::new(store.clone());
+        let ns = Namespace::new(TenantId::generate(), AGENT, DataKey::generate().unwrap()).unwrap();
+        let files: Vec<(MemoryPath, Vec<u8>)> = (0..100)
+            .map(|i| {
+                (
+                    path(&format!("memory/{i}.md")),
+                    format!("note {i}").into_bytes(),
+                )
+            })
+            .collect();
+        let puts = memory.write_files(&ns, None, files).await.unwrap();
+        let v1 = memory.commit(&ns, None, puts, &[]).await.unwrap();
+        assert_eq!(
+            all_objects(&store).await.len(),
+            1,
+            "{backend}: one manifest, no chunk objects"
+        );
+        assert_eq!(
+            memory
+                .read_file(&ns, &v1, &path("memory/42.md"))
+                .await
+                .unwrap(),
+            b"note 42"
+        );
+
+        // Past the inline budget, the largest inline files are written out.
+        let big: Vec<(MemoryPath, Vec<u8>)> = (0..1100)
+            .map(|i| {
+                (
+                    path(&format!("bulk/{i}.bin")),
+                    vec![(i % 256) as u8; INLINE_MAX],
+                )
+            })
+            .collect();
+        let puts = memory.write_files(&ns, Some(&v1), big).await.unwrap();
+        let v2 = memory.commit(&ns, Some(&v1), puts, &[]).await.unwrap();
+        assert!(
+            v2.inline_bytes() <= carapace_api::memory::INLINE_TOTAL_MAX,
+            "{backend}"
+        );
+        assert_eq!(
+            memory
+                .read_file(&ns, &v2, &path("bulk/1099.bin"))
+                .await
+                .unwrap(),
+            vec![(1099 % 256) as u8; INLINE_MAX]
+        );
     }
 }
