@@ -11,7 +11,7 @@ use crate::audit::{Actor, Outcome};
 use crate::auth::Authenticator;
 use crate::auth::api_key::ApiKeySecret;
 use crate::config::Settings;
-use crate::db::{self, NewApiKey, TenantWithOwner, platform};
+use crate::db::{self, NewApiKey, TenantScope, TenantWithOwner, platform};
 use crate::email::EmailAddress;
 use crate::gateway::{Gateway, Ledger};
 use crate::http;
@@ -181,4 +181,32 @@ pub async fn create_tenant(
     .await
     .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     Ok((created, secret))
+}
+
+/// Re-wraps every tenant data key from `old` to `new`; returns how many
+/// were re-wrapped and how many were already under `new` or absent.
+pub async fn rotate_master_key(
+    db: &DatabaseConnection,
+    old: &MasterKey,
+    new: &MasterKey,
+) -> anyhow::Result<(u64, u64)> {
+    if old.fingerprint() == new.fingerprint() {
+        anyhow::bail!("the new master key is the same as the current one");
+    }
+    let (mut rewrapped, mut skipped) = (0, 0);
+    for tenant in platform::tenant_ids(db)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?
+    {
+        let done = TenantScope::new(db, &tenant)
+            .rewrap_data_key(old, new)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        if done {
+            rewrapped += 1;
+        } else {
+            skipped += 1;
+        }
+    }
+    Ok((rewrapped, skipped))
 }

@@ -27,6 +27,27 @@ pub enum Command {
     /// Manage tenants from the operator's shell.
     #[command(subcommand)]
     Tenant(TenantCommand),
+    /// Manage the master key.
+    #[command(subcommand)]
+    MasterKey(MasterKeyCommand),
+}
+
+/// Master key administration.
+#[derive(Debug, Subcommand)]
+pub enum MasterKeyCommand {
+    /// Re-wrap every tenant's data key under a new master key, without
+    /// rewriting any data. Creates the new key file (mode 0600) if it does
+    /// not exist. Safe to run again after an interruption. Afterwards, set
+    /// `master_key_file` to the new file and restart; until then, servers
+    /// on the old key cannot open tenants' secrets.
+    Rotate {
+        /// The new master key file.
+        #[arg(long, value_name = "PATH")]
+        new_key_file: PathBuf,
+        /// Settings.
+        #[command(flatten)]
+        common: Common,
+    },
 }
 
 /// Tenant administration.

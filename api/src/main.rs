@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use carapace_api::audit::Actor;
 use carapace_api::bootstrap::{self, Application};
-use carapace_api::cli::{Cli, Command, TenantCommand};
+use carapace_api::cli::{Cli, Command, MasterKeyCommand, TenantCommand};
+use carapace_api::master_key::MasterKey;
 use carapace_api::telemetry;
 use clap::Parser;
 
@@ -56,6 +57,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_created(&created, secret.reveal());
             Ok(())
         }
+        Command::MasterKey(MasterKeyCommand::Rotate {
+            new_key_file,
+            common,
+        }) => {
+            let settings = common.settings()?;
+            telemetry::init_stderr(&settings.log);
+            let old = MasterKey::load(&settings.master_key_file)?;
+            let (new, created) = MasterKey::load_or_create(&new_key_file)?;
+            let db = bootstrap::open_database(&settings).await?;
+            let (rewrapped, skipped) = bootstrap::rotate_master_key(&db, &old, &new).await?;
+            print_rotated(
+                &new_key_file,
+                created,
+                rewrapped,
+                skipped,
+                &new.fingerprint(),
+            );
+            Ok(())
+        }
     }
 }
 
@@ -66,4 +86,21 @@ fn print_created(created: &carapace_api::db::TenantWithOwner, key: &str) {
     println!("key id:  {}", created.key.id);
     println!("The API key below is shown once. Store it now:");
     println!("{key}");
+}
+
+#[allow(clippy::print_stdout, reason = "the report is the command's output")]
+fn print_rotated(
+    path: &std::path::Path,
+    created: bool,
+    rewrapped: u64,
+    skipped: u64,
+    fingerprint: &str,
+) {
+    let made = if created { "created" } else { "existing" };
+    println!(
+        "new master key: {} ({made}, fingerprint {fingerprint})",
+        path.display()
+    );
+    println!("tenant data keys re-wrapped: {rewrapped}; already done or absent: {skipped}");
+    println!("Now set master_key_file (CARAPACE_MASTER_KEY_FILE) to the new file and restart.");
 }

@@ -46,6 +46,11 @@ impl MasterKey {
         }
     }
 
+    /// Reads an existing key file; never creates one.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        Self::read(path)
+    }
+
     fn read(path: &Path) -> anyhow::Result<Self> {
         let meta = std::fs::metadata(path)
             .with_context(|| format!("failed to read {}", path.display()))?;

@@ -164,3 +164,11 @@ pub async fn touch_api_key(
         .await?;
     Ok(())
 }
+
+/// Every tenant's id, for operator-wide maintenance (key rotation).
+pub async fn tenant_ids(db: &DatabaseConnection) -> Result<Vec<TenantId>> {
+    let rows = tenant::Entity::find().all(db).await?;
+    rows.into_iter()
+        .map(|row| TenantId::parse(&row.id).map_err(|e| anyhow::Error::from(e).into()))
+        .collect()
+}

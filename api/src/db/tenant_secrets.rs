@@ -102,6 +102,51 @@ impl TenantScope<'_> {
         Ok(Some(key))
     }
 
+    /// Re-wraps the tenant's data key from `old` to `new` without touching
+    /// anything it encrypts. `false` if the tenant has no data key yet or it
+    /// is already wrapped by `new` (so a rotation can be resumed).
+    pub async fn rewrap_data_key(
+        &self,
+        old: &dyn KeyWrapper,
+        new: &dyn KeyWrapper,
+    ) -> Result<bool> {
+        let Some(row) = tenant_key::Entity::find_by_id(self.tenant_id().as_str())
+            .one(self.db())
+            .await?
+        else {
+            return Ok(false);
+        };
+        if row.wrapped_by == new.id() {
+            return Ok(false);
+        }
+        let wrapped = STANDARD
+            .decode(&row.wrapped_key)
+            .map_err(|e| anyhow::anyhow!("stored tenant data key is not base64: {e}"))?;
+        let key = old.unwrap(&wrapped, &self.key_context()).map_err(|_| {
+            anyhow::anyhow!(
+                "tenant {} data key does not unwrap with {}",
+                self.tenant_id(),
+                old.id()
+            )
+        })?;
+        let rewrapped = new.wrap(&key, &self.key_context())?;
+        // Only if nobody changed the row meanwhile.
+        let result = tenant_key::Entity::update_many()
+            .col_expr(
+                tenant_key::Column::WrappedKey,
+                sea_orm::sea_query::Expr::value(STANDARD.encode(rewrapped)),
+            )
+            .col_expr(
+                tenant_key::Column::WrappedBy,
+                sea_orm::sea_query::Expr::value(new.id()),
+            )
+            .filter(tenant_key::Column::TenantId.eq(self.tenant_id().as_str()))
+            .filter(tenant_key::Column::WrappedKey.eq(row.wrapped_key))
+            .exec(self.db())
+            .await?;
+        Ok(result.rows_affected == 1)
+    }
+
     /// The tenant's providers, by name.
     pub async fn providers(&self) -> Result<Vec<StoredProvider>> {
         let rows = tenant_provider::Entity::find()

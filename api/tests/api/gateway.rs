@@ -892,3 +892,87 @@ async fn rate_limits_are_shared_between_replicas() {
         "the replica must see the first one's use"
     );
 }
+
+#[tokio::test]
+async fn rotating_the_master_key_rewraps_tenant_keys_without_touching_their_secrets() {
+    use carapace_api::master_key::MasterKey;
+    let s = setup(|g| g.allow_private_tenant_endpoints = Some(true)).await;
+    let body = json!({"kind": "openai_compatible", "base_url": s.llm.base_url, "api_key": TENANT_KEY, "models": ["private-model"]});
+    assert_eq!(
+        put_provider(&s, &s.tenant.key, "own", body).await.status(),
+        200
+    );
+    let before: Vec<_> = s
+        .app
+        .db
+        .query_all(sea_orm::Statement::from_string(
+            s.app.db.get_database_backend(),
+            "SELECT sealed_api_key FROM tenant_providers",
+        ))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get::<String>("", "sealed_api_key").unwrap())
+        .collect();
+
+    let old = MasterKey::load(&s.app.data_dir.join("master.key")).unwrap();
+    let new_path = s.app.data_dir.join("rotated.key");
+    let (new, _) = MasterKey::load_or_create(&new_path).unwrap();
+    let other = s.app.create_tenant("NoSecrets").await;
+    let (rewrapped, skipped) = carapace_api::bootstrap::rotate_master_key(&s.app.db, &old, &new)
+        .await
+        .unwrap();
+    assert_eq!(
+        (rewrapped, skipped),
+        (1, 1),
+        "one tenant has a data key, {} has none",
+        other.id
+    );
+    // Running it again changes nothing.
+    assert_eq!(
+        carapace_api::bootstrap::rotate_master_key(&s.app.db, &old, &new)
+            .await
+            .unwrap(),
+        (0, 2)
+    );
+
+    // The data the tenant key protects was not rewritten...
+    let after: Vec<_> = s
+        .app
+        .db
+        .query_all(sea_orm::Statement::from_string(
+            s.app.db.get_database_backend(),
+            "SELECT sealed_api_key FROM tenant_providers",
+        ))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get::<String>("", "sealed_api_key").unwrap())
+        .collect();
+    assert_eq!(before, after);
+    // ...and a server on the new master key still opens it.
+    let llm_url = s.llm.base_url.clone();
+    let replica = s
+        .app
+        .spawn_replica_with(|args| {
+            args.master_key_file = Some(new_path.clone());
+            args.gateway = Some(GatewayArgs {
+                allow_private_tenant_endpoints: Some(true),
+                ..GatewayArgs::default()
+            });
+        })
+        .await;
+    let res = replica
+        .request(Method::POST, "/gateway/v1/chat/completions", &s.tenant.key)
+        .json(&json!({"model": "private-model", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "provider at {llm_url}");
+    assert!(
+        s.llm
+            .received()
+            .iter()
+            .any(|r| r.authorization.as_deref() == Some(&format!("Bearer {TENANT_KEY}")))
+    );
+}

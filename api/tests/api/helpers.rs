@@ -14,6 +14,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub db: DatabaseConnection,
     pub database_url: String,
+    pub data_dir: std::path::PathBuf,
     _dir: TempDir,
 }
 
@@ -91,6 +92,7 @@ async fn start(
         client: reqwest::Client::new(),
         db,
         database_url,
+        data_dir: settings.data_dir.clone(),
         _dir: dir,
     }
 }
