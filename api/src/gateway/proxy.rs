@@ -34,11 +34,15 @@ type GatewayCaller = Result<Caller<UseGateway>, Error>;
     request_body(content = Object, description = "An OpenAI chat-completions request"),
     responses(
         (status = 200, description = "The provider's answer, passed through (JSON or text/event-stream)"),
+        (status = 400, description = "Malformed body, missing `model`, or `stream_options` not an object"),
         (status = 401, description = "Missing or invalid key"),
+        (status = 402, description = "The tenant's monthly budget is spent (`budget_exceeded`)"),
         (status = 403, description = "Key lacks the gateway scope"),
         (status = 404, description = "No provider serves this model"),
+        (status = 405, description = "Wrong method"),
+        (status = 413, description = "Body larger than `max_body_bytes`"),
         (status = 429, description = "Rate limit; see Retry-After"),
-        (status = 502, description = "Every provider failed"),
+        (status = 502, description = "Every provider failed, or its answer was invalid or too large"),
     ),
     security(("api_key" = []))
 )]
@@ -61,10 +65,15 @@ pub async fn chat_completions(
     request_body(content = Object, description = "An Anthropic messages request"),
     responses(
         (status = 200, description = "The provider's answer, passed through (JSON or text/event-stream)"),
+        (status = 400, description = "Malformed body or missing `model`"),
         (status = 401, description = "Missing or invalid key"),
+        (status = 402, description = "The tenant's monthly budget is spent (`budget_exceeded`)"),
+        (status = 403, description = "Key lacks the gateway scope"),
         (status = 404, description = "No provider serves this model"),
+        (status = 405, description = "Wrong method"),
+        (status = 413, description = "Body larger than `max_body_bytes`"),
         (status = 429, description = "Rate limit; see Retry-After"),
-        (status = 502, description = "Every provider failed"),
+        (status = 502, description = "Every provider failed, or its answer was invalid or too large"),
     ),
     security(("api_key" = []))
 )]

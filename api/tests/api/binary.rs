@@ -37,11 +37,22 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path, database_url: Option<&str>) -> Server {
+        Server::start_with(dir, database_url, |_| {})
+    }
+
+    /// Starts `carapace serve` with extra arguments or environment.
+    fn start_with(
+        dir: &Path,
+        database_url: Option<&str>,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Server {
         let port = free_port();
-        let child = carapace(dir, database_url)
-            .arg("serve")
+        let mut cmd = carapace(dir, database_url);
+        cmd.arg("serve")
             .env("CARAPACE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("CARAPACE_SHUTDOWN_TIMEOUT_SECS", "5")
+            .env("CARAPACE_SHUTDOWN_TIMEOUT_SECS", "5");
+        adjust(&mut cmd);
+        let child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -332,25 +343,10 @@ fast = ["dead/model-a", "fake/model-a"]
     )
     .unwrap();
     let key = create_tenant(dir.path(), pg);
-    let port = free_port();
-    let mut cmd = carapace(dir.path(), pg);
-    let child = cmd
-        .args(["serve", "--config", "carapace.toml"])
-        .env("CANARY_KEY", PROVIDER_KEY)
-        .env("CARAPACE_LISTEN", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let server = Server { child, port };
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "carapace serve did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let server = Server::start_with(dir.path(), pg, |cmd| {
+        cmd.args(["--config", "carapace.toml"])
+            .env("CANARY_KEY", PROVIDER_KEY);
+    });
 
     let client = reqwest::Client::new();
     let url = server.url("/gateway/v1/chat/completions");

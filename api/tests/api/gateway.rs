@@ -893,6 +893,19 @@ async fn rate_limits_are_shared_between_replicas() {
     );
 }
 
+async fn sealed_provider_keys(app: &TestApp) -> Vec<String> {
+    app.db
+        .query_all(sea_orm::Statement::from_string(
+            app.db.get_database_backend(),
+            "SELECT sealed_api_key FROM tenant_providers ORDER BY tenant_id, name",
+        ))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get::<String>("", "sealed_api_key").unwrap())
+        .collect()
+}
+
 #[tokio::test]
 async fn rotating_the_master_key_rewraps_tenant_keys_without_touching_their_secrets() {
     use carapace_api::master_key::MasterKey;
@@ -902,18 +915,7 @@ async fn rotating_the_master_key_rewraps_tenant_keys_without_touching_their_secr
         put_provider(&s, &s.tenant.key, "own", body).await.status(),
         200
     );
-    let before: Vec<_> = s
-        .app
-        .db
-        .query_all(sea_orm::Statement::from_string(
-            s.app.db.get_database_backend(),
-            "SELECT sealed_api_key FROM tenant_providers",
-        ))
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.try_get::<String>("", "sealed_api_key").unwrap())
-        .collect();
+    let before = sealed_provider_keys(&s.app).await;
 
     let old = MasterKey::load(&s.app.data_dir.join("master.key")).unwrap();
     let new_path = s.app.data_dir.join("rotated.key");
@@ -937,18 +939,7 @@ async fn rotating_the_master_key_rewraps_tenant_keys_without_touching_their_secr
     );
 
     // The data the tenant key protects was not rewritten...
-    let after: Vec<_> = s
-        .app
-        .db
-        .query_all(sea_orm::Statement::from_string(
-            s.app.db.get_database_backend(),
-            "SELECT sealed_api_key FROM tenant_providers",
-        ))
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.try_get::<String>("", "sealed_api_key").unwrap())
-        .collect();
+    let after = sealed_provider_keys(&s.app).await;
     assert_eq!(before, after);
     // ...and a server on the new master key still opens it.
     let llm_url = s.llm.base_url.clone();
