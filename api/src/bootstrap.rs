@@ -54,6 +54,7 @@ impl Application {
         let state = web::Data::new(AppState {
             auth: Authenticator::new(db.clone(), settings.auth_cache_ttl),
             db,
+            memory: crate::memory::MemoryStore::new(store.clone()),
             store,
             master_key,
             metrics,

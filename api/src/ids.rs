@@ -79,6 +79,10 @@ define_id!(
     /// An API key (the id, not the secret).
     ApiKeyId, "key"
 );
+define_id!(
+    /// An agent.
+    AgentId, "agt"
+);
 
 #[cfg(test)]
 mod tests {

@@ -18,6 +18,8 @@ pub struct AppState {
     pub auth: Authenticator,
     /// Object store.
     pub store: Arc<dyn ObjectStore>,
+    /// Agents' encrypted memory, on `store`.
+    pub memory: crate::memory::MemoryStore,
     /// Master key (wraps tenant data keys; used by the memory service).
     pub master_key: MasterKey,
     /// Prometheus metrics.

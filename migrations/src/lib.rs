@@ -13,6 +13,7 @@ mod m0001_foundation;
 mod m0002_gateway_usage;
 mod m0003_tenant_keys_and_providers;
 mod m0004_gateway_buckets;
+mod m0005_agents;
 
 /// Every migration, in the order it is applied.
 pub struct Migrator;
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0002_gateway_usage::Migration),
             Box::new(m0003_tenant_keys_and_providers::Migration),
             Box::new(m0004_gateway_buckets::Migration),
+            Box::new(m0005_agents::Migration),
         ]
     }
 }

@@ -62,6 +62,14 @@ permission!(
     ManageProviders, "provider.manage", Scope::Api, Role::Admin
 );
 permission!(
+    /// See the tenant's agents and read and write their memory.
+    UseAgents, "agent.use", Scope::Api, Role::Member
+);
+permission!(
+    /// Create, change and delete agents.
+    ManageAgents, "agent.manage", Scope::Api, Role::Admin
+);
+permission!(
     /// Read the tenant's usage ledger.
     ReadUsage, "usage.read", Scope::Api, Role::Member
 );

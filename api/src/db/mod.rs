@@ -11,6 +11,7 @@
 //!
 //! Rows ([`entities`]) never leave this module; callers get domain records.
 
+mod agents;
 mod entities;
 pub mod platform;
 mod records;
@@ -25,6 +26,7 @@ use carapace_migrations::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend};
 
 use crate::secret::Secret;
+pub use agents::{Agent, AgentSpec};
 pub use records::{ApiKey, NewApiKey, Tenant, TenantWithOwner};
 pub use tenant_scope::TenantScope;
 pub use tenant_secrets::StoredProvider;

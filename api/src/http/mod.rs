@@ -54,5 +54,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(routes::audit::configure)
         .configure(routes::usage::configure)
         .configure(routes::providers::configure)
+        .configure(routes::agents::configure)
+        .configure(routes::memory::configure)
         .configure(crate::gateway::configure);
 }

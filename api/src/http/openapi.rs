@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::routes::{api_keys, audit, ops, providers, tenant, usage};
+use super::routes::{agents, api_keys, audit, memory, ops, providers, tenant, usage};
 
 /// The whole API.
 #[derive(OpenApi)]
@@ -25,6 +25,17 @@ use super::routes::{api_keys, audit, ops, providers, tenant, usage};
         providers::list_providers,
         providers::put_provider,
         providers::delete_provider,
+        agents::create_agent,
+        agents::list_agents,
+        agents::get_agent,
+        agents::update_agent,
+        agents::delete_agent,
+        memory::list_files,
+        memory::list_versions,
+        memory::restore,
+        memory::read_file,
+        memory::write_file,
+        memory::delete_file,
         crate::gateway::proxy::chat_completions,
         crate::gateway::proxy::messages,
         crate::gateway::proxy::models,
@@ -39,6 +50,8 @@ use super::routes::{api_keys, audit, ops, providers, tenant, usage};
         (name = "api-keys", description = "API keys: created, listed, revoked"),
         (name = "audit", description = "The append-only audit log"),
         (name = "usage", description = "Model gateway usage"),
+        (name = "agents", description = "A tenant's agents"),
+        (name = "memory", description = "An agent's encrypted, versioned memory: raw bytes in and out"),
         (name = "providers", description = "A tenant's own model provider keys, stored encrypted"),
         (name = "gateway", description = "OpenAI- and Anthropic-compatible model gateway; \
             authenticate with a key holding the `gateway` scope (Bearer or `x-api-key`)"),

@@ -19,13 +19,44 @@ enum Expect {
 }
 
 /// One endpoint. In the path, `{key}` is replaced with the id of an API key
-/// of tenant B and `{provider}` with the name of one of B's providers.
+/// of tenant B, `{provider}` with the name of one of B's providers and
+/// `{agent}` with one of B's agents (whose memory holds `notes.md`).
 struct Case(Method, &'static str, Expect);
 
 const CASES: &[Case] = &[
     Case(Method::DELETE, "/v1/api-keys/{key}", Expect::NotFound),
     Case(Method::DELETE, "/v1/providers/{provider}", Expect::NotFound),
     Case(Method::GET, "/v1/providers", Expect::ListsNothingOfB),
+    Case(Method::GET, "/v1/agents/{agent}", Expect::NotFound),
+    Case(Method::PATCH, "/v1/agents/{agent}", Expect::NotFound),
+    Case(Method::DELETE, "/v1/agents/{agent}", Expect::NotFound),
+    Case(Method::GET, "/v1/agents", Expect::ListsNothingOfB),
+    Case(Method::GET, "/v1/agents/{agent}/memory", Expect::NotFound),
+    Case(
+        Method::GET,
+        "/v1/agents/{agent}/memory/notes.md",
+        Expect::NotFound,
+    ),
+    Case(
+        Method::PUT,
+        "/v1/agents/{agent}/memory/notes.md",
+        Expect::NotFound,
+    ),
+    Case(
+        Method::DELETE,
+        "/v1/agents/{agent}/memory/notes.md",
+        Expect::NotFound,
+    ),
+    Case(
+        Method::GET,
+        "/v1/agents/{agent}/memory/versions",
+        Expect::NotFound,
+    ),
+    Case(
+        Method::POST,
+        "/v1/agents/{agent}/memory/versions/1/restore",
+        Expect::NotFound,
+    ),
     Case(Method::GET, "/v1/api-keys", Expect::ListsNothingOfB),
     Case(Method::GET, "/v1/audit", Expect::ListsNothingOfB),
     Case(Method::GET, "/v1/tenant", Expect::ListsNothingOfB),
@@ -45,6 +76,7 @@ const CASES: &[Case] = &[
 struct Fixture {
     b: TestTenant,
     b_key_id: String,
+    b_agent_id: String,
 }
 
 async fn fixture(app: &TestApp) -> Fixture {
@@ -59,6 +91,28 @@ async fn fixture(app: &TestApp) -> Fixture {
             &json!({"kind": "openai", "base_url": "https://bravo.example.com/v1",
                       "api_key": "sk-bravo", "models": ["bravo-model"]}),
         )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = app
+        .request(Method::POST, "/v1/agents", &b.key)
+        .json(&json!({"name": "bravo-agent", "model": "bravo-model", "instructions": "bravo secret persona"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let b_agent_id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = app
+        .request(
+            Method::PUT,
+            &format!("/v1/agents/{b_agent_id}/memory/notes.md"),
+            &b.key,
+        )
+        .body("bravo private note")
         .send()
         .await
         .unwrap();
@@ -84,8 +138,20 @@ async fn fixture(app: &TestApp) -> Fixture {
         .unwrap();
     Fixture {
         b_key_id: key["id"].as_str().unwrap().to_owned(),
+        b_agent_id,
         b,
     }
+}
+
+/// Sends a request with a body each method may carry.
+async fn probe(app: &TestApp, method: &Method, path: &str, key: &str) -> reqwest::Response {
+    let req = app.request(method.clone(), path, key);
+    let req = match *method {
+        Method::PUT => req.body("overwritten by A"),
+        Method::PATCH => req.json(&json!({"name": "renamed by A"})),
+        _ => req,
+    };
+    req.send().await.unwrap()
 }
 
 #[tokio::test]
@@ -103,12 +169,9 @@ async fn a_tenant_never_sees_or_touches_another_tenants_resources() {
     for Case(method, template, expect) in CASES {
         let path = template
             .replace("{key}", &f.b_key_id)
-            .replace("{provider}", "bravo-provider");
-        let res = app
-            .request(method.clone(), &path, &a.key)
-            .send()
-            .await
-            .unwrap();
+            .replace("{provider}", "bravo-provider")
+            .replace("{agent}", &f.b_agent_id);
+        let res = probe(&app, method, &path, &a.key).await;
         let status = res.status().as_u16();
         let body = res.text().await.unwrap();
         match expect {
@@ -117,12 +180,9 @@ async fn a_tenant_never_sees_or_touches_another_tenants_resources() {
                 // Same answer as for an id that never existed.
                 let missing = template
                     .replace("{key}", "key_00000000000000000000000000000000")
-                    .replace("{provider}", "no-such-provider");
-                let res = app
-                    .request(method.clone(), &missing, &a.key)
-                    .send()
-                    .await
-                    .unwrap();
+                    .replace("{provider}", "no-such-provider")
+                    .replace("{agent}", "agt_00000000000000000000000000000000");
+                let res = probe(&app, method, &missing, &a.key).await;
                 let missing_body: Value = res.json().await.unwrap();
                 let body: Value = serde_json::from_str(&body).unwrap();
                 assert_eq!(body, missing_body, "{method} {path}");
@@ -149,4 +209,22 @@ async fn a_tenant_never_sees_or_touches_another_tenants_resources() {
     assert!(b_key["revoked_at"].is_null());
     let res = app.get("/v1/providers", &f.b.key).send().await.unwrap();
     assert!(res.text().await.unwrap().contains("bravo-provider"));
+    let note = app
+        .get(
+            &format!("/v1/agents/{}/memory/notes.md", f.b_agent_id),
+            &f.b.key,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(note.text().await.unwrap(), "bravo private note");
+    let agent: Value = app
+        .get(&format!("/v1/agents/{}", f.b_agent_id), &f.b.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(agent["name"], "bravo-agent");
 }

@@ -1,9 +1,11 @@
 //! One module per resource, each with a `configure` that registers its
 //! routes.
 
+pub mod agents;
 pub mod api_keys;
 pub mod audit;
 pub mod docs;
+pub mod memory;
 pub mod ops;
 pub mod providers;
 pub mod tenant;

@@ -1,0 +1,189 @@
+//! A tenant's agents.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, Set,
+    TransactionTrait,
+};
+
+use super::TenantScope;
+use super::entities::agent;
+use super::platform::insert_audit;
+use crate::audit::AuditEvent;
+use crate::error::{Error, Result};
+use crate::ids::AgentId;
+
+/// An agent as stored.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    /// Its id.
+    pub id: AgentId,
+    /// Display name.
+    pub name: String,
+    /// Model alias or model, called through the gateway.
+    pub model: String,
+    /// `builtin` or an OCI image reference.
+    pub image: String,
+    /// Persona / `AGENTS.md` seed.
+    pub instructions: String,
+    /// Host names the agent may reach through the egress proxy.
+    pub egress_allow: Vec<String>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The settable fields of an agent.
+#[derive(Debug, Clone)]
+pub struct AgentSpec {
+    /// Display name.
+    pub name: String,
+    /// Model.
+    pub model: String,
+    /// Image.
+    pub image: String,
+    /// Instructions.
+    pub instructions: String,
+    /// Egress allow-list.
+    pub egress_allow: Vec<String>,
+}
+
+impl TryFrom<agent::Model> for Agent {
+    type Error = anyhow::Error;
+    fn try_from(row: agent::Model) -> anyhow::Result<Self> {
+        Ok(Agent {
+            id: AgentId::parse(&row.id)?,
+            name: row.name,
+            model: row.model,
+            image: row.image,
+            instructions: row.instructions,
+            egress_allow: serde_json::from_str(&row.egress_allow)?,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+impl TenantScope<'_> {
+    /// The tenant's agents, newest first.
+    pub async fn agents(&self) -> Result<Vec<Agent>> {
+        let rows = agent::Entity::find()
+            .filter(agent::Column::TenantId.eq(self.tenant_id().as_str()))
+            .order_by_desc(agent::Column::CreatedAt)
+            .order_by_desc(agent::Column::Id)
+            .all(self.db())
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(Agent::try_from)
+            .collect::<anyhow::Result<_>>()?)
+    }
+
+    /// Number of agents.
+    pub async fn agent_count(&self) -> Result<u64> {
+        Ok(agent::Entity::find()
+            .filter(agent::Column::TenantId.eq(self.tenant_id().as_str()))
+            .count(self.db())
+            .await?)
+    }
+
+    /// One agent; `NotFound` for an id of another tenant.
+    pub async fn agent(&self, id: &AgentId) -> Result<Agent> {
+        let row = agent::Entity::find_by_id(id.as_str())
+            .filter(agent::Column::TenantId.eq(self.tenant_id().as_str()))
+            .one(self.db())
+            .await?
+            .ok_or(Error::NotFound)?;
+        Ok(row.try_into()?)
+    }
+
+    /// Creates an agent and its audit record.
+    pub async fn create_agent(&self, spec: AgentSpec, audit: AuditEvent) -> Result<Agent> {
+        let tenant = self.tenant_id().clone();
+        let now = Utc::now();
+        let egress = serde_json::to_string(&spec.egress_allow).map_err(anyhow::Error::from)?;
+        let row = self
+            .db()
+            .transaction::<_, agent::Model, Error>(|txn| {
+                Box::pin(async move {
+                    let row = agent::ActiveModel {
+                        id: Set(AgentId::generate().to_string()),
+                        tenant_id: Set(tenant.to_string()),
+                        name: Set(spec.name),
+                        model: Set(spec.model),
+                        image: Set(spec.image),
+                        instructions: Set(spec.instructions),
+                        egress_allow: Set(egress),
+                        created_at: Set(now),
+                        updated_at: Set(now),
+                    }
+                    .insert(txn)
+                    .await?;
+                    insert_audit(txn, audit.in_tenant(&tenant).target(row.id.clone())).await?;
+                    Ok(row)
+                })
+            })
+            .await?;
+        Ok(row.try_into()?)
+    }
+
+    /// Replaces an agent's settable fields.
+    pub async fn update_agent(
+        &self,
+        id: &AgentId,
+        spec: AgentSpec,
+        audit: AuditEvent,
+    ) -> Result<Agent> {
+        let tenant = self.tenant_id().clone();
+        let id = id.clone();
+        let egress = serde_json::to_string(&spec.egress_allow).map_err(anyhow::Error::from)?;
+        let row = self
+            .db()
+            .transaction::<_, agent::Model, Error>(|txn| {
+                Box::pin(async move {
+                    let row = agent::Entity::find_by_id(id.as_str())
+                        .filter(agent::Column::TenantId.eq(tenant.as_str()))
+                        .one(txn)
+                        .await?
+                        .ok_or(Error::NotFound)?;
+                    let mut active: agent::ActiveModel = row.into();
+                    active.name = Set(spec.name);
+                    active.model = Set(spec.model);
+                    active.image = Set(spec.image);
+                    active.instructions = Set(spec.instructions);
+                    active.egress_allow = Set(egress);
+                    active.updated_at = Set(Utc::now());
+                    let row = active.update(txn).await?;
+                    insert_audit(txn, audit.in_tenant(&tenant).target(id.to_string())).await?;
+                    Ok(row)
+                })
+            })
+            .await?;
+        Ok(row.try_into()?)
+    }
+
+    /// Deletes an agent; `false` if the tenant has no such agent.
+    pub async fn delete_agent(&self, id: &AgentId, audit: AuditEvent) -> Result<bool> {
+        let tenant = self.tenant_id().clone();
+        let id = id.clone();
+        Ok(self
+            .db()
+            .transaction::<_, bool, Error>(|txn| {
+                Box::pin(async move {
+                    let deleted = agent::Entity::delete_many()
+                        .filter(agent::Column::Id.eq(id.as_str()))
+                        .filter(agent::Column::TenantId.eq(tenant.as_str()))
+                        .exec(txn)
+                        .await?
+                        .rows_affected;
+                    if deleted == 0 {
+                        return Ok(false);
+                    }
+                    insert_audit(txn, audit.in_tenant(&tenant).target(id.to_string())).await?;
+                    Ok(true)
+                })
+            })
+            .await?)
+    }
+}

@@ -1,0 +1,339 @@
+//! `POST/GET /v1/agents`, `GET/PATCH/DELETE /v1/agents/{id}`: a tenant's
+//! agents. An agent's instructions are written into its memory as
+//! `AGENTS.md` when it is created; deleting an agent deletes its memory.
+
+use actix_web::http::header;
+use actix_web::{HttpResponse, web};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::audit::Outcome;
+use crate::auth::extract::{Caller, ManageAgents, UseAgents};
+use crate::db::{Agent, AgentSpec};
+use crate::error::Error;
+use crate::http::problem::method_not_allowed;
+use crate::http::validate;
+use crate::ids::AgentId;
+use crate::memory::MemoryPath;
+use crate::state::AppState;
+
+/// Most agents one tenant may have.
+pub const MAX_AGENTS: u64 = 100;
+/// Longest instructions, in bytes.
+const MAX_INSTRUCTIONS: usize = 32 * 1024;
+/// Most egress hosts per agent.
+const MAX_EGRESS_HOSTS: usize = 50;
+
+/// Registers the routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/agents")
+            .route(web::post().to(create_agent))
+            .route(web::get().to(list_agents))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/agents/{id}")
+            .route(web::get().to(get_agent))
+            .route(web::patch().to(update_agent))
+            .route(web::delete().to(delete_agent))
+            .default_service(web::to(method_not_allowed)),
+    );
+}
+
+/// A new agent.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAgent {
+    /// Display name, 1-100 characters.
+    name: String,
+    /// Model alias (e.g. `fast`) or model name, called through the gateway.
+    model: String,
+    /// `builtin` (default) or an OCI image reference.
+    #[serde(default)]
+    image: Option<String>,
+    /// Persona and standing instructions; written to `AGENTS.md` in the
+    /// agent's memory.
+    #[serde(default)]
+    instructions: Option<String>,
+    /// Host names the agent may reach (e.g. `api.github.com`, `*.example.com`).
+    #[serde(default)]
+    egress_allow: Option<Vec<String>>,
+}
+
+/// Changes to an agent; absent fields stay as they are.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAgent {
+    name: Option<String>,
+    model: Option<String>,
+    image: Option<String>,
+    instructions: Option<String>,
+    egress_allow: Option<Vec<String>>,
+}
+
+/// An agent.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AgentView {
+    /// Agent id.
+    #[schema(example = "agt_0193a6b2c3d47e8f9a0b1c2d3e4f5a6b")]
+    id: String,
+    name: String,
+    model: String,
+    image: String,
+    instructions: String,
+    egress_allow: Vec<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<Agent> for AgentView {
+    fn from(a: Agent) -> Self {
+        AgentView {
+            id: a.id.to_string(),
+            name: a.name,
+            model: a.model,
+            image: a.image,
+            instructions: a.instructions,
+            egress_allow: a.egress_allow,
+            created_at: a.created_at,
+            updated_at: a.updated_at,
+        }
+    }
+}
+
+/// A list of agents.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AgentList {
+    /// Newest first.
+    data: Vec<AgentView>,
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> Error {
+    Error::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+fn validate_model(model: &str) -> Result<String, Error> {
+    let ok = (1..=200).contains(&model.len()) && model.chars().all(|c| c.is_ascii_graphic());
+    ok.then(|| model.to_owned())
+        .ok_or_else(|| invalid("model", "must be 1-200 printable characters without spaces"))
+}
+
+fn validate_image(image: &str) -> Result<String, Error> {
+    let ok = image == "builtin"
+        || ((1..=500).contains(&image.len())
+            && image
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".:/@_-".contains(&b)));
+    ok.then(|| image.to_owned())
+        .ok_or_else(|| invalid("image", "must be `builtin` or an OCI image reference"))
+}
+
+fn validate_hosts(hosts: Vec<String>) -> Result<Vec<String>, Error> {
+    if hosts.len() > MAX_EGRESS_HOSTS {
+        return Err(invalid(
+            "egress_allow",
+            format!("at most {MAX_EGRESS_HOSTS} hosts"),
+        ));
+    }
+    hosts
+        .into_iter()
+        .map(|host| {
+            let host = host.trim().to_ascii_lowercase();
+            let name = host.strip_prefix("*.").unwrap_or(&host);
+            let ok = (1..=253).contains(&name.len())
+                && name.split('.').all(|label| {
+                    (1..=63).contains(&label.len())
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        && !label.starts_with('-')
+                        && !label.ends_with('-')
+                });
+            if ok {
+                Ok(host)
+            } else {
+                Err(invalid(
+                    "egress_allow",
+                    format!("`{host}` is not a host name"),
+                ))
+            }
+        })
+        .collect()
+}
+
+fn validate_instructions(text: String) -> Result<String, Error> {
+    if text.len() > MAX_INSTRUCTIONS {
+        return Err(invalid(
+            "instructions",
+            format!("at most {MAX_INSTRUCTIONS} bytes"),
+        ));
+    }
+    Ok(text)
+}
+
+/// Create an agent.
+#[utoipa::path(
+    post, path = "/v1/agents", tag = "agents",
+    request_body = CreateAgent,
+    responses(
+        (status = 201, description = "Created", body = AgentView),
+        (status = 409, description = "Too many agents", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn create_agent(
+    caller: Caller<ManageAgents>,
+    state: web::Data<AppState>,
+    body: web::Json<CreateAgent>,
+) -> Result<HttpResponse, Error> {
+    let body = body.into_inner();
+    let spec = AgentSpec {
+        name: validate::label("name", &body.name, 100)?,
+        model: validate_model(&body.model)?,
+        image: validate_image(body.image.as_deref().unwrap_or("builtin"))?,
+        instructions: validate_instructions(body.instructions.unwrap_or_default())?,
+        egress_allow: validate_hosts(body.egress_allow.unwrap_or_default())?,
+    };
+    let scope = caller.scope(&state.db);
+    if scope.agent_count().await? >= MAX_AGENTS {
+        return Err(Error::LimitReached(format!(
+            "a tenant may have at most {MAX_AGENTS} agents"
+        )));
+    }
+    let agent = scope
+        .create_agent(spec, caller.actor().event("agent.create", Outcome::Success))
+        .await?;
+    if !agent.instructions.is_empty() {
+        let ns = super::memory::namespace(&state, caller.tenant_id(), &agent.id).await?;
+        let path = MemoryPath::parse("AGENTS.md").map_err(anyhow::Error::from)?;
+        let puts = state
+            .memory
+            .write_files(
+                &ns,
+                None,
+                vec![(path, agent.instructions.clone().into_bytes())],
+            )
+            .await?;
+        state.memory.commit(&ns, None, puts, &[]).await?;
+    }
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, format!("/v1/agents/{}", agent.id)))
+        .json(AgentView::from(agent)))
+}
+
+/// List the tenant's agents.
+#[utoipa::path(get, path = "/v1/agents", tag = "agents",
+    responses((status = 200, description = "The agents", body = AgentList)),
+    security(("api_key" = [])))]
+pub async fn list_agents(
+    caller: Caller<UseAgents>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Error> {
+    let agents = caller.scope(&state.db).agents().await?;
+    Ok(HttpResponse::Ok().json(AgentList {
+        data: agents.into_iter().map(AgentView::from).collect(),
+    }))
+}
+
+fn agent_id(raw: &str) -> Result<AgentId, Error> {
+    AgentId::parse(raw).map_err(|_| Error::NotFound)
+}
+
+/// One agent.
+#[utoipa::path(get, path = "/v1/agents/{id}", tag = "agents",
+    params(("id" = String, Path, description = "Agent id")),
+    responses(
+        (status = 200, description = "The agent", body = AgentView),
+        (status = 404, description = "No such agent in this tenant", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn get_agent(
+    caller: Caller<UseAgents>,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    let agent = caller.scope(&state.db).agent(&agent_id(&id)?).await?;
+    Ok(HttpResponse::Ok().json(AgentView::from(agent)))
+}
+
+/// Change an agent.
+#[utoipa::path(patch, path = "/v1/agents/{id}", tag = "agents",
+    params(("id" = String, Path, description = "Agent id")),
+    request_body = UpdateAgent,
+    responses(
+        (status = 200, description = "The agent", body = AgentView),
+        (status = 404, description = "No such agent in this tenant", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn update_agent(
+    caller: Caller<ManageAgents>,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Json<UpdateAgent>,
+) -> Result<HttpResponse, Error> {
+    let id = agent_id(&id)?;
+    let scope = caller.scope(&state.db);
+    let current = scope.agent(&id).await?;
+    let body = body.into_inner();
+    let spec = AgentSpec {
+        name: match body.name {
+            Some(name) => validate::label("name", &name, 100)?,
+            None => current.name,
+        },
+        model: body
+            .model
+            .as_deref()
+            .map_or(Ok(current.model), validate_model)?,
+        image: body
+            .image
+            .as_deref()
+            .map_or(Ok(current.image), validate_image)?,
+        instructions: body
+            .instructions
+            .map_or(Ok(current.instructions), validate_instructions)?,
+        egress_allow: body
+            .egress_allow
+            .map_or(Ok(current.egress_allow), validate_hosts)?,
+    };
+    let agent = scope
+        .update_agent(
+            &id,
+            spec,
+            caller.actor().event("agent.update", Outcome::Success),
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(AgentView::from(agent)))
+}
+
+/// Delete an agent and its memory.
+#[utoipa::path(delete, path = "/v1/agents/{id}", tag = "agents",
+    params(("id" = String, Path, description = "Agent id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such agent in this tenant", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn delete_agent(
+    caller: Caller<ManageAgents>,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    let id = agent_id(&id)?;
+    let deleted = caller
+        .scope(&state.db)
+        .delete_agent(&id, caller.actor().event("agent.delete", Outcome::Success))
+        .await?;
+    if !deleted {
+        return Err(Error::NotFound);
+    }
+    let ns = super::memory::namespace(&state, caller.tenant_id(), &id).await?;
+    let removed = state.memory.destroy(&ns).await?;
+    tracing::info!(tenant_id = %caller.tenant_id(), agent_id = %id, objects = removed, "agent deleted with its memory");
+    Ok(HttpResponse::NoContent().finish())
+}

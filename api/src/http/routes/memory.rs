@@ -1,0 +1,409 @@
+//! An agent's encrypted memory over HTTP: list, read, write and delete
+//! files (raw bytes in and out), list versions, restore one. Every change
+//! is a new version (see `memory`). The top-level name `versions` is
+//! reserved for the version endpoints.
+
+use std::sync::Arc;
+
+use actix_web::web::Bytes;
+use actix_web::{HttpResponse, web};
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::extract::{Caller, UseAgents};
+use crate::db::TenantScope;
+use crate::error::Error;
+use crate::http::problem::method_not_allowed;
+use crate::ids::{AgentId, TenantId};
+use crate::memory::{Content, Manifest, MemoryPath, Namespace};
+use crate::state::AppState;
+
+/// Largest file, in bytes.
+pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+/// Most files in one agent's memory.
+pub const MAX_FILES: usize = 10_000;
+/// Versions kept by the garbage collection that runs every tenth commit.
+pub const KEEP_VERSIONS: usize = 20;
+/// Times a write of a small file is retried after a concurrent commit.
+const RETRIES: usize = 20;
+
+/// A short random pause before retrying a commit, so that writers racing
+/// for the same version spread out.
+async fn backoff(attempt: usize) {
+    let mut byte = [0u8; 1];
+    let jitter = getrandom::fill(&mut byte).map_or(0, |()| u64::from(byte[0] % 20));
+    let base = 5 * (attempt.min(6) as u64);
+    tokio::time::sleep(std::time::Duration::from_millis(base + jitter)).await;
+}
+
+/// Registers the routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/agents/{id}/memory")
+            .route(web::get().to(list_files))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/agents/{id}/memory/versions")
+            .route(web::get().to(list_versions))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/agents/{id}/memory/versions/{version}/restore")
+            .route(web::post().to(restore))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/agents/{id}/memory/{path:.*}")
+            .route(web::get().to(read_file))
+            .route(web::put().to(write_file))
+            .route(web::delete().to(delete_file))
+            .default_service(web::to(method_not_allowed)),
+    );
+}
+
+/// The memory namespace of one of the tenant's agents.
+pub async fn namespace(
+    state: &AppState,
+    tenant: &TenantId,
+    agent: &AgentId,
+) -> Result<Namespace, Error> {
+    let key = TenantScope::new(&state.db, tenant)
+        .data_key(&state.master_key)
+        .await?;
+    Namespace::new(tenant.clone(), agent.as_str(), key)
+}
+
+/// Checks the agent is the caller's and opens its memory.
+async fn open(
+    caller: &Caller<UseAgents>,
+    state: &AppState,
+    raw_id: &str,
+) -> Result<Namespace, Error> {
+    let id = AgentId::parse(raw_id).map_err(|_| Error::NotFound)?;
+    caller.scope(&state.db).agent(&id).await?;
+    namespace(state, caller.tenant_id(), &id).await
+}
+
+/// The file path from the URL (actix has percent-decoded it, so `%2E%2E`
+/// arrives as `..` and is refused like it), validated.
+fn file_path(raw: &str) -> Result<MemoryPath, Error> {
+    if raw == "versions" || raw.starts_with("versions/") {
+        return Err(Error::Invalid {
+            field: "path",
+            message: "`versions` is reserved".to_owned(),
+        });
+    }
+    MemoryPath::parse(raw).map_err(|e| Error::Invalid {
+        field: "path",
+        message: e.to_string(),
+    })
+}
+
+/// A file in a version.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FileView {
+    path: String,
+    size: u64,
+}
+
+/// The current version's files.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Listing {
+    /// The current version; absent while nothing was ever written.
+    version: Option<u64>,
+    files: Vec<FileView>,
+}
+
+/// One version.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct VersionView {
+    version: u64,
+    parent: Option<u64>,
+    created_at: DateTime<Utc>,
+    files: usize,
+}
+
+/// Versions, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct VersionList {
+    data: Vec<VersionView>,
+}
+
+/// What a write or delete produced.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Committed {
+    /// The new current version.
+    version: u64,
+}
+
+/// Which version to read.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ReadQuery {
+    /// A version number; default the current one.
+    version: Option<u64>,
+}
+
+/// The files of the current version.
+#[utoipa::path(get, path = "/v1/agents/{id}/memory", tag = "memory",
+    params(("id" = String, Path, description = "Agent id")),
+    responses((status = 200, description = "Files", body = Listing)),
+    security(("api_key" = [])))]
+pub async fn list_files(
+    caller: Caller<UseAgents>,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    let ns = open(&caller, &state, &id).await?;
+    let head = state.memory.head(&ns).await?;
+    Ok(HttpResponse::Ok().json(Listing {
+        version: head.as_ref().map(|m| m.version),
+        files: head
+            .map(|m| {
+                m.files
+                    .into_iter()
+                    .map(|(path, entry)| FileView {
+                        path,
+                        size: entry.size,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }))
+}
+
+/// The agent's versions (at most the 100 newest).
+#[utoipa::path(get, path = "/v1/agents/{id}/memory/versions", tag = "memory",
+    params(("id" = String, Path, description = "Agent id")),
+    responses((status = 200, description = "Versions", body = VersionList)),
+    security(("api_key" = [])))]
+pub async fn list_versions(
+    caller: Caller<UseAgents>,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    let ns = open(&caller, &state, &id).await?;
+    let mut data = Vec::new();
+    for version in state
+        .memory
+        .versions(&ns)
+        .await?
+        .into_iter()
+        .rev()
+        .take(100)
+    {
+        let m = state.memory.manifest(&ns, version).await?;
+        data.push(VersionView {
+            version,
+            parent: m.parent,
+            created_at: m.created_at,
+            files: m.files.len(),
+        });
+    }
+    Ok(HttpResponse::Ok().json(VersionList { data }))
+}
+
+/// Make an old version's files current again (as a new version).
+#[utoipa::path(post, path = "/v1/agents/{id}/memory/versions/{version}/restore", tag = "memory",
+    params(("id" = String, Path, description = "Agent id"), ("version" = u64, Path, description = "Version to restore")),
+    responses(
+        (status = 200, description = "Restored as a new version", body = Committed),
+        (status = 404, description = "No such agent or version", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn restore(
+    caller: Caller<UseAgents>,
+    state: web::Data<AppState>,
+    path: web::Path<(String, u64)>,
+) -> Result<HttpResponse, Error> {
+    let (id, version) = path.into_inner();
+    let ns = open(&caller, &state, &id).await?;
+    let manifest = state.memory.restore(&ns, version).await?;
+    Ok(HttpResponse::Ok().json(Committed {
+        version: manifest.version,
+    }))
+}
+
+/// Read a file: its raw bytes, streamed.
+#[utoipa::path(get, path = "/v1/agents/{id}/memory/{path}", tag = "memory",
+    params(("id" = String, Path, description = "Agent id"), ("path" = String, Path, description = "File path"), ReadQuery),
+    responses(
+        (status = 200, description = "The file's bytes", content_type = "application/octet-stream"),
+        (status = 404, description = "No such agent, version or file", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn read_file(
+    caller: Caller<UseAgents>,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+    query: web::Query<ReadQuery>,
+) -> Result<HttpResponse, Error> {
+    let (id, raw_path) = path.into_inner();
+    let file = file_path(&raw_path).map_err(|_| Error::NotFound)?;
+    let ns = open(&caller, &state, &id).await?;
+    let manifest = match query.version {
+        Some(v) => state.memory.manifest(&ns, v).await?,
+        None => state.memory.head(&ns).await?.ok_or(Error::NotFound)?,
+    };
+    let entry = manifest
+        .files
+        .get(file.as_str())
+        .ok_or(Error::NotFound)?
+        .clone();
+    let mut res = HttpResponse::Ok();
+    res.content_type("application/octet-stream")
+        .insert_header(("x-memory-version", manifest.version.to_string()));
+    if let Content::Chunks { chunks, .. } = entry.content {
+        // Streamed chunk by chunk, never whole in memory. A chunk that
+        // fails its check ends the response abruptly (the client sees a
+        // broken transfer) rather than serving anything unverified.
+        let start = (0u32, state.memory.clone(), Arc::new(ns), file, entry);
+        let stream = futures_util::stream::unfold(
+            start,
+            move |(index, memory, ns, file, entry)| async move {
+                if index >= chunks {
+                    return None;
+                }
+                match memory.read_chunk(&ns, &file, &entry, index).await {
+                    Ok(chunk) => {
+                        Some((Ok(Bytes::from(chunk)), (index + 1, memory, ns, file, entry)))
+                    }
+                    Err(e) => {
+                        tracing::error!(error = ?e, "memory read failed mid-stream");
+                        let error =
+                            actix_web::error::ErrorInternalServerError("memory read failed");
+                        Some((Err(error), (chunks, memory, ns, file, entry)))
+                    }
+                }
+            },
+        );
+        return Ok(res.streaming(stream));
+    }
+    let content = state.memory.read_file(&ns, &manifest, &file).await?;
+    Ok(res.body(content))
+}
+
+async fn collect_garbage(state: &AppState, ns: &Namespace, manifest: &Manifest) {
+    if manifest.version.is_multiple_of(10)
+        && let Err(e) = state.memory.gc(ns, KEEP_VERSIONS).await
+    {
+        tracing::warn!(error = ?e, "memory garbage collection failed");
+    }
+}
+
+/// Write a file (the request body, raw bytes) as a new version.
+#[utoipa::path(put, path = "/v1/agents/{id}/memory/{path}", tag = "memory",
+    params(("id" = String, Path, description = "Agent id"), ("path" = String, Path, description = "File path")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 200, description = "Committed", body = Committed),
+        (status = 409, description = "A concurrent change to a large file, or too many files", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "File larger than 64 MiB", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid path", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn write_file(
+    caller: Caller<UseAgents>,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+    mut body: web::Payload,
+) -> Result<HttpResponse, Error> {
+    let (id, raw_path) = path.into_inner();
+    let file = file_path(&raw_path)?;
+    let ns = open(&caller, &state, &id).await?;
+    let mut attempt = 0;
+    let mut base = state.memory.head(&ns).await?;
+    if base
+        .as_ref()
+        .is_some_and(|m| m.files.len() >= MAX_FILES && !m.files.contains_key(file.as_str()))
+    {
+        return Err(Error::LimitReached(format!(
+            "an agent's memory holds at most {MAX_FILES} files"
+        )));
+    }
+    let mut writer = state.memory.writer(&ns, file.clone(), base.as_ref())?;
+    let mut size = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk =
+            chunk.map_err(|e| Error::InvalidQuery(format!("failed to read the body: {e}")))?;
+        size += chunk.len() as u64;
+        if size > MAX_FILE_BYTES {
+            return Err(Error::PayloadTooLarge {
+                limit: MAX_FILE_BYTES as usize,
+            });
+        }
+        writer.write(&chunk).await?;
+    }
+    let entry = writer.finish().await?;
+    loop {
+        match state
+            .memory
+            .commit(&ns, base.as_ref(), vec![entry.clone()], &[])
+            .await
+        {
+            Ok(manifest) => {
+                collect_garbage(&state, &ns, &manifest).await;
+                return Ok(HttpResponse::Ok().json(Committed {
+                    version: manifest.version,
+                }));
+            }
+            // A small (inline) file does not depend on the version it was
+            // written for: commit it on top of the new current version.
+            Err(Error::Conflict(_))
+                if matches!(entry.1.content, Content::Inline { .. }) && attempt < RETRIES =>
+            {
+                attempt += 1;
+                backoff(attempt).await;
+                base = state.memory.head(&ns).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Delete a file, as a new version.
+#[utoipa::path(delete, path = "/v1/agents/{id}/memory/{path}", tag = "memory",
+    params(("id" = String, Path, description = "Agent id"), ("path" = String, Path, description = "File path")),
+    responses(
+        (status = 200, description = "Committed", body = Committed),
+        (status = 404, description = "No such agent or file", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn delete_file(
+    caller: Caller<UseAgents>,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, Error> {
+    let (id, raw_path) = path.into_inner();
+    let file = file_path(&raw_path).map_err(|_| Error::NotFound)?;
+    let ns = open(&caller, &state, &id).await?;
+    for attempt in 0..=RETRIES {
+        if attempt > 0 {
+            backoff(attempt).await;
+        }
+        let base = state.memory.head(&ns).await?.ok_or(Error::NotFound)?;
+        if !base.files.contains_key(file.as_str()) {
+            return Err(Error::NotFound);
+        }
+        match state
+            .memory
+            .commit(&ns, Some(&base), vec![], std::slice::from_ref(&file))
+            .await
+        {
+            Ok(manifest) => {
+                collect_garbage(&state, &ns, &manifest).await;
+                return Ok(HttpResponse::Ok().json(Committed {
+                    version: manifest.version,
+                }));
+            }
+            Err(Error::Conflict(_)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::Conflict(
+        "memory keeps changing; try again".to_owned(),
+    ))
+}
