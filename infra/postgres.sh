@@ -12,7 +12,7 @@ set -euo pipefail
 
 dir=${CARAPACE_PG_DIR:-/tmp/carapace-pg}
 port=${CARAPACE_PG_PORT:-54329}
-bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
 if [ -z "$bin" ]; then
   echo "PostgreSQL is not installed; run infra/install-deps" >&2
   exit 1

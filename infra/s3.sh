@@ -8,7 +8,7 @@
 # moto keeps everything in memory and accepts any key pair.
 set -euo pipefail
 
-venv=${CARAPACE_VENV:-$HOME/.cache/carapace/venv}
+venv=${CARAPACE_VENV:-${HOME:-/root}/.cache/carapace/venv}
 case "${1:-}" in
   start)
     dir=$2 port=$3

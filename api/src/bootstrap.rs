@@ -41,6 +41,7 @@ impl Application {
             "master key ready"
         );
         let db = open_database(settings).await?;
+        check_master_key(&db, &master_key, &settings.master_key_file, created).await?;
         let store = storage::open(&settings.object_store_url)?;
         storage::write_probe(store.as_ref()).await?;
         tracing::info!(
@@ -125,6 +126,47 @@ async fn shutdown_signal() -> anyhow::Result<&'static str> {
     })
 }
 
+/// Refuses to start with a master key that opens none of the stored tenant
+/// data keys — a missing or mistyped key file would otherwise silently
+/// produce a fresh key and lock every tenant out of its secrets.
+async fn check_master_key(
+    db: &DatabaseConnection,
+    key: &MasterKey,
+    path: &std::path::Path,
+    created: bool,
+) -> anyhow::Result<()> {
+    use crate::crypto::KeyWrapper;
+    let wrappers = platform::data_key_wrappers(db)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let ours = key.id();
+    let (mine, others): (Vec<_>, Vec<_>) = wrappers.iter().partition(|(by, _)| *by == ours);
+    if mine.is_empty() && !others.is_empty() {
+        if created {
+            // Do not leave the wrong key behind for the next start.
+            let _ = std::fs::remove_file(path);
+        }
+        anyhow::bail!(
+            "the master key {} ({ours}) opens none of the {} stored tenant data keys (wrapped by {}); \
+             restore the right key file, or finish a rotation with `carapace master-key rotate`",
+            path.display(),
+            others.iter().map(|(_, n)| n).sum::<u64>(),
+            others
+                .iter()
+                .map(|(by, _)| by.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if !others.is_empty() {
+        tracing::warn!(
+            others = ?others,
+            "some tenant data keys are wrapped by another master key: a rotation is unfinished"
+        );
+    }
+    Ok(())
+}
+
 /// Creates the data directory, private to the service's user (it holds the
 /// master key and, by default, the database).
 pub fn create_data_dir(settings: &Settings) -> anyhow::Result<()> {
@@ -194,20 +236,38 @@ pub async fn rotate_master_key(
     if old.fingerprint() == new.fingerprint() {
         anyhow::bail!("the new master key is the same as the current one");
     }
-    let (mut rewrapped, mut skipped) = (0, 0);
-    for tenant in platform::tenant_ids(db)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?
-    {
-        let done = TenantScope::new(db, &tenant)
-            .rewrap_data_key(old, new)
+    use crate::crypto::KeyWrapper;
+    let fail = |e: crate::error::Error| anyhow::anyhow!("{e:?}");
+    let (mut rewrapped, mut skipped) = (0, None);
+    // A server still running on the old key may create a data key after
+    // the pass went by it: go round until every key is under `new`.
+    for _ in 0..5 {
+        let mut untouched = 0;
+        for tenant in platform::tenant_ids(db).await.map_err(fail)? {
+            if TenantScope::new(db, &tenant)
+                .rewrap_data_key(old, new)
+                .await
+                .map_err(fail)?
+            {
+                rewrapped += 1;
+            } else {
+                untouched += 1;
+            }
+        }
+        skipped.get_or_insert(untouched);
+        let left: u64 = platform::data_key_wrappers(db)
             .await
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        if done {
-            rewrapped += 1;
-        } else {
-            skipped += 1;
+            .map_err(fail)?
+            .into_iter()
+            .filter(|(by, _)| *by != new.id())
+            .map(|(_, n)| n)
+            .sum();
+        if left == 0 {
+            return Ok((rewrapped, skipped.unwrap_or(0)));
         }
     }
-    Ok((rewrapped, skipped))
+    anyhow::bail!(
+        "tenant data keys keep appearing under the old master key: stop every server still using it, \
+         then run the rotation again (it resumes where it stopped)"
+    )
 }

@@ -64,7 +64,7 @@ impl MasterKey {
             .with_context(|| format!("failed to read {}", path.display()))?;
         let text = text.trim();
         let mut bytes = [0u8; 32];
-        if text.len() != 64 {
+        if text.len() != 64 || !text.is_ascii() {
             bail!("master key file {} must hold 64 hex digits", path.display());
         }
         for (i, byte) in bytes.iter_mut().enumerate() {

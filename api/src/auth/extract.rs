@@ -167,10 +167,15 @@ async fn authenticate<P: Permission>(req: &HttpRequest) -> Result<Caller<P>, Err
     let principal = match state.auth.verify(token).await? {
         Verdict::Valid(principal) => principal,
         Verdict::Unknown => {
-            let event = anonymous
-                .event(P::ACTION, Outcome::Denied)
-                .reason("unknown API key");
-            platform::record_audit(&state.db, event).await?;
+            let subject = format!("ip:{}", anonymous.client_ip.as_deref().unwrap_or("?"));
+            if state.auth.should_audit_refusal(&subject) {
+                let event = anonymous
+                    .event(P::ACTION, Outcome::Denied)
+                    .reason("unknown API key");
+                record_refusal(state, event).await;
+            } else {
+                tracing::warn!(client_ip = ?anonymous.client_ip, "unknown API key (audit throttled)");
+            }
             return Err(Error::Unauthenticated("invalid API key"));
         }
         Verdict::Revoked(principal) => {
@@ -210,13 +215,27 @@ async fn deny(
     action: &'static str,
     reason: &str,
 ) -> Result<(), Error> {
+    let subject = format!("api_key:{}", principal.key_id);
+    if !state.auth.should_audit_refusal(&subject) {
+        tracing::warn!(key_id = %principal.key_id, reason, "credential refused (audit throttled)");
+        return Ok(());
+    }
     let actor = Actor {
-        principal: format!("api_key:{}", principal.key_id),
+        principal: subject,
         ..anonymous.clone()
     };
     let event = actor
         .event(action, Outcome::Denied)
         .in_tenant(&principal.tenant_id)
         .reason(reason);
-    platform::record_audit(&state.db, event).await
+    record_refusal(state, event).await;
+    Ok(())
+}
+
+/// Writes a refusal to the audit log. If that fails, the refusal still
+/// stands (the caller gets 401/403, not 500) and the failure is logged.
+async fn record_refusal(state: &AppState, event: crate::audit::AuditEvent) {
+    if let Err(e) = platform::record_audit(&state.db, event).await {
+        tracing::error!(error = ?e, "failed to audit a refused credential");
+    }
 }

@@ -45,6 +45,13 @@ pub struct KeyPrincipal {
     revoked: bool,
 }
 
+impl KeyPrincipal {
+    /// When the key stops working, if ever.
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        self.expires_at
+    }
+}
+
 impl From<&ApiKey> for KeyPrincipal {
     fn from(key: &ApiKey) -> Self {
         KeyPrincipal {
@@ -76,11 +83,20 @@ struct Entry {
     fetched_at: Instant,
 }
 
+/// Audit records of refused credentials per subject (client address or
+/// key) and minute; beyond, refusals are counted in the log only, so that
+/// a flood of bad keys cannot flood the database.
+const AUDITED_FAILURES_PER_MINUTE: u32 = 10;
+
 /// Verifies API keys, with a short-lived cache in front of the database.
 pub struct Authenticator {
     db: DatabaseConnection,
     ttl: Duration,
     cache: RwLock<HashMap<KeyHash, Entry>>,
+    /// Hashes recently found to be nobody's key.
+    unknown: RwLock<HashMap<KeyHash, Instant>>,
+    /// Refusals audited per subject in the current minute.
+    audited: std::sync::Mutex<HashMap<String, (Instant, u32)>>,
 }
 
 impl Authenticator {
@@ -90,6 +106,8 @@ impl Authenticator {
             db,
             ttl,
             cache: RwLock::new(HashMap::new()),
+            unknown: RwLock::new(HashMap::new()),
+            audited: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -99,11 +117,28 @@ impl Authenticator {
             return Ok(Verdict::Unknown);
         };
         let hash = secret.hash();
+        let known_unknown = self
+            .unknown
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&hash)
+            .is_some_and(|at| at.elapsed() < self.ttl);
+        if known_unknown {
+            return Ok(Verdict::Unknown);
+        }
         let principal = match self.cached(hash) {
             Some(principal) => principal,
             None => match self.fetch(hash).await? {
                 Some(principal) => principal,
-                None => return Ok(Verdict::Unknown),
+                None => {
+                    // A key created meanwhile is found once the TTL passes.
+                    let mut unknown = self.unknown.write().unwrap_or_else(|e| e.into_inner());
+                    if unknown.len() >= CACHE_CAPACITY {
+                        unknown.clear();
+                    }
+                    unknown.insert(hash, Instant::now());
+                    return Ok(Verdict::Unknown);
+                }
             },
         };
         Ok(if principal.revoked {
@@ -113,6 +148,26 @@ impl Authenticator {
         } else {
             Verdict::Valid(principal)
         })
+    }
+
+    /// Whether a refusal for `subject` should still be written to the audit
+    /// log this minute.
+    pub fn should_audit_refusal(&self, subject: &str) -> bool {
+        let mut audited = self.audited.lock().unwrap_or_else(|e| e.into_inner());
+        if audited.len() >= CACHE_CAPACITY {
+            audited.retain(|_, (since, _)| since.elapsed() < Duration::from_secs(60));
+            if audited.len() >= CACHE_CAPACITY {
+                return false;
+            }
+        }
+        let entry = audited
+            .entry(subject.to_owned())
+            .or_insert((Instant::now(), 0));
+        if entry.0.elapsed() >= Duration::from_secs(60) {
+            *entry = (Instant::now(), 0);
+        }
+        entry.1 += 1;
+        entry.1 <= AUDITED_FAILURES_PER_MINUTE
     }
 
     /// Drops a key from this replica's cache (after revoking it here).

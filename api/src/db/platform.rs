@@ -172,3 +172,28 @@ pub async fn tenant_ids(db: &DatabaseConnection) -> Result<Vec<TenantId>> {
         .map(|row| TenantId::parse(&row.id).map_err(|e| anyhow::Error::from(e).into()))
         .collect()
 }
+
+/// How many tenant data keys each wrapping key holds, by wrapper id.
+pub async fn data_key_wrappers(db: &DatabaseConnection) -> Result<Vec<(String, u64)>> {
+    use sea_orm::{FromQueryResult, QuerySelect};
+    #[derive(FromQueryResult)]
+    struct Row {
+        wrapped_by: String,
+        keys: i64,
+    }
+    let rows = super::entities::tenant_key::Entity::find()
+        .select_only()
+        .column(super::entities::tenant_key::Column::WrappedBy)
+        .column_as(
+            super::entities::tenant_key::Column::TenantId.count(),
+            "keys",
+        )
+        .group_by(super::entities::tenant_key::Column::WrappedBy)
+        .into_model::<Row>()
+        .all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.wrapped_by, u64::try_from(r.keys).unwrap_or(0)))
+        .collect())
+}

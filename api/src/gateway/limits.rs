@@ -288,7 +288,7 @@ impl Limiter {
         bucket.refill();
         bucket.take(tokens as f64);
         if let Some(spend) = state.spend.get_mut(tenant) {
-            spend.since_fetch += cost_micro_usd;
+            spend.since_fetch = spend.since_fetch.saturating_add(cost_micro_usd);
         }
     }
 

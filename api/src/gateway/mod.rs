@@ -58,10 +58,14 @@ impl Gateway {
     ) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(10))
+            // A provider that stops sending mid-answer is given up on.
+            .read_timeout(std::time::Duration::from_secs(300))
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         let mut tenant_client = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(10))
+            // A provider that stops sending mid-answer is given up on.
+            .read_timeout(std::time::Duration::from_secs(300))
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy();
         if !config.allow_private_tenant_endpoints {

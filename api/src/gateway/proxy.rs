@@ -283,6 +283,15 @@ async fn proxy(
                 Ok(Ok(res)) if res.status().as_u16() == 429 || res.status().is_server_error() => {
                     last_failure = format!("{} answered {}", provider.name, res.status());
                 }
+                // The platform's own credentials were refused: not the
+                // client's fault, and the provider's answer (which can
+                // describe the platform's account) is not for the client.
+                Ok(Ok(res))
+                    if !provider.tenant_owned && matches!(res.status().as_u16(), 401 | 403) =>
+                {
+                    tracing::error!(provider = %provider.name, status = %res.status(), "provider refused the platform's credentials");
+                    last_failure = format!("{} refused the platform's credentials", provider.name);
+                }
                 Ok(Ok(res)) => {
                     let overhead = started.elapsed().saturating_sub(sent.elapsed());
                     gateway
@@ -487,7 +496,7 @@ impl Call<'_> {
             .gateway
             .config
             .cost_micro_usd(&target.model, used.input, used.output);
-        permit.record(used.input + used.output, cost);
+        permit.record(used.input.saturating_add(used.output), cost);
         drop(permit);
         Ok(HttpResponse::build(status)
             .content_type(content_type)
@@ -555,7 +564,7 @@ impl TappedStream {
                 .price
                 .map_or(0, |p| p.cost_micro_usd(used.input, used.output));
             self.permit
-                .record(used.input + used.output, entry.cost_micro_usd);
+                .record(used.input.saturating_add(used.output), entry.cost_micro_usd);
             entry.outcome = outcome;
             entry.latency_ms =
                 u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);

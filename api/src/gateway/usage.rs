@@ -29,8 +29,15 @@ pub fn from_body(format: WireFormat, body: &[u8]) -> Usage {
     usage
 }
 
+/// Largest token count believed from a provider; anything above is
+/// clamped (a tenant's own provider could report absurd numbers to
+/// overflow the accounting).
+const MAX_TOKENS: u64 = 1 << 40;
+
 fn number(v: &Value, key: &str) -> Option<u64> {
-    v.get(key).and_then(Value::as_u64)
+    v.get(key)
+        .and_then(Value::as_u64)
+        .map(|n| n.min(MAX_TOKENS))
 }
 
 /// Folds the usage found in one JSON object (a body or an event) into

@@ -101,7 +101,13 @@ pub async fn observe(
     let metrics = req
         .app_data::<actix_web::web::Data<crate::state::AppState>>()
         .cloned();
-    let method = req.method().as_str().to_owned();
+    // A fixed set: any token is a valid HTTP method, and a label per
+    // made-up method would grow the metrics without bound.
+    let method = match req.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m,
+        _ => "OTHER",
+    }
+    .to_owned();
     let is_api = req.path().starts_with("/v1/");
     let span = tracing::info_span!("request", request_id = %request_id, method = %method);
 

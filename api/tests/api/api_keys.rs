@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
+use sea_orm::ConnectionTrait;
 use serde_json::json;
 
 use crate::helpers::{assert_problem, spawn_app};
@@ -300,4 +301,102 @@ async fn the_audit_log_filters_by_principal_outcome_time_and_pages() {
     let by_cli = app.audit(&acme.key, "?principal=cli").await;
     assert_eq!(by_cli.len(), 1);
     assert_eq!(by_cli[0]["action"], "tenant.create");
+}
+
+#[tokio::test]
+async fn a_key_cannot_mint_a_key_with_more_scopes_or_a_longer_life_or_revoke_the_owner() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("Acme").await;
+    let tomorrow = chrono::Utc::now() + chrono::TimeDelta::days(1);
+    let (status, admin) = app
+        .create_key(
+            &acme.key,
+            json!({"name": "admin", "role": "admin", "scopes": ["api"], "expires_at": tomorrow}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let admin_key = admin["key"].as_str().unwrap();
+
+    let res = app
+        .request(Method::POST, "/v1/api-keys", admin_key)
+        .json(&json!({"name": "wider", "scopes": ["api", "gateway"]}))
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(res, 403, "forbidden").await;
+    assert!(problem["detail"].as_str().unwrap().contains("gateway"));
+
+    let res = app
+        .request(Method::POST, "/v1/api-keys", admin_key)
+        .json(&json!({"name": "longer", "expires_at": tomorrow + chrono::TimeDelta::days(30)}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 403, "forbidden").await;
+
+    // Without an expiry, the new key inherits the creator's.
+    let (status, child) = app.create_key(admin_key, json!({"name": "child"})).await;
+    assert_eq!(status, 201);
+    assert!(!child["expires_at"].is_null());
+
+    // An admin cannot lock the owner out.
+    let keys: serde_json::Value = app
+        .get("/v1/api-keys", &acme.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let owner_key_id = keys["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["role"] == "owner")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = app
+        .request(
+            Method::DELETE,
+            &format!("/v1/api-keys/{owner_key_id}"),
+            admin_key,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 403, "forbidden").await;
+    assert_eq!(
+        app.get("/v1/tenant", &acme.key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_bad_keys_writes_a_bounded_number_of_audit_records() {
+    let app = spawn_app().await;
+    for i in 0..40 {
+        let forged = format!("cpk_{:0>43}", i);
+        let res = app.get("/v1/tenant", &forged).send().await.unwrap();
+        assert_eq!(res.status(), 401);
+    }
+    let rows = app
+        .db
+        .query_one(sea_orm::Statement::from_string(
+            app.db.get_database_backend(),
+            "SELECT COUNT(*) AS n FROM audit_events WHERE tenant_id IS NULL",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let n: i64 = rows.try_get("", "n").unwrap();
+    assert!(
+        (1..=10).contains(&n),
+        "{n} audit rows for 40 bad keys from one address"
+    );
 }

@@ -967,3 +967,31 @@ async fn rotating_the_master_key_rewraps_tenant_keys_without_touching_their_secr
             .any(|r| r.authorization.as_deref() == Some(&format!("Bearer {TENANT_KEY}")))
     );
 }
+
+#[tokio::test]
+async fn a_server_refuses_to_start_with_a_master_key_that_opens_no_tenant_key() {
+    let s = setup(|g| g.allow_private_tenant_endpoints = Some(true)).await;
+    let body = json!({"kind": "openai_compatible", "base_url": s.llm.base_url, "api_key": TENANT_KEY, "models": ["m"]});
+    assert_eq!(
+        put_provider(&s, &s.tenant.key, "own", body).await.status(),
+        200
+    );
+    let elsewhere = tempfile::tempdir().unwrap();
+    let wrong = elsewhere.path().join("typo.key");
+    let refused = s
+        .app
+        .build_replica_with(|args| args.master_key_file = Some(wrong.clone()))
+        .await;
+    let message = format!(
+        "{:#}",
+        refused.err().expect("a wrong master key must be refused")
+    );
+    assert!(
+        message.contains("opens none of the 1 stored tenant data keys"),
+        "{message}"
+    );
+    assert!(
+        !wrong.exists(),
+        "the freshly made wrong key is not left behind"
+    );
+}

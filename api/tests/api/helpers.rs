@@ -114,6 +114,28 @@ impl TestApp {
         .await
     }
 
+    /// Builds (without running) another replica's application, for tests of
+    /// start-up refusals.
+    pub async fn build_replica_with(
+        &self,
+        adjust: impl FnOnce(&mut SettingsArgs),
+    ) -> anyhow::Result<Application> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = SettingsArgs {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            data_dir: Some(dir.path().join("data")),
+            database_url: Some(self.database_url.clone()),
+            database_max_connections: Some(2),
+            http_workers: Some(1),
+            ..SettingsArgs::default()
+        };
+        adjust(&mut args);
+        let settings = args.resolve()?;
+        let app = Application::build(&settings).await;
+        drop(dir);
+        app
+    }
+
     /// Creates a tenant the way `carapace tenant create` does.
     pub async fn create_tenant(&self, name: &str) -> TestTenant {
         let (created, secret) = bootstrap::create_tenant(

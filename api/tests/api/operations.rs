@@ -73,6 +73,30 @@ async fn metrics_count_requests_by_route_and_status() {
 }
 
 #[tokio::test]
+async fn made_up_methods_share_one_metrics_label() {
+    let app = spawn_app().await;
+    for i in 0..5 {
+        let method = reqwest::Method::from_bytes(format!("MADEUP{i}").as_bytes()).unwrap();
+        app.client
+            .request(method, format!("{}/healthz", app.address))
+            .send()
+            .await
+            .unwrap();
+    }
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains("MADEUP"), "{text}");
+    assert!(text.contains(r#"method="OTHER""#));
+}
+
+#[tokio::test]
 async fn metrics_can_require_a_token() {
     let app = spawn_app_with_metrics_token().await;
     let url = format!("{}/metrics", app.address);

@@ -143,8 +143,29 @@ fn validate_hosts(hosts: Vec<String>) -> Result<Vec<String>, Error> {
         .into_iter()
         .map(|host| {
             let host = host.trim().to_ascii_lowercase();
+            let wildcard = host.starts_with("*.");
             let name = host.strip_prefix("*.").unwrap_or(&host);
-            let ok = (1..=253).contains(&name.len())
+            // Internal names and addresses are refused here as well as by
+            // the egress proxy at connect time; a wildcard needs at least a
+            // registrable domain under it (`*.example.com`, not `*.com`).
+            let internal = name == "localhost"
+                || [
+                    ".localhost",
+                    ".local",
+                    ".internal",
+                    ".localdomain",
+                    ".home.arpa",
+                ]
+                .iter()
+                .any(|suffix| name.ends_with(suffix))
+                || name.parse::<std::net::IpAddr>().is_ok()
+                || name
+                    .split('.')
+                    .all(|l| l.bytes().all(|b| b.is_ascii_digit()));
+            let too_wide = wildcard && name.split('.').count() < 2;
+            let ok = !internal
+                && !too_wide
+                && (1..=253).contains(&name.len())
                 && name.split('.').all(|label| {
                     (1..=63).contains(&label.len())
                         && label

@@ -137,6 +137,8 @@ pub async fn create_key(
             field: "scopes",
             message: "must name at least one scope".to_owned(),
         })?;
+    // A key can only make keys weaker than itself: no higher role, no
+    // scope it lacks, no life beyond its own.
     let role = body.role.unwrap_or(Role::Member);
     if role > caller.role() {
         return Err(Error::Forbidden(format!(
@@ -144,7 +146,26 @@ pub async fn create_key(
             caller.role()
         )));
     }
-    if body.expires_at.is_some_and(|at| at <= Utc::now()) {
+    if let Some(missing) = scopes
+        .as_slice()
+        .iter()
+        .find(|s| !caller.principal().scopes.contains(**s))
+    {
+        return Err(Error::Forbidden(format!(
+            "cannot create a key with the `{}` scope, which your key lacks",
+            missing.as_str()
+        )));
+    }
+    let expires_at = match (body.expires_at, caller.principal().expires_at()) {
+        (Some(at), Some(limit)) if at > limit => {
+            return Err(Error::Forbidden(
+                "cannot create a key that outlives your own".to_owned(),
+            ));
+        }
+        (None, Some(limit)) => Some(limit),
+        (requested, _) => requested,
+    };
+    if expires_at.is_some_and(|at| at <= Utc::now()) {
         return Err(Error::Invalid {
             field: "expires_at",
             message: "must be in the future".to_owned(),
@@ -164,7 +185,7 @@ pub async fn create_key(
                 secret: &secret,
                 scopes: &scopes,
                 role,
-                expires_at: body.expires_at,
+                expires_at,
             },
             caller.actor().event("api_key.create", Outcome::Success),
         )
@@ -212,8 +233,22 @@ pub async fn revoke_key(
     id: web::Path<String>,
 ) -> Result<HttpResponse, Error> {
     let id = ApiKeyId::parse(&id).map_err(|_| Error::NotFound)?;
-    let revoked = caller
-        .scope(&state.db)
+    let scope = caller.scope(&state.db);
+    // An admin must not lock the owner out.
+    let target = scope
+        .api_keys()
+        .await?
+        .into_iter()
+        .find(|k| k.id == id)
+        .ok_or(Error::NotFound)?;
+    if target.role > caller.role() {
+        return Err(Error::Forbidden(format!(
+            "cannot revoke a key with role {}, above your own ({})",
+            target.role,
+            caller.role()
+        )));
+    }
+    let revoked = scope
         .revoke_api_key(
             &id,
             caller.actor().event("api_key.revoke", Outcome::Success),

@@ -88,7 +88,16 @@ pub async fn get_usage(
 ) -> Result<HttpResponse, Error> {
     let q = query.into_inner();
     let to = q.to.unwrap_or_else(|| Utc::now().date_naive());
-    let from = q.from.unwrap_or(to - chrono::TimeDelta::days(30));
+    let in_range = |d: NaiveDate| (1970..=9999).contains(&chrono::Datelike::year(&d));
+    if !in_range(to) || q.from.is_some_and(|f| !in_range(f)) {
+        return Err(Error::InvalidQuery(
+            "dates must be between 1970 and 9999".to_owned(),
+        ));
+    }
+    let from = q
+        .from
+        .or_else(|| to.checked_sub_signed(chrono::TimeDelta::days(30)))
+        .unwrap_or(to);
     if from > to || (to - from).num_days() > MAX_DAYS {
         return Err(Error::InvalidQuery(format!(
             "`from` must not be after `to`, and the period at most {MAX_DAYS} days"
