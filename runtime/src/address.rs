@@ -48,6 +48,7 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (first & 0xffc0) == 0xfe80 // link-local fe80::/10
         || (first & 0xffc0) == 0xfec0 // site-local (deprecated) fec0::/10
         || first == 0x2001 && ip.segments()[1] == 0x0db8 // documentation
+        || first == 0x2001 && ip.segments()[1] == 0 // Teredo 2001::/32 tunnels to IPv4
         || first == 0x0100 && ip.segments()[1..4] == [0, 0, 0]; // discard 100::/64
     !refused
 }
@@ -64,7 +65,12 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     if s[..6] == [0, 0, 0, 0, 0, 0] && !ip.is_loopback() && !ip.is_unspecified() {
         return Some(tail());
     }
-    if s[0] == 0x0064 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
+    // NAT64: the well-known prefix and the local-use 64:ff9b:1::/48.
+    if s[0] == 0x0064 && s[1] == 0xff9b && (s[2..6] == [0, 0, 0, 0] || s[2] == 0x0001) {
+        return Some(tail());
+    }
+    // SIIT: ::ffff:0:a.b.c.d.
+    if s[..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0 {
         return Some(tail());
     }
     if s[0] == 0x2002 {

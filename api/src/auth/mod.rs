@@ -97,6 +97,9 @@ pub struct Authenticator {
     unknown: RwLock<HashMap<KeyHash, Instant>>,
     /// Refusals audited per subject in the current minute.
     audited: std::sync::Mutex<HashMap<String, (Instant, u32)>>,
+    /// Keys revoked on this replica lately: a lookup that raced the
+    /// revocation must not put the key back in the cache as valid.
+    revoked: std::sync::Mutex<HashMap<ApiKeyId, Instant>>,
 }
 
 impl Authenticator {
@@ -108,6 +111,7 @@ impl Authenticator {
             cache: RwLock::new(HashMap::new()),
             unknown: RwLock::new(HashMap::new()),
             audited: std::sync::Mutex::new(HashMap::new()),
+            revoked: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -172,6 +176,12 @@ impl Authenticator {
 
     /// Drops a key from this replica's cache (after revoking it here).
     pub fn forget(&self, key_id: &ApiKeyId) {
+        {
+            let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+            let window = self.ttl * 2 + Duration::from_secs(5);
+            revoked.retain(|_, at| at.elapsed() < window);
+            revoked.insert(key_id.clone(), Instant::now());
+        }
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
         cache.retain(|_, entry| &entry.principal.key_id != key_id);
     }
@@ -186,7 +196,17 @@ impl Authenticator {
         let Some(key) = platform::find_api_key_by_hash(&self.db, hash).await? else {
             return Ok(None);
         };
-        let principal = Arc::new(KeyPrincipal::from(&key));
+        let mut principal = KeyPrincipal::from(&key);
+        if self
+            .revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&principal.key_id)
+        {
+            // Read before the revocation committed; it is revoked now.
+            principal.revoked = true;
+        }
+        let principal = Arc::new(principal);
         let now = Utc::now();
         let usable = !principal.revoked && principal.expires_at.is_none_or(|at| at > now);
         if usable && key.last_used_at.is_none_or(|at| now - at > TOUCH_INTERVAL) {

@@ -30,7 +30,16 @@ impl Ledger {
             let mut batch = Vec::with_capacity(BATCH);
             while rx.recv_many(&mut batch, BATCH).await > 0 {
                 let entries = std::mem::take(&mut batch);
-                if let Err(e) = append_usage(&db, entries.clone()).await {
+                let mut result = append_usage(&db, entries.clone()).await;
+                // Billing data: a brief database outage must not lose it.
+                for pause in [1, 2, 4] {
+                    if result.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(pause)).await;
+                    result = append_usage(&db, entries.clone()).await;
+                }
+                if let Err(e) = result {
                     // Billing data: say loudly what was not recorded.
                     for (tenant, entry) in &entries {
                         tracing::error!(

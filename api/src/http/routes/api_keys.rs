@@ -96,8 +96,9 @@ impl From<ApiKey> for ApiKeyView {
     }
 }
 
-/// A key just created: the only response that contains the secret.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+/// A key just created: the only response that contains the secret (so it
+/// has no `Debug`).
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct CreatedApiKey {
     #[serde(flatten)]
     view: ApiKeyView,
