@@ -271,3 +271,66 @@ pub async fn rotate_master_key(
          then run the rotation again (it resumes where it stopped)"
     )
 }
+
+/// What deleting a tenant removed.
+#[derive(Debug)]
+pub struct TenantDeletion {
+    /// Agents whose memory was removed.
+    pub agents: usize,
+    /// Objects removed from the object store.
+    pub objects: u64,
+    /// Whether a data key existed (and was destroyed).
+    pub data_key_destroyed: bool,
+}
+
+/// Deletes a tenant: destroys its data key first (crypto-shredding — from
+/// that moment its memory and secrets are unreadable, in backups too), then
+/// removes its agents' memory objects, then its rows. The audit log keeps
+/// the tenant's records, and a `tenant.delete` record is added.
+pub async fn delete_tenant(
+    db: &DatabaseConnection,
+    memory: &crate::memory::MemoryStore,
+    master_key: &MasterKey,
+    tenant: &crate::ids::TenantId,
+    actor: &Actor,
+) -> anyhow::Result<TenantDeletion> {
+    let fail = |e: crate::error::Error| anyhow::anyhow!("{e:?}");
+    let scope = TenantScope::new(db, tenant);
+    scope
+        .tenant()
+        .await
+        .map_err(|_| anyhow::anyhow!("no tenant {tenant}"))?;
+    let agents = scope.agents().await.map_err(fail)?;
+    // The prefixes can only be derived while the key exists.
+    let mut prefixes = Vec::with_capacity(agents.len());
+    for agent in &agents {
+        let key = scope.data_key(master_key).await.map_err(fail)?;
+        let ns =
+            crate::memory::Namespace::new(tenant.clone(), agent.id.as_str(), key).map_err(fail)?;
+        prefixes.push(ns.prefix().to_owned());
+    }
+    let data_key_destroyed = scope.destroy_data_key().await.map_err(fail)?;
+    let mut objects = 0;
+    for prefix in &prefixes {
+        match memory.destroy_prefix(prefix).await {
+            Ok(n) => objects += n,
+            Err(e) => {
+                // Unreadable already; say where the leftovers are.
+                tracing::error!(tenant_id = %tenant, prefix, error = ?e, "could not remove a deleted tenant's objects");
+                return Err(anyhow::anyhow!(
+                    "the data key is destroyed, but removing objects under {prefix} failed: {e:?}; \
+                     remove the remaining prefixes by hand: {}",
+                    prefixes.join(" ")
+                ));
+            }
+        }
+    }
+    platform::delete_tenant(db, tenant, actor.event("tenant.delete", Outcome::Success))
+        .await
+        .map_err(fail)?;
+    Ok(TenantDeletion {
+        agents: agents.len(),
+        objects,
+        data_key_destroyed,
+    })
+}

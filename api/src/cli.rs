@@ -65,6 +65,19 @@ pub enum TenantCommand {
         #[command(flatten)]
         common: Common,
     },
+    /// Delete a tenant for good: destroys its data key first (its memory
+    /// and secrets become unreadable at once, in backups too), then removes
+    /// its agents' memory objects and its rows. The audit log is kept.
+    Delete {
+        /// The tenant's id (`tnt_…`).
+        id: String,
+        /// Confirms the deletion; nothing happens without it.
+        #[arg(long)]
+        yes: bool,
+        /// Settings.
+        #[command(flatten)]
+        common: Common,
+    },
 }
 
 /// Arguments every subcommand that touches state takes.

@@ -5,7 +5,10 @@ use std::process::ExitCode;
 use carapace_api::audit::Actor;
 use carapace_api::bootstrap::{self, Application};
 use carapace_api::cli::{Cli, Command, MasterKeyCommand, TenantCommand};
+use carapace_api::ids::TenantId;
 use carapace_api::master_key::MasterKey;
+use carapace_api::memory::MemoryStore;
+use carapace_api::storage;
 use carapace_api::telemetry;
 use clap::Parser;
 
@@ -57,6 +60,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_created(&created, secret.reveal());
             Ok(())
         }
+        Command::Tenant(TenantCommand::Delete { id, yes, common }) => {
+            let settings = common.settings()?;
+            telemetry::init_stderr(&settings.log);
+            let tenant =
+                TenantId::parse(&id).map_err(|_| anyhow::anyhow!("`{id}` is not a tenant id"))?;
+            if !yes {
+                anyhow::bail!("deleting {tenant} cannot be undone; add --yes to confirm");
+            }
+            let master_key = MasterKey::load(&settings.master_key_file)?;
+            let db = bootstrap::open_database(&settings).await?;
+            let memory = MemoryStore::new(storage::open(&settings.object_store_url)?);
+            let report =
+                bootstrap::delete_tenant(&db, &memory, &master_key, &tenant, &Actor::cli()).await?;
+            print_deleted(&tenant, &report);
+            Ok(())
+        }
         Command::MasterKey(MasterKeyCommand::Rotate {
             new_key_file,
             common,
@@ -103,4 +122,18 @@ fn print_rotated(
     );
     println!("tenant data keys re-wrapped: {rewrapped}; already done or absent: {skipped}");
     println!("Now set master_key_file (CARAPACE_MASTER_KEY_FILE) to the new file and restart.");
+}
+
+#[allow(clippy::print_stdout, reason = "the report is the command's output")]
+fn print_deleted(tenant: &TenantId, report: &bootstrap::TenantDeletion) {
+    println!(
+        "deleted {tenant}: data key {}, {} agent(s), {} object(s) removed",
+        if report.data_key_destroyed {
+            "destroyed"
+        } else {
+            "absent"
+        },
+        report.agents,
+        report.objects
+    );
 }

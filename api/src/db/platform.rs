@@ -197,3 +197,28 @@ pub async fn data_key_wrappers(db: &DatabaseConnection) -> Result<Vec<(String, u
         .map(|r| (r.wrapped_by, u64::try_from(r.keys).unwrap_or(0)))
         .collect())
 }
+
+/// Deletes a tenant's rows (keys, memberships, providers and agents go
+/// with it) and records it; the audit log keeps the tenant's records.
+pub async fn delete_tenant(
+    db: &DatabaseConnection,
+    tenant: &TenantId,
+    audit: AuditEvent,
+) -> Result<bool> {
+    let tenant = tenant.clone();
+    Ok(db
+        .transaction::<_, bool, Error>(|txn| {
+            Box::pin(async move {
+                let deleted = tenant::Entity::delete_by_id(tenant.as_str())
+                    .exec(txn)
+                    .await?
+                    .rows_affected;
+                if deleted == 0 {
+                    return Ok(false);
+                }
+                insert_audit(txn, audit.in_tenant(&tenant).target(tenant.to_string())).await?;
+                Ok(true)
+            })
+        })
+        .await?)
+}

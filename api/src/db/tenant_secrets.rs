@@ -147,6 +147,16 @@ impl TenantScope<'_> {
         Ok(result.rows_affected == 1)
     }
 
+    /// Destroys the tenant's data key (crypto-shredding): everything it
+    /// sealed is unreadable from then on, wherever copies of it remain.
+    pub async fn destroy_data_key(&self) -> Result<bool> {
+        let result = tenant_key::Entity::delete_many()
+            .filter(tenant_key::Column::TenantId.eq(self.tenant_id().as_str()))
+            .exec(self.db())
+            .await?;
+        Ok(result.rows_affected > 0)
+    }
+
     /// The tenant's providers, by name.
     pub async fn providers(&self) -> Result<Vec<StoredProvider>> {
         let rows = tenant_provider::Entity::find()

@@ -79,6 +79,12 @@ impl Namespace {
         })
     }
 
+    /// Where the namespace's objects live (`mem/<id>`). Reveals nothing
+    /// without the key it was derived from.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     fn manifest_path(&self, version: u64) -> ObjectPath {
         ObjectPath::from(format!("{}/m/{version:020}", self.prefix))
     }
@@ -486,7 +492,16 @@ impl MemoryStore {
     /// Deletes every object of the namespace (after its key is destroyed,
     /// they are unreadable anyway; this reclaims the space).
     pub async fn destroy(&self, ns: &Namespace) -> Result<u64> {
-        let prefix = ObjectPath::from(ns.prefix.as_str());
+        self.destroy_prefix(&ns.prefix).await
+    }
+
+    /// Deletes every object under a namespace's prefix (see
+    /// [`Namespace::prefix`]), for when the key that derived it is gone.
+    pub async fn destroy_prefix(&self, prefix: &str) -> Result<u64> {
+        if !prefix.starts_with("mem/") || prefix.len() < 8 {
+            return Err(anyhow::anyhow!("not a memory namespace prefix: {prefix}").into());
+        }
+        let prefix = ObjectPath::from(prefix);
         let mut listing = self.store.list(Some(&prefix));
         let mut locations = Vec::new();
         while let Some(meta) = listing.next().await {

@@ -302,3 +302,142 @@ async fn agents_are_validated_changed_and_deleted_with_their_memory() {
     let audit = app.audit(&acme.key, "?action=agent.delete").await;
     assert_eq!(audit[0]["target"], id);
 }
+
+#[tokio::test]
+async fn deleting_a_tenant_shreds_its_key_then_removes_its_memory_and_rows() {
+    use carapace_api::audit::Actor;
+    use carapace_api::master_key::MasterKey;
+    use carapace_api::memory::MemoryStore;
+    use sea_orm::ConnectionTrait;
+
+    let app = spawn_app().await;
+    let doomed = app.create_tenant("Doomed").await;
+    let survivor = app.create_tenant("Survivor").await;
+    for tenant in [&doomed, &survivor] {
+        let agent = create_agent(
+            &app,
+            tenant,
+            json!({"name": "a", "model": "fast", "instructions": "persona"}),
+        )
+        .await;
+        let path = format!(
+            "/v1/agents/{}/memory/big.bin",
+            agent["id"].as_str().unwrap()
+        );
+        assert_eq!(
+            put(&app, &tenant.key, &path, vec![7u8; 100_000])
+                .await
+                .status(),
+            200
+        );
+    }
+    let objects_dir = app.data_dir.join("objects");
+    let before = walk(&objects_dir);
+
+    let store = carapace_api::storage::open(&format!("file://{}", objects_dir.display())).unwrap();
+    let master_key = MasterKey::load(&app.data_dir.join("master.key")).unwrap();
+    let tenant = carapace_api::ids::TenantId::parse(&doomed.id).unwrap();
+    let report = carapace_api::bootstrap::delete_tenant(
+        &app.db,
+        &MemoryStore::new(store),
+        &master_key,
+        &tenant,
+        &Actor::cli(),
+    )
+    .await
+    .unwrap();
+    assert!(report.data_key_destroyed);
+    assert_eq!(report.agents, 1);
+    assert_eq!(
+        report.objects, 3,
+        "a manifest for each of two versions and one chunk"
+    );
+    assert_eq!(walk(&objects_dir), before - 3);
+
+    let backend = app.db.get_database_backend();
+    let placeholder = if backend == sea_orm::DbBackend::Postgres {
+        "$1"
+    } else {
+        "?"
+    };
+    for (table, column) in [
+        ("tenants", "id"),
+        ("tenant_keys", "tenant_id"),
+        ("api_keys", "tenant_id"),
+        ("agents", "tenant_id"),
+        ("memberships", "tenant_id"),
+    ] {
+        let sql = format!("SELECT COUNT(*) AS n FROM {table} WHERE {column} = {placeholder}");
+        let row = app
+            .db
+            .query_one(sea_orm::Statement::from_sql_and_values(
+                backend,
+                sql,
+                [doomed.id.clone().into()],
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.try_get::<i64>("", "n").unwrap(), 0, "{table}");
+    }
+    // Its keys stop working once the verification cache (at most 1 s) ends.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        app.get("/v1/tenant", &doomed.key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    // The other tenant is untouched.
+    let agents: Value = app
+        .get("/v1/agents", &survivor.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = agents["data"][0]["id"].as_str().unwrap();
+    let back = app
+        .get(&format!("/v1/agents/{id}/memory/big.bin"), &survivor.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(back.bytes().await.unwrap().len(), 100_000);
+    // The deleted tenant's audit trail remains, ending with its deletion.
+    let sql =
+        format!("SELECT action FROM audit_events WHERE tenant_id = {placeholder} ORDER BY id DESC");
+    let last = app
+        .db
+        .query_one(sea_orm::Statement::from_sql_and_values(
+            backend,
+            sql,
+            [doomed.id.clone().into()],
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        last.try_get::<String>("", "action").unwrap(),
+        "tenant.delete"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    if e.path().is_dir() {
+                        walk(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
