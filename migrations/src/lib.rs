@@ -14,6 +14,7 @@ mod m0002_gateway_usage;
 mod m0003_tenant_keys_and_providers;
 mod m0004_gateway_buckets;
 mod m0005_agents;
+mod m0006_usage_agent;
 
 /// Every migration, in the order it is applied.
 pub struct Migrator;
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0003_tenant_keys_and_providers::Migration),
             Box::new(m0004_gateway_buckets::Migration),
             Box::new(m0005_agents::Migration),
+            Box::new(m0006_usage_agent::Migration),
         ]
     }
 }

@@ -132,6 +132,7 @@ pub mod gateway_usage {
         pub outcome: String,
         pub day: String,
         pub created_at: ChronoDateTimeUtc,
+        pub agent_id: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -13,13 +13,15 @@ use sea_orm::DatabaseConnection;
 use super::TenantScope;
 use super::entities::gateway_usage;
 use crate::error::Result;
-use crate::ids::TenantId;
+use crate::ids::{AgentId, TenantId};
 
 /// One model call, as the gateway saw it.
 #[derive(Debug, Clone)]
 pub struct UsageEntry {
     /// Who called (e.g. `api_key:key_…`).
     pub principal: String,
+    /// The agent the call was made for, when the caller named one.
+    pub agent: Option<AgentId>,
     /// `chat_completions` or `messages`.
     pub endpoint: &'static str,
     /// The model (or alias) the client asked for.
@@ -66,6 +68,8 @@ pub enum UsageGrouping {
     Day,
     /// By upstream model.
     Model,
+    /// By agent (`-` for calls made for no agent).
+    Agent,
 }
 
 fn clamp(v: u64) -> i64 {
@@ -88,6 +92,7 @@ fn row(tenant: &TenantId, entry: UsageEntry) -> gateway_usage::ActiveModel {
         outcome: Set(entry.outcome.to_owned()),
         day: Set(entry.at.format("%Y-%m-%d").to_string()),
         created_at: Set(entry.at),
+        agent_id: Set(entry.agent.map(|a| a.to_string())),
         ..Default::default()
     }
 }
@@ -149,10 +154,17 @@ impl TenantScope<'_> {
         let key = match grouping {
             UsageGrouping::Day => gateway_usage::Column::Day,
             UsageGrouping::Model => gateway_usage::Column::Model,
+            UsageGrouping::Agent => gateway_usage::Column::AgentId,
         };
         let rows = gateway_usage::Entity::find()
             .select_only()
-            .column_as(key, "key")
+            .column_as(
+                sea_orm::sea_query::SimpleExpr::from(sea_orm::sea_query::Func::coalesce([
+                    Expr::col(key).into(),
+                    Expr::val("-").into(),
+                ])),
+                "key",
+            )
             .column_as(Expr::col(gateway_usage::Column::Id).count(), "requests")
             .column_as(
                 Expr::col(gateway_usage::Column::InputTokens)

@@ -243,9 +243,28 @@ async fn proxy(
             ),
         })?;
 
+    let agent = match forwardable(req, "x-carapace-agent") {
+        None => None,
+        Some(raw) => {
+            let not_found = || {
+                GatewayError::new(
+                    StatusCode::NOT_FOUND,
+                    "agent_not_found",
+                    "x-carapace-agent names no agent of this tenant",
+                )
+            };
+            let id = crate::ids::AgentId::parse(&raw).map_err(|_| not_found())?;
+            match caller.scope(&state.db).agent(&id).await {
+                Ok(agent) => Some(agent.id),
+                Err(Error::NotFound) => return Err(not_found()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
     let call = Call {
         gateway,
         format,
+        agent,
         tenant: caller.tenant_id().clone(),
         principal: caller.actor().principal.clone(),
         requested,
@@ -373,6 +392,7 @@ fn upstream_request(
 struct Call<'a> {
     gateway: &'a Gateway,
     format: WireFormat,
+    agent: Option<crate::ids::AgentId>,
     tenant: TenantId,
     principal: String,
     requested: String,
@@ -400,6 +420,7 @@ impl Call<'_> {
         });
         UsageEntry {
             principal: self.principal.clone(),
+            agent: self.agent.clone(),
             endpoint: self.endpoint(),
             requested_model: self.requested.clone(),
             cost_micro_usd: self

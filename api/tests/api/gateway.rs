@@ -758,6 +758,7 @@ fn usage_entry(
     at: chrono::DateTime<chrono::Utc>,
 ) -> carapace_api::db::UsageEntry {
     carapace_api::db::UsageEntry {
+        agent: None,
         principal: "api_key:earlier".to_owned(),
         endpoint: "chat_completions",
         requested_model: model.to_owned(),
@@ -993,5 +994,55 @@ async fn a_server_refuses_to_start_with_a_master_key_that_opens_no_tenant_key() 
     assert!(
         !wrong.exists(),
         "the freshly made wrong key is not left behind"
+    );
+}
+
+#[tokio::test]
+async fn calls_made_for_an_agent_are_attributed_to_it() {
+    let s = setup(|_| {}).await;
+    let res = s
+        .app
+        .request(Method::POST, "/v1/agents", &s.tenant.key)
+        .json(&json!({"name": "hermes", "model": "fast"}))
+        .send()
+        .await
+        .unwrap();
+    let agent = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let call = |agent_header: Option<String>, key: String| {
+        let app = &s.app;
+        async move {
+            let mut req = app
+                .request(Method::POST, "/gateway/v1/chat/completions", &key)
+                .json(&json!({"model": "fast", "messages": []}));
+            if let Some(h) = agent_header {
+                req = req.header("x-carapace-agent", h);
+            }
+            req.send().await.unwrap().status().as_u16()
+        }
+    };
+    assert_eq!(call(Some(agent.clone()), s.tenant.key.clone()).await, 200);
+    assert_eq!(call(None, s.tenant.key.clone()).await, 200);
+    assert_eq!(
+        call(
+            Some("agt_00000000000000000000000000000000".into()),
+            s.tenant.key.clone()
+        )
+        .await,
+        404
+    );
+    let other = s.app.create_tenant("Other").await;
+    assert_eq!(
+        call(Some(agent.clone()), other.key.clone()).await,
+        404,
+        "another tenant's agent"
+    );
+    let rows = s.usage("?group_by=agent", 2).await;
+    let keys: Vec<&str> = rows.iter().map(|r| r["key"].as_str().unwrap()).collect();
+    assert!(
+        keys.contains(&agent.as_str()) && keys.contains(&"-"),
+        "{keys:?}"
     );
 }

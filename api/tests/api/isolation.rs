@@ -121,6 +121,7 @@ async fn fixture(app: &TestApp) -> Fixture {
     let b_id = TenantId::parse(&b.id).unwrap();
     TenantScope::new(&app.db, &b_id)
         .record_usage(UsageEntry {
+            agent: None,
             principal: "api_key:bravo".to_owned(),
             endpoint: "chat_completions",
             requested_model: "bravo-model".to_owned(),

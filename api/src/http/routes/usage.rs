@@ -30,6 +30,8 @@ pub enum GroupBy {
     Day,
     /// By upstream model.
     Model,
+    /// By agent (`-` for calls made for no agent).
+    Agent,
 }
 
 /// Filters.
@@ -37,7 +39,7 @@ pub enum GroupBy {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct UsageQuery {
-    /// `day` (default) or `model`.
+    /// `day` (default), `model` or `agent`.
     group_by: Option<GroupBy>,
     /// First day, `YYYY-MM-DD` (default: 30 days ago).
     from: Option<NaiveDate>,
@@ -106,6 +108,7 @@ pub async fn get_usage(
     let grouping = match q.group_by.unwrap_or(GroupBy::Day) {
         GroupBy::Day => UsageGrouping::Day,
         GroupBy::Model => UsageGrouping::Model,
+        GroupBy::Agent => UsageGrouping::Agent,
     };
     let day = |d: NaiveDate| d.format("%Y-%m-%d").to_string();
     let totals = caller
