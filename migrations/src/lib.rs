@@ -15,6 +15,7 @@ mod m0003_tenant_keys_and_providers;
 mod m0004_gateway_buckets;
 mod m0005_agents;
 mod m0006_usage_agent;
+mod m0007_memory_heads;
 
 /// Every migration, in the order it is applied.
 pub struct Migrator;
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0004_gateway_buckets::Migration),
             Box::new(m0005_agents::Migration),
             Box::new(m0006_usage_agent::Migration),
+            Box::new(m0007_memory_heads::Migration),
         ]
     }
 }

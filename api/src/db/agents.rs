@@ -7,7 +7,7 @@ use sea_orm::{
 };
 
 use super::TenantScope;
-use super::entities::agent;
+use super::entities::{agent, memory_head};
 use super::platform::insert_audit;
 use crate::audit::AuditEvent;
 use crate::error::{Error, Result};
@@ -185,5 +185,42 @@ impl TenantScope<'_> {
                 })
             })
             .await?)
+    }
+}
+
+impl TenantScope<'_> {
+    /// The newest memory version committed for the agent, as recorded.
+    pub async fn memory_head(&self, agent: &AgentId) -> Result<Option<u64>> {
+        let row = memory_head::Entity::find_by_id(agent.as_str())
+            .filter(memory_head::Column::TenantId.eq(self.tenant_id().as_str()))
+            .one(self.db())
+            .await?;
+        Ok(row.map(|r| u64::try_from(r.version).unwrap_or(0)))
+    }
+
+    /// Records that `version` of the agent's memory was committed (never
+    /// moving the record backwards).
+    pub async fn record_memory_head(&self, agent: &AgentId, version: u64) -> Result<()> {
+        use sea_orm::sea_query::{Expr, OnConflict};
+        let version = i64::try_from(version).map_err(anyhow::Error::from)?;
+        memory_head::Entity::insert(memory_head::ActiveModel {
+            agent_id: Set(agent.to_string()),
+            tenant_id: Set(self.tenant_id().to_string()),
+            version: Set(version),
+        })
+        .on_conflict(
+            OnConflict::column(memory_head::Column::AgentId)
+                .value(
+                    memory_head::Column::Version,
+                    Expr::cust(
+                        "CASE WHEN excluded.version > memory_heads.version \
+                         THEN excluded.version ELSE memory_heads.version END",
+                    ),
+                )
+                .to_owned(),
+        )
+        .exec_without_returning(self.db())
+        .await?;
+        Ok(())
     }
 }

@@ -441,3 +441,49 @@ fn walk(dir: &std::path::Path) -> usize {
         })
         .unwrap_or(0)
 }
+
+#[tokio::test]
+async fn a_bucket_rolled_back_to_an_older_version_is_detected() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("Acme").await;
+    let agent = create_agent(&app, &acme, json!({"name": "a", "model": "fast"})).await;
+    let base = format!("/v1/agents/{}/memory", agent["id"].as_str().unwrap());
+    for i in 0..3 {
+        let res = put(
+            &app,
+            &acme.key,
+            &format!("{base}/notes.md"),
+            format!("v{i}").into_bytes(),
+        )
+        .await;
+        assert_eq!(res.status(), 200);
+    }
+    // Someone with access to the bucket deletes the newest manifest.
+    let newest = find_files(&app.data_dir.join("objects"))
+        .into_iter()
+        .filter(|p| p.parent().is_some_and(|d| d.ends_with("m")))
+        .max()
+        .unwrap();
+    assert!(newest.ends_with("00000000000000000003"), "{newest:?}");
+    std::fs::remove_file(&newest).unwrap();
+
+    for path in [base.clone(), format!("{base}/notes.md")] {
+        let res = app.get(&path, &acme.key).send().await.unwrap();
+        assert_problem(res, 500, "integrity_failure").await;
+    }
+    let res = put(&app, &acme.key, &format!("{base}/other.md"), b"x".to_vec()).await;
+    assert_problem(res, 500, "integrity_failure").await;
+}
+
+fn find_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(find_files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

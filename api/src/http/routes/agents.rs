@@ -240,7 +240,10 @@ pub async fn create_agent(
                 vec![(path, agent.instructions.clone().into_bytes())],
             )
             .await?;
-        state.memory.commit(&ns, None, puts, &[]).await?;
+        let manifest = state.memory.commit(&ns, None, puts, &[]).await?;
+        scope
+            .record_memory_head(&agent.id, manifest.version)
+            .await?;
     }
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/v1/agents/{}", agent.id)))

@@ -75,15 +75,51 @@ pub async fn namespace(
     Namespace::new(tenant.clone(), agent.as_str(), key)
 }
 
+/// One of the caller's agents' memory, opened.
+struct Opened<'a> {
+    ns: Namespace,
+    agent: AgentId,
+    scope: TenantScope<'a>,
+}
+
+impl Opened<'_> {
+    /// The current version, refusing a bucket whose newest manifests were
+    /// removed: the database records the newest version ever committed.
+    async fn head(&self, state: &AppState) -> Result<Option<Manifest>, Error> {
+        // The record first: a version recorded by then has its manifest
+        // in the store already (commits write the manifest, then record),
+        // so the listing that follows must include it.
+        let recorded = self.scope.memory_head(&self.agent).await?;
+        let head = state.memory.head(&self.ns).await?;
+        let current = head.as_ref().map_or(0, |m| m.version);
+        if let Some(recorded) = recorded.filter(|r| *r > current) {
+            return Err(Error::Integrity(format!(
+                "memory of {} was rolled back: version {recorded} was committed, the store's newest is {current}",
+                self.agent
+            )));
+        }
+        Ok(head)
+    }
+
+    /// Records a commit.
+    async fn committed(&self, manifest: &Manifest) -> Result<(), Error> {
+        self.scope
+            .record_memory_head(&self.agent, manifest.version)
+            .await
+    }
+}
+
 /// Checks the agent is the caller's and opens its memory.
-async fn open(
-    caller: &Caller<UseAgents>,
-    state: &AppState,
+async fn open<'a>(
+    caller: &'a Caller<UseAgents>,
+    state: &'a AppState,
     raw_id: &str,
-) -> Result<Namespace, Error> {
-    let id = AgentId::parse(raw_id).map_err(|_| Error::NotFound)?;
-    caller.scope(&state.db).agent(&id).await?;
-    namespace(state, caller.tenant_id(), &id).await
+) -> Result<Opened<'a>, Error> {
+    let agent = AgentId::parse(raw_id).map_err(|_| Error::NotFound)?;
+    let scope = caller.scope(&state.db);
+    scope.agent(&agent).await?;
+    let ns = namespace(state, caller.tenant_id(), &agent).await?;
+    Ok(Opened { ns, agent, scope })
 }
 
 /// The file path from the URL (actix has percent-decoded it, so `%2E%2E`
@@ -157,8 +193,8 @@ pub async fn list_files(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, Error> {
-    let ns = open(&caller, &state, &id).await?;
-    let head = state.memory.head(&ns).await?;
+    let opened = open(&caller, &state, &id).await?;
+    let head = opened.head(&state).await?;
     Ok(HttpResponse::Ok().json(Listing {
         version: head.as_ref().map(|m| m.version),
         files: head
@@ -185,17 +221,12 @@ pub async fn list_versions(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, Error> {
-    let ns = open(&caller, &state, &id).await?;
+    let opened = open(&caller, &state, &id).await?;
+    opened.head(&state).await?;
+    let ns = &opened.ns;
     let mut data = Vec::new();
-    for version in state
-        .memory
-        .versions(&ns)
-        .await?
-        .into_iter()
-        .rev()
-        .take(100)
-    {
-        let m = state.memory.manifest(&ns, version).await?;
+    for version in state.memory.versions(ns).await?.into_iter().rev().take(100) {
+        let m = state.memory.manifest(ns, version).await?;
         data.push(VersionView {
             version,
             parent: m.parent,
@@ -220,8 +251,10 @@ pub async fn restore(
     path: web::Path<(String, u64)>,
 ) -> Result<HttpResponse, Error> {
     let (id, version) = path.into_inner();
-    let ns = open(&caller, &state, &id).await?;
-    let manifest = state.memory.restore(&ns, version).await?;
+    let opened = open(&caller, &state, &id).await?;
+    opened.head(&state).await?;
+    let manifest = state.memory.restore(&opened.ns, version).await?;
+    opened.committed(&manifest).await?;
     Ok(HttpResponse::Ok().json(Committed {
         version: manifest.version,
     }))
@@ -243,11 +276,13 @@ pub async fn read_file(
 ) -> Result<HttpResponse, Error> {
     let (id, raw_path) = path.into_inner();
     let file = file_path(&raw_path).map_err(|_| Error::NotFound)?;
-    let ns = open(&caller, &state, &id).await?;
+    let opened = open(&caller, &state, &id).await?;
+    let head = opened.head(&state).await?;
     let manifest = match query.version {
-        Some(v) => state.memory.manifest(&ns, v).await?,
-        None => state.memory.head(&ns).await?.ok_or(Error::NotFound)?,
+        Some(v) => state.memory.manifest(&opened.ns, v).await?,
+        None => head.ok_or(Error::NotFound)?,
     };
+    let ns = opened.ns;
     let entry = manifest
         .files
         .get(file.as_str())
@@ -313,9 +348,10 @@ pub async fn write_file(
 ) -> Result<HttpResponse, Error> {
     let (id, raw_path) = path.into_inner();
     let file = file_path(&raw_path)?;
-    let ns = open(&caller, &state, &id).await?;
+    let opened = open(&caller, &state, &id).await?;
+    let ns = &opened.ns;
     let mut attempt = 0;
-    let mut base = state.memory.head(&ns).await?;
+    let mut base = opened.head(&state).await?;
     if base
         .as_ref()
         .is_some_and(|m| m.files.len() >= MAX_FILES && !m.files.contains_key(file.as_str()))
@@ -324,7 +360,7 @@ pub async fn write_file(
             "an agent's memory holds at most {MAX_FILES} files"
         )));
     }
-    let mut writer = state.memory.writer(&ns, file.clone(), base.as_ref())?;
+    let mut writer = state.memory.writer(ns, file.clone(), base.as_ref())?;
     let mut size = 0u64;
     while let Some(chunk) = body.next().await {
         let chunk =
@@ -341,11 +377,12 @@ pub async fn write_file(
     loop {
         match state
             .memory
-            .commit(&ns, base.as_ref(), vec![entry.clone()], &[])
+            .commit(ns, base.as_ref(), vec![entry.clone()], &[])
             .await
         {
             Ok(manifest) => {
-                collect_garbage(&state, &ns, &manifest).await;
+                opened.committed(&manifest).await?;
+                collect_garbage(&state, ns, &manifest).await;
                 return Ok(HttpResponse::Ok().json(Committed {
                     version: manifest.version,
                 }));
@@ -357,7 +394,7 @@ pub async fn write_file(
             {
                 attempt += 1;
                 backoff(attempt).await;
-                base = state.memory.head(&ns).await?;
+                base = opened.head(&state).await?;
             }
             Err(e) => return Err(e),
         }
@@ -379,22 +416,24 @@ pub async fn delete_file(
 ) -> Result<HttpResponse, Error> {
     let (id, raw_path) = path.into_inner();
     let file = file_path(&raw_path).map_err(|_| Error::NotFound)?;
-    let ns = open(&caller, &state, &id).await?;
+    let opened = open(&caller, &state, &id).await?;
+    let ns = &opened.ns;
     for attempt in 0..=RETRIES {
         if attempt > 0 {
             backoff(attempt).await;
         }
-        let base = state.memory.head(&ns).await?.ok_or(Error::NotFound)?;
+        let base = opened.head(&state).await?.ok_or(Error::NotFound)?;
         if !base.files.contains_key(file.as_str()) {
             return Err(Error::NotFound);
         }
         match state
             .memory
-            .commit(&ns, Some(&base), vec![], std::slice::from_ref(&file))
+            .commit(ns, Some(&base), vec![], std::slice::from_ref(&file))
             .await
         {
             Ok(manifest) => {
-                collect_garbage(&state, &ns, &manifest).await;
+                opened.committed(&manifest).await?;
+                collect_garbage(&state, ns, &manifest).await;
                 return Ok(HttpResponse::Ok().json(Committed {
                     version: manifest.version,
                 }));
