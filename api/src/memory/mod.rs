@@ -482,6 +482,21 @@ impl MemoryStore {
                 doomed.push(meta.location);
             }
         }
+        // A version committed meanwhile (a restore of an old version, say)
+        // may refer to chunks found unreferenced above: spare those. What
+        // is left is a window of one listing and the deletes themselves.
+        for v in self
+            .versions(ns)
+            .await?
+            .into_iter()
+            .filter(|v| *v > current)
+        {
+            for entry in self.manifest(ns, v).await?.files.into_values() {
+                if let Content::Chunks { blob, .. } = entry.content {
+                    doomed.retain(|location| !location.as_ref().contains(&format!("/{blob}/")));
+                }
+            }
+        }
         for location in doomed {
             self.store.delete(&location).await.map_err(store_error)?;
             report.chunks += 1;
