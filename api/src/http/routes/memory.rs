@@ -101,11 +101,24 @@ impl Opened<'_> {
         Ok(head)
     }
 
-    /// Records a commit.
-    async fn committed(&self, manifest: &Manifest) -> Result<(), Error> {
+    /// After a commit: records it, collects garbage every tenth version,
+    /// and answers with the new version.
+    async fn committed(
+        &self,
+        state: &AppState,
+        manifest: &Manifest,
+    ) -> Result<HttpResponse, Error> {
         self.scope
             .record_memory_head(&self.agent, manifest.version)
-            .await
+            .await?;
+        if manifest.version.is_multiple_of(10)
+            && let Err(e) = state.memory.gc(&self.ns, KEEP_VERSIONS).await
+        {
+            tracing::warn!(error = ?e, "memory garbage collection failed");
+        }
+        Ok(HttpResponse::Ok().json(Committed {
+            version: manifest.version,
+        }))
     }
 }
 
@@ -254,10 +267,7 @@ pub async fn restore(
     let opened = open(&caller, &state, &id).await?;
     opened.head(&state).await?;
     let manifest = state.memory.restore(&opened.ns, version).await?;
-    opened.committed(&manifest).await?;
-    Ok(HttpResponse::Ok().json(Committed {
-        version: manifest.version,
-    }))
+    opened.committed(&state, &manifest).await
 }
 
 /// Read a file: its raw bytes, streamed.
@@ -321,14 +331,6 @@ pub async fn read_file(
     Ok(res.body(content))
 }
 
-async fn collect_garbage(state: &AppState, ns: &Namespace, manifest: &Manifest) {
-    if manifest.version.is_multiple_of(10)
-        && let Err(e) = state.memory.gc(ns, KEEP_VERSIONS).await
-    {
-        tracing::warn!(error = ?e, "memory garbage collection failed");
-    }
-}
-
 /// Write a file (the request body, raw bytes) as a new version.
 #[utoipa::path(put, path = "/v1/agents/{id}/memory/{path}", tag = "memory",
     params(("id" = String, Path, description = "Agent id"), ("path" = String, Path, description = "File path")),
@@ -380,13 +382,7 @@ pub async fn write_file(
             .commit(ns, base.as_ref(), vec![entry.clone()], &[])
             .await
         {
-            Ok(manifest) => {
-                opened.committed(&manifest).await?;
-                collect_garbage(&state, ns, &manifest).await;
-                return Ok(HttpResponse::Ok().json(Committed {
-                    version: manifest.version,
-                }));
-            }
+            Ok(manifest) => return opened.committed(&state, &manifest).await,
             // A small (inline) file does not depend on the version it was
             // written for: commit it on top of the new current version.
             Err(Error::Conflict(_))
@@ -431,13 +427,7 @@ pub async fn delete_file(
             .commit(ns, Some(&base), vec![], std::slice::from_ref(&file))
             .await
         {
-            Ok(manifest) => {
-                opened.committed(&manifest).await?;
-                collect_garbage(&state, ns, &manifest).await;
-                return Ok(HttpResponse::Ok().json(Committed {
-                    version: manifest.version,
-                }));
-            }
+            Ok(manifest) => return opened.committed(&state, &manifest).await,
             Err(Error::Conflict(_)) => continue,
             Err(e) => return Err(e),
         }
