@@ -167,7 +167,26 @@ impl SettingsArgs {
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("failed to read settings file {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("invalid settings file {}", path.display()))
+        // toml's own Display quotes the offending line, which may hold a
+        // secret (a password in a database URL, an API key): report only
+        // the message and the line number.
+        toml::from_str(&text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|span| {
+                    let n = text
+                        .get(..span.start)
+                        .map_or(0, |t| t.matches('\n').count())
+                        + 1;
+                    format!(" at line {n}")
+                })
+                .unwrap_or_default();
+            anyhow::anyhow!(
+                "invalid settings file {}{line}: {}",
+                path.display(),
+                e.message()
+            )
+        })
     }
 
     /// `self` over `lower`: each setting given in `self` wins.

@@ -211,6 +211,25 @@ fn bad_configuration_is_refused_with_a_clear_message() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("unknown field `lisen`"), "{stderr}");
 
+    // A typo next to a secret must not echo the secret.
+    std::fs::write(
+        dir.path().join("carapace.toml"),
+        "log = \"info\"\ndatabase-url = \"postgres://u:hunter2secret@db/x\"\n",
+    )
+    .unwrap();
+    let output = carapace(dir.path(), None)
+        .args(["serve", "--config", "carapace.toml"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("unknown field `database-url`"), "{stderr}");
+    assert!(stderr.contains("line 2"), "{stderr}");
+    assert!(
+        !stderr.contains("hunter2secret"),
+        "the secret was echoed: {stderr}"
+    );
+
     let output = carapace(dir.path(), None)
         .args(["tenant", "create", "Acme", "--owner", "not-an-email"])
         .output()
