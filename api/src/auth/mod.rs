@@ -20,7 +20,7 @@ use sea_orm::DatabaseConnection;
 
 use self::api_key::{ApiKeySecret, KeyHash};
 use crate::access::{Role, Scopes};
-use crate::db::{ApiKey, platform};
+use crate::db::{ApiKey, Tenant, TenantScope, platform};
 use crate::error::Result;
 use crate::ids::{ApiKeyId, TenantId};
 
@@ -43,18 +43,27 @@ pub struct KeyPrincipal {
     pub scopes: Scopes,
     expires_at: Option<DateTime<Utc>>,
     revoked: bool,
+    /// The tenant as read with the key, so that the hot path needs no
+    /// second query; as fresh as the key (at most the cache TTL old).
+    tenant: Tenant,
 }
 
 impl KeyPrincipal {
+    /// The key's tenant, as of the last verification.
+    pub fn tenant(&self) -> &Tenant {
+        &self.tenant
+    }
+
     /// When the key stops working, if ever.
     pub fn expires_at(&self) -> Option<DateTime<Utc>> {
         self.expires_at
     }
 }
 
-impl From<&ApiKey> for KeyPrincipal {
-    fn from(key: &ApiKey) -> Self {
+impl KeyPrincipal {
+    fn new(key: &ApiKey, tenant: Tenant) -> Self {
         KeyPrincipal {
+            tenant,
             key_id: key.id.clone(),
             tenant_id: key.tenant_id.clone(),
             role: key.role,
@@ -196,7 +205,13 @@ impl Authenticator {
         let Some(key) = platform::find_api_key_by_hash(&self.db, hash).await? else {
             return Ok(None);
         };
-        let mut principal = KeyPrincipal::from(&key);
+        let tenant = match TenantScope::new(&self.db, &key.tenant_id).tenant().await {
+            Ok(tenant) => tenant,
+            // Deleted meanwhile: the key goes with it.
+            Err(crate::error::Error::NotFound) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut principal = KeyPrincipal::new(&key, tenant);
         if self
             .revoked
             .lock()
