@@ -487,3 +487,28 @@ fn find_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test]
+async fn a_large_file_write_that_loses_a_race_gets_a_conflict() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("Acme").await;
+    let agent = create_agent(&app, &acme, json!({"name": "a", "model": "fast"})).await;
+    let base = format!("/v1/agents/{}/memory", agent["id"].as_str().unwrap());
+    // Two large (chunked) writes started on the same version: one wins;
+    // the other cannot be moved onto the new version and says so.
+    let big = vec![1u8; 2 * 1024 * 1024];
+    let (path_a, path_b) = (format!("{base}/a.bin"), format!("{base}/b.bin"));
+    let (a, b) = futures_util::join!(
+        put(&app, &acme.key, &path_a, big.clone()),
+        put(&app, &acme.key, &path_b, big.clone()),
+    );
+    let statuses = [a.status().as_u16(), b.status().as_u16()];
+    assert!(statuses.contains(&200), "{statuses:?}");
+    if statuses.contains(&409) {
+        let loser = if a.status() == 409 { a } else { b };
+        assert_problem(loser, 409, "conflict").await;
+    } else {
+        // The two requests did not overlap: both committed in turn.
+        assert_eq!(statuses, [200, 200]);
+    }
+}

@@ -1046,3 +1046,41 @@ async fn calls_made_for_an_agent_are_attributed_to_it() {
         "{keys:?}"
     );
 }
+
+#[tokio::test]
+async fn a_platform_provider_refusing_its_credentials_is_a_failure_not_an_answer() {
+    let s = setup(|g| g.max_retries = Some(0)).await;
+    // The primary refuses the platform's key; the backup serves.
+    s.llm.fail_next(&[401]);
+    let res = s.chat(json!({"model": "fast", "messages": []})).await;
+    assert_eq!(res.status(), 200);
+    let received = s.llm.received();
+    assert_eq!(received.len(), 2);
+    assert_eq!(received[1].body["model"], "model-b");
+    // When every provider refuses, the client learns nothing of the
+    // platform's accounts.
+    s.llm.fail_next(&[403, 401]);
+    let res = s.chat(json!({"model": "fast", "messages": []})).await;
+    assert_eq!(res.status(), 502);
+    let body = res.text().await.unwrap();
+    assert!(!body.contains("forced failure"), "{body}");
+}
+
+#[tokio::test]
+async fn usage_dates_out_of_range_are_refused_not_panicked_on() {
+    let s = setup(|_| {}).await;
+    for query in [
+        "?to=-262143-01-01",
+        "?from=0001-01-01",
+        "?from=2026-02-01&to=2026-01-01",
+        "?from=2020-01-01&to=2026-01-01",
+    ] {
+        let res = s
+            .app
+            .get(&format!("/v1/usage{query}"), &s.tenant.key)
+            .send()
+            .await
+            .unwrap();
+        crate::helpers::assert_problem(res, 400, "invalid_query").await;
+    }
+}
