@@ -65,20 +65,7 @@ pub async fn create_tenant_with_owner(
 ) -> Result<TenantWithOwner> {
     let now = Utc::now();
     let tenant_id = TenantId::generate();
-    let key_row = api_key::ActiveModel {
-        id: Set(ApiKeyId::generate().to_string()),
-        tenant_id: Set(tenant_id.to_string()),
-        name: Set(key.name.to_owned()),
-        prefix: Set(key.secret.prefix().to_owned()),
-        key_hash: Set(key.secret.hash().to_hex()),
-        scopes: Set(key.scopes.to_stored()),
-        role: Set(key.role.as_str().to_owned()),
-        created_by: Set(audit.principal.clone()),
-        created_at: Set(now),
-        expires_at: Set(key.expires_at),
-        last_used_at: Set(None),
-        revoked_at: Set(None),
-    };
+    let key_row = key.row(&tenant_id, &audit.principal);
     let name = name.to_owned();
     let email = owner.clone();
     let (tenant_row, user_id, key_row) = db

@@ -109,6 +109,32 @@ pub struct NewApiKey<'a> {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
+impl NewApiKey<'_> {
+    /// The row to insert for this key in `tenant`, created by `created_by`:
+    /// only the hash and the visible prefix of the secret are stored.
+    pub(super) fn row(
+        &self,
+        tenant: &TenantId,
+        created_by: &str,
+    ) -> super::entities::api_key::ActiveModel {
+        use sea_orm::Set;
+        super::entities::api_key::ActiveModel {
+            id: Set(ApiKeyId::generate().to_string()),
+            tenant_id: Set(tenant.to_string()),
+            name: Set(self.name.to_owned()),
+            prefix: Set(self.secret.prefix().to_owned()),
+            key_hash: Set(self.secret.hash().to_hex()),
+            scopes: Set(self.scopes.to_stored()),
+            role: Set(self.role.as_str().to_owned()),
+            created_by: Set(created_by.to_owned()),
+            created_at: Set(Utc::now()),
+            expires_at: Set(self.expires_at),
+            last_used_at: Set(None),
+            revoked_at: Set(None),
+        }
+    }
+}
+
 /// A tenant just created with its first owner and key.
 pub struct TenantWithOwner {
     /// The tenant.

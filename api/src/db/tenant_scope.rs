@@ -76,20 +76,7 @@ impl<'a> TenantScope<'a> {
 
     /// Stores a new key and its audit record in one transaction.
     pub async fn create_api_key(&self, new: NewApiKey<'_>, audit: AuditEvent) -> Result<ApiKey> {
-        let row = api_key::ActiveModel {
-            id: Set(ApiKeyId::generate().to_string()),
-            tenant_id: Set(self.tenant.to_string()),
-            name: Set(new.name.to_owned()),
-            prefix: Set(new.secret.prefix().to_owned()),
-            key_hash: Set(new.secret.hash().to_hex()),
-            scopes: Set(new.scopes.to_stored()),
-            role: Set(new.role.as_str().to_owned()),
-            created_by: Set(audit.principal.clone()),
-            created_at: Set(Utc::now()),
-            expires_at: Set(new.expires_at),
-            last_used_at: Set(None),
-            revoked_at: Set(None),
-        };
+        let row = new.row(self.tenant, &audit.principal);
         let tenant = self.tenant.clone();
         let model = self
             .db

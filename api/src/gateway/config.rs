@@ -95,6 +95,36 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
+    /// The stored and wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::OpenaiCompatible => "openai_compatible",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            ProviderKind::Openai,
+            ProviderKind::Anthropic,
+            ProviderKind::OpenaiCompatible,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == name)
+    }
+
+    /// The official API's base URL; `None` for OpenAI-compatible servers,
+    /// which must name theirs.
+    pub fn default_base_url(self) -> Option<&'static str> {
+        match self {
+            ProviderKind::Openai => Some("https://api.openai.com/v1"),
+            ProviderKind::Anthropic => Some("https://api.anthropic.com/v1"),
+            ProviderKind::OpenaiCompatible => None,
+        }
+    }
+
     /// The wire format: OpenAI chat completions or Anthropic messages.
     pub fn format(self) -> WireFormat {
         match self {
@@ -192,13 +222,10 @@ impl GatewayArgs {
                     p.name
                 );
             }
-            let base_url = match (&p.base_url, p.kind) {
+            let base_url = match (&p.base_url, p.kind.default_base_url()) {
                 (Some(url), _) => url.trim_end_matches('/').to_owned(),
-                (None, ProviderKind::Openai) => "https://api.openai.com/v1".to_owned(),
-                (None, ProviderKind::Anthropic) => "https://api.anthropic.com/v1".to_owned(),
-                (None, ProviderKind::OpenaiCompatible) => {
-                    bail!("gateway provider {} needs a base_url", p.name)
-                }
+                (None, Some(url)) => url.to_owned(),
+                (None, None) => bail!("gateway provider {} needs a base_url", p.name),
             };
             if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
                 bail!("gateway provider {} base_url must be http(s)", p.name);

@@ -106,22 +106,13 @@ fn decrypt(
         &stored.kind,
         stored.base_url.as_deref(),
     );
-    let kind = match stored.kind.as_str() {
-        "openai" => ProviderKind::Openai,
-        "anthropic" => ProviderKind::Anthropic,
-        "openai_compatible" => ProviderKind::OpenaiCompatible,
-        other => anyhow::bail!("stored provider kind {other:?} is unknown"),
-    };
-    let base_url = match stored.base_url {
-        Some(url) => validate_endpoint(&url, allow_private)
+    let kind = ProviderKind::parse(&stored.kind)
+        .ok_or_else(|| anyhow::anyhow!("stored provider kind {:?} is unknown", stored.kind))?;
+    let base_url = match (stored.base_url, kind.default_base_url()) {
+        (Some(url), _) => validate_endpoint(&url, allow_private)
             .map_err(|e| anyhow::anyhow!("stored base_url {e}"))?,
-        None => match kind {
-            ProviderKind::Openai => "https://api.openai.com/v1".to_owned(),
-            ProviderKind::Anthropic => "https://api.anthropic.com/v1".to_owned(),
-            ProviderKind::OpenaiCompatible => {
-                anyhow::bail!("stored openai_compatible provider has no base_url")
-            }
-        },
+        (None, Some(url)) => url.to_owned(),
+        (None, None) => anyhow::bail!("stored openai_compatible provider has no base_url"),
     };
     let api_key = key
         .open(&stored.sealed_api_key, &aad)

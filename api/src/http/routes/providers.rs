@@ -10,6 +10,7 @@ use crate::audit::Outcome;
 use crate::auth::extract::{Caller, ManageProviders};
 use crate::db::StoredProvider;
 use crate::error::Error;
+use crate::gateway::config::ProviderKind;
 use crate::gateway::{key_aad, validate_endpoint};
 use crate::http::problem::method_not_allowed;
 use crate::secret::Secret;
@@ -48,12 +49,14 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The gateway's kind, whose name is what is stored.
     fn as_str(self) -> &'static str {
         match self {
-            Kind::Openai => "openai",
-            Kind::Anthropic => "anthropic",
-            Kind::OpenaiCompatible => "openai_compatible",
+            Kind::Openai => ProviderKind::Openai,
+            Kind::Anthropic => ProviderKind::Anthropic,
+            Kind::OpenaiCompatible => ProviderKind::OpenaiCompatible,
         }
+        .as_str()
     }
 }
 
