@@ -86,19 +86,27 @@ impl Opened<'_> {
     /// The current version, refusing a bucket whose newest manifests were
     /// removed: the database records the newest version ever committed.
     async fn head(&self, state: &AppState) -> Result<Option<Manifest>, Error> {
+        match self.versions(state).await?.last() {
+            Some(&v) => Ok(Some(state.memory.manifest(&self.ns, v).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every committed version, oldest first, refusing a rolled-back store.
+    async fn versions(&self, state: &AppState) -> Result<Vec<u64>, Error> {
         // The record first: a version recorded by then has its manifest
         // in the store already (commits write the manifest, then record),
         // so the listing that follows must include it.
         let recorded = self.scope.memory_head(&self.agent).await?;
-        let head = state.memory.head(&self.ns).await?;
-        let current = head.as_ref().map_or(0, |m| m.version);
+        let versions = state.memory.versions(&self.ns).await?;
+        let current = versions.last().copied().unwrap_or(0);
         if let Some(recorded) = recorded.filter(|r| *r > current) {
             return Err(Error::Integrity(format!(
                 "memory of {} was rolled back: version {recorded} was committed, the store's newest is {current}",
                 self.agent
             )));
         }
-        Ok(head)
+        Ok(versions)
     }
 
     /// After a commit: records it, collects garbage every tenth version,
@@ -235,10 +243,9 @@ pub async fn list_versions(
     id: web::Path<String>,
 ) -> Result<HttpResponse, Error> {
     let opened = open(&caller, &state, &id).await?;
-    opened.head(&state).await?;
     let ns = &opened.ns;
     let mut data = Vec::new();
-    for version in state.memory.versions(ns).await?.into_iter().rev().take(100) {
+    for version in opened.versions(&state).await?.into_iter().rev().take(100) {
         let m = state.memory.manifest(ns, version).await?;
         data.push(VersionView {
             version,
