@@ -1,0 +1,348 @@
+//! `carapace-agent`: init (PID 1) of every Carapace sandbox.
+//!
+//! Its stdin and stdout are the sandbox's control socket to the worker. It
+//! announces itself with a `Ready` frame, then runs what the worker asks
+//! (commands, workspace file reads and writes), each in its own thread, and
+//! reaps every process that ends in the sandbox, as an init must. When the
+//! worker closes the socket the agent exits, and the sandbox with it.
+//!
+//! std only, built static by `runtime/build.rs` with a bare `rustc`: the
+//! few libc calls it needs are declared below.
+
+#[path = "protocol.rs"]
+#[allow(dead_code)]
+mod protocol;
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use protocol::{ExecReply, ExecRequest, Outcome, Reply, Request};
+
+mod sys {
+    unsafe extern "C" {
+        pub fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
+        pub fn waitid(idtype: u32, id: u32, info: *mut u8, options: i32) -> i32;
+        pub fn kill(pid: i32, sig: i32) -> i32;
+    }
+    pub const SIGKILL: i32 = 9;
+    pub const P_ALL: u32 = 0;
+    pub const WEXITED: i32 = 4;
+    pub const WNOWAIT: i32 = 0x0100_0000;
+}
+
+/// Waits for a zombie among our children without reaping it; its pid.
+fn peek_exited() -> io::Result<i32> {
+    // siginfo_t is 128 bytes; for SIGCHLD, si_pid is at offset 16 on every
+    // 64-bit Linux ABI.
+    let mut info = [0u8; 128];
+    // SAFETY: `info` is a writable buffer of siginfo_t's size.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        sys::waitid(
+            sys::P_ALL,
+            0,
+            info.as_mut_ptr(),
+            sys::WEXITED | sys::WNOWAIT,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut pid = [0u8; 4];
+    pid.copy_from_slice(&info[16..20]);
+    Ok(i32::from_ne_bytes(pid))
+}
+
+/// Reaps `pid`, returning its raw wait status.
+fn reap(pid: i32) -> io::Result<i32> {
+    let mut status = 0i32;
+    // SAFETY: `status` is a valid out-pointer; the pid is a zombie child.
+    #[allow(unsafe_code)]
+    let rc = unsafe { sys::waitpid(pid, &mut status, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(status)
+}
+
+fn kill_group(pgid: i32) {
+    // SAFETY: kill(2) with a negative pid signals a process group; no memory
+    // is involved.
+    #[allow(unsafe_code)]
+    unsafe {
+        sys::kill(-pgid, sys::SIGKILL);
+    }
+}
+
+/// Who waits for which child. The reaper hands each exited child's status
+/// to the thread that spawned it and reaps orphans (anything reparented to
+/// us) silently.
+#[derive(Default)]
+struct Children {
+    waiting: HashMap<i32, Sender<i32>>,
+    /// Spawns in flight: a zombie we do not know yet may be theirs.
+    spawning: usize,
+}
+
+struct Reaper {
+    children: Mutex<Children>,
+    wake: Condvar,
+}
+
+impl Reaper {
+    fn run(&self) {
+        loop {
+            match peek_exited() {
+                Ok(pid) => {
+                    let mut children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
+                    if let Some(tx) = children.waiting.remove(&pid) {
+                        drop(children);
+                        if let Ok(status) = reap(pid) {
+                            let _ = tx.send(status);
+                        }
+                    } else if children.spawning > 0 {
+                        // Possibly a child whose spawn has not returned yet
+                        // (or whose exec failed: std reaps that one itself).
+                        drop(children);
+                        thread::sleep(Duration::from_millis(1));
+                    } else {
+                        drop(children);
+                        let _ = reap(pid);
+                    }
+                }
+                Err(_) => {
+                    // No children at all: sleep until a spawn wakes us.
+                    let children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
+                    let _ = self.wake.wait_timeout(children, Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+type Out = Arc<Mutex<io::Stdout>>;
+
+fn send(out: &Out, reply: &Reply) {
+    let mut out = out.lock().unwrap_or_else(PoisonError::into_inner);
+    // A broken control socket means the worker is gone; the read loop sees
+    // it too and exits.
+    let _ = protocol::write_frame(&mut *out, &reply.encode());
+}
+
+/// Reads a pipe to its end, keeping the first `max` bytes.
+fn drain(mut pipe: impl Read, max: usize, kept: Arc<Mutex<(Vec<u8>, bool)>>) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match pipe.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let mut kept = kept.lock().unwrap_or_else(PoisonError::into_inner);
+                let room = max.saturating_sub(kept.0.len());
+                kept.0.extend_from_slice(&buf[..n.min(room)]);
+                if n > room {
+                    kept.1 = true;
+                }
+            }
+        }
+    }
+}
+
+fn exec(reaper: &Reaper, req: ExecRequest) -> ExecReply {
+    let mut reply = ExecReply {
+        id: req.id,
+        outcome: Outcome::SpawnFailed,
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        stdout_truncated: false,
+        stderr_truncated: false,
+        error: String::new(),
+    };
+    let Some(program) = req.argv.first() else {
+        reply.error = "empty command".into();
+        return reply;
+    };
+    let mut cmd = Command::new(OsStr::from_bytes(program));
+    cmd.args(req.argv[1..].iter().map(|a| OsStr::from_bytes(a)))
+        .env_clear()
+        .current_dir(OsStr::from_bytes(&req.cwd))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    for pair in &req.env {
+        let (key, value) = match pair.iter().position(|b| *b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (&pair[..], &b""[..]),
+        };
+        cmd.env(OsStr::from_bytes(key), OsStr::from_bytes(value));
+    }
+    let started = Instant::now();
+    let (tx, rx): (Sender<i32>, Receiver<i32>) = mpsc::channel();
+    let child = {
+        reaper
+            .children
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .spawning += 1;
+        let spawned = cmd.spawn();
+        let mut children = reaper
+            .children
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        children.spawning -= 1;
+        match spawned {
+            Ok(child) => {
+                children.waiting.insert(child.id() as i32, tx);
+                reaper.wake.notify_all();
+                child
+            }
+            Err(e) => {
+                reply.error = format!("cannot start {}: {e}", String::from_utf8_lossy(program));
+                return reply;
+            }
+        }
+    };
+    let pid = child.id() as i32;
+    let max = req.max_output as usize;
+    let (mut stdin, stdout, stderr) = (child.stdin, child.stdout, child.stderr);
+    let input = req.stdin;
+    let writer = thread::spawn(move || {
+        if let Some(pipe) = stdin.as_mut() {
+            let _ = pipe.write_all(&input);
+        }
+    });
+    let out = Arc::new(Mutex::new((Vec::new(), false)));
+    let err = Arc::new(Mutex::new((Vec::new(), false)));
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    for (pipe, kept) in [
+        (
+            stdout.map(|p| Box::new(p) as Box<dyn Read + Send>),
+            out.clone(),
+        ),
+        (
+            stderr.map(|p| Box::new(p) as Box<dyn Read + Send>),
+            err.clone(),
+        ),
+    ] {
+        let done = done_tx.clone();
+        thread::spawn(move || {
+            if let Some(pipe) = pipe {
+                drain(pipe, max, kept);
+            }
+            let _ = done.send(());
+        });
+    }
+    drop(done_tx);
+    let deadline = started + Duration::from_millis(req.timeout_ms);
+    let status = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        Ok(status) => Some(status),
+        Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => None,
+    };
+    // Output may still be held open by the command's own children: wait
+    // for it until the deadline, then stop the whole group.
+    let mut timed_out = status.is_none();
+    for _ in 0..2 {
+        if done_rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_err()
+        {
+            timed_out = true;
+            break;
+        }
+    }
+    let status = if timed_out {
+        kill_group(pid);
+        status.or_else(|| rx.recv_timeout(Duration::from_secs(5)).ok())
+    } else {
+        status
+    };
+    let _ = writer.join();
+    // Give the readers a moment to see the end of pipes the kill closed.
+    let grace = Instant::now() + Duration::from_millis(100);
+    while done_rx
+        .recv_timeout(grace.saturating_duration_since(Instant::now()))
+        .is_ok()
+    {}
+    let take = |kept: &Arc<Mutex<(Vec<u8>, bool)>>| {
+        let mut kept = kept.lock().unwrap_or_else(PoisonError::into_inner);
+        (std::mem::take(&mut kept.0), kept.1)
+    };
+    (reply.stdout, reply.stdout_truncated) = take(&out);
+    (reply.stderr, reply.stderr_truncated) = take(&err);
+    reply.outcome = match status {
+        _ if timed_out => Outcome::TimedOut,
+        Some(s) if s & 0x7f == 0 => Outcome::Exited((s >> 8) & 0xff),
+        Some(s) => Outcome::Signaled(s & 0x7f),
+        None => Outcome::TimedOut,
+    };
+    reply
+}
+
+fn write_file(path: &[u8], data: &[u8]) -> Result<Vec<u8>, String> {
+    let path = std::path::Path::new(OsStr::from_bytes(path));
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+    }
+    std::fs::write(path, data).map_err(|e| e.to_string())?;
+    Ok(Vec::new())
+}
+
+fn read_file(path: &[u8], max: u32) -> Result<Vec<u8>, String> {
+    let file = std::fs::File::open(OsStr::from_bytes(path)).map_err(|e| e.to_string())?;
+    let mut data = Vec::new();
+    file.take(u64::from(max) + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| e.to_string())?;
+    if data.len() > max as usize {
+        return Err(format!("file is larger than {max} bytes"));
+    }
+    Ok(data)
+}
+
+fn main() {
+    let out: Out = Arc::new(Mutex::new(io::stdout()));
+    send(&out, &Reply::Ready);
+    let reaper = Arc::new(Reaper {
+        children: Mutex::default(),
+        wake: Condvar::new(),
+    });
+    {
+        let reaper = reaper.clone();
+        thread::spawn(move || reaper.run());
+    }
+    let mut input = io::stdin().lock();
+    loop {
+        let frame = match protocol::read_frame(&mut input) {
+            Ok(Some(frame)) => frame,
+            // The worker closed the socket (or broke the protocol): the
+            // sandbox ends.
+            Ok(None) | Err(_) => std::process::exit(0),
+        };
+        let Ok(request) = Request::decode(&frame) else {
+            std::process::exit(2);
+        };
+        let (out, reaper) = (out.clone(), reaper.clone());
+        thread::spawn(move || {
+            let reply = match request {
+                Request::Exec(req) => Reply::Exec(exec(&reaper, req)),
+                Request::WriteFile { id, path, data } => Reply::File {
+                    id,
+                    result: write_file(&path, &data),
+                },
+                Request::ReadFile { id, path, max } => Reply::File {
+                    id,
+                    result: read_file(&path, max),
+                },
+            };
+            send(&out, &reply);
+        });
+    }
+}

@@ -1,0 +1,55 @@
+//! Leftover sandbox cgroups: after a crash, a sandbox's cgroups may outlive
+//! its container state. Every cgroup under `carapace/` in any hierarchy
+//! (v1 controllers, the v2 unified tree, or a pure v2 host) has its
+//! processes killed and is removed.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+fn carapace_dirs() -> Vec<PathBuf> {
+    let root = Path::new(CGROUP_ROOT);
+    let mut dirs = vec![root.join("carapace")];
+    if let Ok(entries) = fs::read_dir(root) {
+        dirs.extend(entries.flatten().map(|e| e.path().join("carapace")));
+    }
+    dirs.retain(|d| d.is_dir());
+    dirs
+}
+
+/// Kills and removes every sandbox cgroup; how many sandboxes had one.
+pub fn remove_leftovers() -> usize {
+    let mut names = HashSet::new();
+    for parent in carapace_dirs() {
+        let Ok(entries) = fs::read_dir(&parent) else {
+            continue;
+        };
+        for cgroup in entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
+            if let Some(name) = cgroup.file_name() {
+                names.insert(name.to_owned());
+            }
+            remove(&cgroup);
+        }
+    }
+    names.len()
+}
+
+fn remove(cgroup: &Path) {
+    for _ in 0..50 {
+        let procs = fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        if fs::remove_dir(cgroup).is_ok() || !cgroup.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tracing::warn!(cgroup = %cgroup.display(), "cannot remove a leftover sandbox cgroup");
+}

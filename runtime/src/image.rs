@@ -1,0 +1,128 @@
+//! Root filesystems: the built-in image (the `carapace-agent` binary and
+//! busybox), kept in a content-addressed cache and shared read-only by
+//! every sandbox that uses it.
+//!
+//! The cache directory is `<cache>/images/sha256-<digest>/`, the digest
+//! covering everything the image is made of; an image is assembled in a
+//! temporary directory and renamed into place, so a crash never leaves a
+//! half-built image under a final name.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+use crate::Error;
+
+/// The agent binary, built static by `build.rs`.
+pub const AGENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/carapace-agent"));
+
+/// Where the agent sits in the built-in image.
+pub const AGENT_PATH: &str = "/sbin/carapace-agent";
+
+/// Bumped whenever the layout below changes, so old cache entries are not
+/// reused.
+const LAYOUT_VERSION: &[u8] = b"builtin-image-v1";
+
+/// Directories every image needs as mount points (the rootfs is read-only,
+/// so they must exist before a sandbox starts).
+const MOUNT_POINTS: &[&str] = &["proc", "sys", "dev", "tmp", "workspace", "run", "etc"];
+
+/// Makes sure the built-in image is in `cache`, building it from `busybox`
+/// (a static busybox binary) if needed; its root directory.
+pub fn ensure_builtin(cache: &Path, busybox: &Path) -> Result<PathBuf, Error> {
+    let busybox_bytes = fs::read(busybox)
+        .map_err(|e| Error::Image(format!("cannot read busybox at {}: {e}", busybox.display())))?;
+    let mut digest = Sha256::new();
+    for part in [LAYOUT_VERSION, AGENT, &busybox_bytes] {
+        digest.update((part.len() as u64).to_le_bytes());
+        digest.update(part);
+    }
+    let digest = digest
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    let images = cache.join("images");
+    let root = images.join(format!("sha256-{digest}"));
+    if root.join("sbin/carapace-agent").exists() {
+        return Ok(root);
+    }
+    fs::create_dir_all(&images).map_err(io("create the image cache"))?;
+    let tmp = images.join(format!(".build-{}-{}", std::process::id(), &digest[..12]));
+    let _ = fs::remove_dir_all(&tmp);
+    build(&tmp, &busybox_bytes, busybox)?;
+    match fs::rename(&tmp, &root) {
+        Ok(()) => Ok(root),
+        // Another worker built it first: theirs is identical.
+        Err(_) if root.join("sbin/carapace-agent").exists() => {
+            let _ = fs::remove_dir_all(&tmp);
+            Ok(root)
+        }
+        Err(e) => Err(Error::Image(format!(
+            "cannot install the built-in image: {e}"
+        ))),
+    }
+}
+
+fn io(what: &'static str) -> impl Fn(std::io::Error) -> Error {
+    move |e| Error::Image(format!("cannot {what}: {e}"))
+}
+
+fn write(path: &Path, data: &[u8], mode: u32) -> Result<(), Error> {
+    let mut f = fs::File::create(path).map_err(io("write an image file"))?;
+    f.write_all(data).map_err(io("write an image file"))?;
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(io("set a file mode"))?;
+    Ok(())
+}
+
+fn build(root: &Path, busybox_bytes: &[u8], busybox: &Path) -> Result<(), Error> {
+    for dir in MOUNT_POINTS
+        .iter()
+        .chain(&["bin", "sbin", "usr/bin", "usr/sbin"])
+    {
+        fs::create_dir_all(root.join(dir)).map_err(io("create an image directory"))?;
+    }
+    write(&root.join("bin/busybox"), busybox_bytes, 0o755)?;
+    write(&root.join("sbin/carapace-agent"), AGENT, 0o755)?;
+    write(
+        &root.join("etc/passwd"),
+        b"root:x:0:0:root:/workspace:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+        0o644,
+    )?;
+    write(
+        &root.join("etc/group"),
+        b"root:x:0:\nnogroup:x:65534:\n",
+        0o644,
+    )?;
+    write(
+        &root.join("etc/hosts"),
+        b"127.0.0.1 localhost\n::1 localhost\n",
+        0o644,
+    )?;
+    // One link per applet, as `busybox --install -s` would make.
+    let list = Command::new(busybox)
+        .arg("--list")
+        .output()
+        .map_err(|e| Error::Image(format!("cannot list busybox applets: {e}")))?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let applet = applet.trim();
+        if applet.is_empty() || applet.contains('/') || applet == "busybox" {
+            continue;
+        }
+        let link = root.join("bin").join(applet);
+        if !link.exists() {
+            symlink("busybox", &link).map_err(io("link a busybox applet"))?;
+        }
+    }
+    for dir in ["", "tmp", "workspace"] {
+        let mode = if dir == "tmp" { 0o1777 } else { 0o755 };
+        fs::set_permissions(root.join(dir), fs::Permissions::from_mode(mode))
+            .map_err(io("set a directory mode"))?;
+    }
+    Ok(())
+}

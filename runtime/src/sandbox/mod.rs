@@ -1,0 +1,558 @@
+//! Sandboxes on this worker: create, exec, files, delete, and the clean-up
+//! of whatever a crashed worker left behind.
+//!
+//! One sandbox is one libcontainer container whose init is
+//! `carapace-agent`, with the hardened spec of [`spec`]. Creating one
+//! forks, so it happens in the [`helper`] process; starting, signalling
+//! and deleting do not fork and run on tokio's blocking pool. Commands and
+//! file transfers go over the sandbox's control socket ([`control`]), so
+//! an exec costs a message, not a container operation.
+
+pub mod control;
+pub mod helper;
+pub mod seccomp;
+pub mod spec;
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use carapace_agent::protocol::{ExecRequest, Outcome, Reply, Request};
+use libcontainer::container::Container;
+use libcontainer::signal::Signal;
+use tokio::task::JoinHandle;
+
+pub use spec::Limits;
+
+use crate::egress::{self, Counters, Policy};
+use crate::{Error, image, netns};
+
+/// Port of the egress proxy on the sandbox's loopback.
+pub const PROXY_PORT: u16 = 3128;
+/// First host uid/gid handed to sandboxes; each takes [`spec::ID_RANGE`].
+const HOST_ID_BASE: u32 = 1 << 28;
+/// Sandboxes at once on one worker (bounded by the id ranges above).
+pub const MAX_SANDBOXES: usize = 4096;
+const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes kept of a command's stdout and of its stderr.
+pub const MAX_OUTPUT: u32 = 1 << 20;
+/// Largest file moved into or out of a workspace in one call.
+pub const MAX_FILE: u32 = 32 << 20;
+
+/// How this worker runs sandboxes.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where container state, bundles and the image cache live.
+    pub state_dir: PathBuf,
+    /// The program that runs [`helper::main`], and the arguments before
+    /// the helper's own (e.g. `carapace` and `["sandbox-helper"]`).
+    pub helper: PathBuf,
+    pub helper_args: Vec<OsString>,
+    /// A static busybox for the built-in image.
+    pub busybox: PathBuf,
+}
+
+/// A command to run in a sandbox.
+#[derive(Debug, Clone)]
+pub struct Exec {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub stdin: Vec<u8>,
+    pub timeout: Duration,
+}
+
+/// How it went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecResult {
+    /// The exit code; 128+N when killed by signal N, as shells report it;
+    /// `None` if the command timed out or could not start.
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    /// Why the command could not start, if it could not.
+    pub error: Option<String>,
+}
+
+/// What a new sandbox gets.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxSpec {
+    pub limits: Limits,
+    pub egress: Policy,
+}
+
+struct Live {
+    pid: i32,
+    slot: usize,
+    control: control::Control,
+    proxy: JoinHandle<()>,
+    counters: Arc<Counters>,
+}
+
+/// The sandboxes of this worker.
+pub struct Runtime {
+    config: RuntimeConfig,
+    image: PathBuf,
+    state_root: PathBuf,
+    bundles: PathBuf,
+    slots: Mutex<Vec<bool>>,
+    live: Mutex<HashMap<String, Arc<Live>>>,
+}
+
+/// Egress counters of one sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EgressCounts {
+    pub allowed: u64,
+    pub refused: u64,
+}
+
+impl Runtime {
+    /// Prepares the state directory, builds the built-in image if needed
+    /// and removes every sandbox a previous run of this worker left
+    /// (containers, cgroups, bundles): none of them is known any more.
+    pub async fn start(config: RuntimeConfig) -> Result<Self, Error> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(Error::Unsupported(
+                "sandboxes need the worker to run as root".into(),
+            ));
+        }
+        let state_root = config.state_dir.join("containers");
+        let bundles = config.state_dir.join("bundles");
+        for dir in [&config.state_dir, &state_root, &bundles] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::Io(format!("create {}: {e}", dir.display())))?;
+        }
+        let (cache, busybox) = (config.state_dir.clone(), config.busybox.clone());
+        let image = tokio::task::spawn_blocking(move || image::ensure_builtin(&cache, &busybox))
+            .await
+            .map_err(|e| Error::Io(e.to_string()))??;
+        let (root, bundle_dir) = (state_root.clone(), bundles.clone());
+        let removed = tokio::task::spawn_blocking(move || reconcile(&root, &bundle_dir))
+            .await
+            .map_err(|e| Error::Io(e.to_string()))?;
+        if removed > 0 {
+            tracing::warn!(
+                removed,
+                "removed sandboxes left by a previous run of this worker"
+            );
+        }
+        Ok(Runtime {
+            config,
+            image,
+            state_root,
+            bundles,
+            slots: Mutex::new(vec![false; MAX_SANDBOXES]),
+            live: Mutex::default(),
+        })
+    }
+
+    /// The built-in image's root directory.
+    pub fn builtin_image(&self) -> &Path {
+        &self.image
+    }
+
+    fn take_slot(&self) -> Result<usize, Error> {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = slots.iter().position(|used| !used).ok_or(Error::Full)?;
+        slots[slot] = true;
+        Ok(slot)
+    }
+
+    fn free_slot(&self, slot: usize) {
+        if let Some(s) = self
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(slot)
+        {
+            *s = false;
+        }
+    }
+
+    /// Creates and starts a sandbox named `id` (letters, digits, `-`, `_`);
+    /// returns once its agent has announced itself.
+    pub async fn create(&self, id: &str, spec: SandboxSpec) -> Result<(), Error> {
+        if id.is_empty()
+            || id.len() > 64
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(Error::Sandbox(format!("invalid sandbox id {id:?}")));
+        }
+        if let Some((field, lo, hi)) = spec.limits.out_of_bounds() {
+            return Err(Error::Limits(format!(
+                "{field} must be between {lo} and {hi}"
+            )));
+        }
+        let slot = self.take_slot()?;
+        match self.create_in_slot(id, slot, spec).await {
+            Ok(live) => {
+                self.live
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(id.to_owned(), Arc::new(live));
+                Ok(())
+            }
+            Err(e) => {
+                self.destroy(id, None).await;
+                self.free_slot(slot);
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_in_slot(
+        &self,
+        id: &str,
+        slot: usize,
+        spec: SandboxSpec,
+    ) -> Result<Live, Error> {
+        let bundle = self.bundles.join(id);
+        std::fs::create_dir_all(&bundle).map_err(|e| Error::Io(format!("create bundle: {e}")))?;
+        let host_id_base = HOST_ID_BASE + u32::try_from(slot).unwrap_or(0) * spec::ID_RANGE;
+        let config = spec::build(&spec::SpecInput {
+            id,
+            rootfs: &self.image,
+            host_id_base,
+            limits: spec.limits,
+            init: image::AGENT_PATH,
+        });
+        std::fs::write(bundle.join("config.json"), config.to_string())
+            .map_err(|e| Error::Io(format!("write config.json: {e}")))?;
+
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| Error::Io(format!("control socket: {e}")))?;
+        let output = tokio::process::Command::new(&self.config.helper)
+            .args(&self.config.helper_args)
+            .arg("create")
+            .arg(&self.state_root)
+            .arg(id)
+            .arg(&bundle)
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(HELPER_TIMEOUT, output)
+            .await
+            .map_err(|_| Error::Sandbox("creating the container timed out".into()))?
+            .map_err(|e| Error::Sandbox(format!("cannot run the container helper: {e}")))?;
+        if !output.status.success() {
+            let message = String::from_utf8_lossy(&output.stderr[..output.stderr.len().min(2000)])
+                .trim()
+                .to_owned();
+            return Err(Error::Sandbox(format!(
+                "container helper failed: {message}"
+            )));
+        }
+        let pid = serde_json::from_slice::<serde_json::Value>(&output.stdout)
+            .ok()
+            .and_then(|v| v["pid"].as_i64())
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| Error::Sandbox("the container helper printed no pid".into()))?;
+
+        let container_dir = self.state_root.join(id);
+        blocking(move || {
+            let mut container = Container::load(container_dir)?;
+            container.start()
+        })
+        .await?;
+        ours.set_nonblocking(true)
+            .map_err(|e| Error::Io(e.to_string()))?;
+        let stream =
+            tokio::net::UnixStream::from_std(ours).map_err(|e| Error::Io(e.to_string()))?;
+        let control = control::Control::connect(stream, READY_TIMEOUT).await?;
+
+        let listener = tokio::task::spawn_blocking(move || netns::bind_loopback(pid, PROXY_PORT))
+            .await
+            .map_err(|e| Error::Io(e.to_string()))??;
+        let listener =
+            tokio::net::TcpListener::from_std(listener).map_err(|e| Error::Io(e.to_string()))?;
+        let counters = Arc::new(Counters::default());
+        let proxy = tokio::spawn(egress::serve(
+            listener,
+            Arc::new(spec.egress),
+            counters.clone(),
+            id.to_owned(),
+        ));
+        Ok(Live {
+            pid,
+            slot,
+            control,
+            proxy,
+            counters,
+        })
+    }
+
+    fn get(&self, id: &str) -> Result<Arc<Live>, Error> {
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
+            .ok_or(Error::SandboxGone)
+    }
+
+    /// Whether the sandbox exists here and its agent is alive.
+    pub fn is_alive(&self, id: &str) -> bool {
+        self.get(id).is_ok_and(|live| !live.control.is_closed())
+    }
+
+    /// Host pid of the sandbox's init (for tests and diagnostics).
+    pub fn pid(&self, id: &str) -> Option<i32> {
+        self.get(id).ok().map(|l| l.pid)
+    }
+
+    /// Egress connections allowed and refused so far.
+    pub fn egress_counts(&self, id: &str) -> Option<EgressCounts> {
+        self.get(id).ok().map(|l| EgressCounts {
+            allowed: l
+                .counters
+                .allowed
+                .load(std::sync::atomic::Ordering::Relaxed),
+            refused: l
+                .counters
+                .refused
+                .load(std::sync::atomic::Ordering::Relaxed),
+        })
+    }
+
+    /// Runs a command in the sandbox's `/workspace` and waits for it.
+    pub async fn exec(&self, id: &str, exec: Exec) -> Result<ExecResult, Error> {
+        let live = self.get(id)?;
+        if exec.argv.is_empty() {
+            return Err(Error::Sandbox("the command is empty".into()));
+        }
+        let mut env = vec![
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+            "HOME=/workspace".to_owned(),
+            format!("HTTP_PROXY=http://127.0.0.1:{PROXY_PORT}"),
+            format!("HTTPS_PROXY=http://127.0.0.1:{PROXY_PORT}"),
+            format!("http_proxy=http://127.0.0.1:{PROXY_PORT}"),
+            format!("https_proxy=http://127.0.0.1:{PROXY_PORT}"),
+        ];
+        env.extend(exec.env.iter().map(|(k, v)| format!("{k}={v}")));
+        let request_id = live.control.next_id();
+        let timeout_ms = u64::try_from(exec.timeout.as_millis()).unwrap_or(u64::MAX);
+        let request = Request::Exec(ExecRequest {
+            id: request_id,
+            timeout_ms,
+            max_output: MAX_OUTPUT,
+            argv: exec.argv.into_iter().map(String::into_bytes).collect(),
+            env: env.into_iter().map(String::into_bytes).collect(),
+            cwd: b"/workspace".to_vec(),
+            stdin: exec.stdin,
+        });
+        // The agent kills the command at its timeout; allow it time to say so.
+        let reply = live
+            .control
+            .call(request_id, &request, exec.timeout + Duration::from_secs(10))
+            .await?;
+        let Reply::Exec(reply) = reply else {
+            return Err(Error::Sandbox(
+                "the sandbox agent answered the wrong request".into(),
+            ));
+        };
+        let (exit_code, timed_out) = match reply.outcome {
+            Outcome::Exited(code) => (Some(code), false),
+            Outcome::Signaled(signal) => (Some(128 + signal), false),
+            Outcome::TimedOut => (None, true),
+            Outcome::SpawnFailed => (None, false),
+        };
+        Ok(ExecResult {
+            exit_code,
+            timed_out,
+            stdout: reply.stdout,
+            stderr: reply.stderr,
+            stdout_truncated: reply.stdout_truncated,
+            stderr_truncated: reply.stderr_truncated,
+            error: (reply.outcome == Outcome::SpawnFailed).then_some(reply.error),
+        })
+    }
+
+    /// Writes `data` to `path` (relative, inside `/workspace`).
+    pub async fn write_file(&self, id: &str, path: &str, data: Vec<u8>) -> Result<(), Error> {
+        let live = self.get(id)?;
+        let path = workspace_path(path)?;
+        if data.len() > MAX_FILE as usize {
+            return Err(Error::Limits(format!(
+                "files are limited to {MAX_FILE} bytes"
+            )));
+        }
+        let request_id = live.control.next_id();
+        let request = Request::WriteFile {
+            id: request_id,
+            path: path.into_bytes(),
+            data,
+        };
+        match live
+            .control
+            .call(request_id, &request, Duration::from_secs(60))
+            .await?
+        {
+            Reply::File { result: Ok(_), .. } => Ok(()),
+            Reply::File { result: Err(e), .. } => Err(Error::File(e)),
+            _ => Err(Error::Sandbox(
+                "the sandbox agent answered the wrong request".into(),
+            )),
+        }
+    }
+
+    /// Reads `path` (relative, inside `/workspace`).
+    pub async fn read_file(&self, id: &str, path: &str) -> Result<Vec<u8>, Error> {
+        let live = self.get(id)?;
+        let path = workspace_path(path)?;
+        let request_id = live.control.next_id();
+        let request = Request::ReadFile {
+            id: request_id,
+            path: path.into_bytes(),
+            max: MAX_FILE,
+        };
+        match live
+            .control
+            .call(request_id, &request, Duration::from_secs(60))
+            .await?
+        {
+            Reply::File {
+                result: Ok(data), ..
+            } if data.len() <= MAX_FILE as usize => Ok(data),
+            Reply::File { result: Ok(_), .. } => {
+                Err(Error::Sandbox("the sandbox agent sent too much".into()))
+            }
+            Reply::File { result: Err(e), .. } => Err(Error::File(e)),
+            _ => Err(Error::Sandbox(
+                "the sandbox agent answered the wrong request".into(),
+            )),
+        }
+    }
+
+    /// Kills and removes a sandbox and everything it had on this host.
+    /// Deleting one that is not here is not an error.
+    pub async fn delete(&self, id: &str) -> Result<(), Error> {
+        let live = self
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+        let slot = live.as_ref().map(|l| l.slot);
+        self.destroy(id, live).await;
+        if let Some(slot) = slot {
+            self.free_slot(slot);
+        }
+        Ok(())
+    }
+
+    async fn destroy(&self, id: &str, live: Option<Arc<Live>>) {
+        if let Some(live) = &live {
+            live.proxy.abort();
+        }
+        let (container_dir, bundle) = (self.state_root.join(id), self.bundles.join(id));
+        let pid = live.as_ref().map(|l| l.pid);
+        let result = blocking(move || {
+            let outcome = remove_container(&container_dir);
+            if let Some(pid) = pid {
+                reap(pid);
+            }
+            let _ = std::fs::remove_dir_all(&bundle);
+            outcome
+        })
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(sandbox = id, error = %e, "sandbox removal incomplete");
+        }
+    }
+
+    /// Sandboxes currently on this worker.
+    pub fn count(&self) -> usize {
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+/// `/workspace/<path>` for a relative path without `..`, or an error.
+fn workspace_path(path: &str) -> Result<String, Error> {
+    let trimmed = path.trim_start_matches('/');
+    let ok = !trimmed.is_empty()
+        && trimmed.len() <= 1024
+        && !trimmed.contains('\0')
+        && trimmed
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..");
+    if !ok {
+        return Err(Error::File(format!(
+            "{path:?} is not a path inside the workspace"
+        )));
+    }
+    Ok(format!("/workspace/{trimmed}"))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, libcontainer::error::LibcontainerError> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Io(e.to_string()))?
+        .map_err(|e| Error::Sandbox(format!("container: {e}")))
+}
+
+/// Kills every process of a container and deletes it (cgroups and state).
+fn remove_container(dir: &Path) -> Result<(), libcontainer::error::LibcontainerError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let mut container = Container::load(dir.to_path_buf())?;
+    if container.can_kill() {
+        let _ = container.kill(Signal::from(nix::sys::signal::Signal::SIGKILL), true);
+    }
+    container.delete(true)
+}
+
+/// Collects the exit of a sandbox's init if it was reparented to us.
+fn reap(pid: i32) {
+    use nix::sys::wait::{WaitPidFlag, waitpid};
+    use nix::unistd::Pid;
+    for _ in 0..100 {
+        match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(nix::sys::wait::WaitStatus::StillAlive) => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Removes every container and bundle under the worker's state: called at
+/// start, when nothing there can belong to a live sandbox. Returns how many
+/// containers were removed.
+fn reconcile(state_root: &Path, bundles: &Path) -> usize {
+    let mut removed = 0;
+    if let Ok(entries) = std::fs::read_dir(state_root) {
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            match remove_container(&dir) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a leftover container");
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(bundles) {
+        for entry in entries.flatten() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    removed += crate::cgroups::remove_leftovers();
+    removed
+}
