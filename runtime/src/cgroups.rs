@@ -1,7 +1,8 @@
 //! Leftover sandbox cgroups: after a crash, a sandbox's cgroups may outlive
-//! its container state. Every cgroup under `carapace/` in any hierarchy
-//! (v1 controllers, the v2 unified tree, or a pure v2 host) has its
-//! processes killed and is removed.
+//! its container state. Every cgroup under `carapace/<worker>/` in any
+//! hierarchy (v1 controllers, the v2 unified tree, or a pure v2 host) has
+//! its processes killed and is removed. Other workers' cgroups on the same
+//! host are left alone.
 
 use std::collections::HashSet;
 use std::fs;
@@ -13,20 +14,24 @@ use nix::unistd::Pid;
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
-fn carapace_dirs() -> Vec<PathBuf> {
+fn carapace_dirs(worker: &str) -> Vec<PathBuf> {
     let root = Path::new(CGROUP_ROOT);
-    let mut dirs = vec![root.join("carapace")];
+    let mut dirs = vec![root.join("carapace").join(worker)];
     if let Ok(entries) = fs::read_dir(root) {
-        dirs.extend(entries.flatten().map(|e| e.path().join("carapace")));
+        dirs.extend(
+            entries
+                .flatten()
+                .map(|e| e.path().join("carapace").join(worker)),
+        );
     }
     dirs.retain(|d| d.is_dir());
     dirs
 }
 
 /// Kills and removes every sandbox cgroup; how many sandboxes had one.
-pub fn remove_leftovers() -> usize {
+pub fn remove_leftovers(worker: &str) -> usize {
     let mut names = HashSet::new();
-    for parent in carapace_dirs() {
+    for parent in carapace_dirs(worker) {
         let Ok(entries) = fs::read_dir(&parent) else {
             continue;
         };

@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 use protocol::{ExecReply, ExecRequest, Outcome, Reply, Request};
 
 mod sys {
+    // The declarations match the C prototypes of Linux's libc.
+    #[allow(unsafe_code)]
     unsafe extern "C" {
         pub fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
         pub fn waitid(idtype: u32, id: u32, info: *mut u8, options: i32) -> i32;

@@ -2,9 +2,10 @@
 //! of whatever a crashed worker left behind.
 //!
 //! One sandbox is one libcontainer container whose init is
-//! `carapace-agent`, with the hardened spec of [`spec`]. Creating one
-//! forks, so it happens in the [`helper`] process; starting, signalling
-//! and deleting do not fork and run on tokio's blocking pool. Commands and
+//! `carapace-agent`, with the hardened spec of [`spec`]. Creating and
+//! starting one forks and changes the working directory, so it happens in
+//! the [`helper`] process; signalling and deleting do neither and run on
+//! tokio's blocking pool. Commands and
 //! file transfers go over the sandbox's control socket ([`control`]), so
 //! an exec costs a message, not a container operation.
 
@@ -24,6 +25,7 @@ use std::time::Duration;
 use carapace_agent::protocol::{ExecRequest, Outcome, Reply, Request};
 use libcontainer::container::Container;
 use libcontainer::signal::Signal;
+use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
 pub use spec::Limits;
@@ -33,10 +35,15 @@ use crate::{Error, image, netns};
 
 /// Port of the egress proxy on the sandbox's loopback.
 pub const PROXY_PORT: u16 = 3128;
-/// First host uid/gid handed to sandboxes; each takes [`spec::ID_RANGE`].
+/// First host uid/gid handed to sandboxes. Above it, the id space is cut
+/// into bands of [`MAX_SANDBOXES`] ranges of [`spec::ID_RANGE`] ids; a
+/// worker takes the band its tag picks, and each of its sandboxes one range
+/// of that band. (Two workers on one host may pick the same band; one
+/// worker per host is the deployment this is built for.)
 const HOST_ID_BASE: u32 = 1 << 28;
-/// Sandboxes at once on one worker (bounded by the id ranges above).
-pub const MAX_SANDBOXES: usize = 4096;
+/// Sandboxes at once on one worker.
+pub const MAX_SANDBOXES: usize = 1024;
+const BANDS: u32 = ((u32::MAX - HOST_ID_BASE) / (MAX_SANDBOXES as u32 * spec::ID_RANGE)) - 1;
 const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes kept of a command's stdout and of its stderr.
@@ -99,6 +106,9 @@ struct Live {
 /// The sandboxes of this worker.
 pub struct Runtime {
     config: RuntimeConfig,
+    /// Short digest of the state directory: names this worker's cgroups.
+    tag: String,
+    id_base: u32,
     image: PathBuf,
     state_root: PathBuf,
     bundles: PathBuf,
@@ -133,8 +143,18 @@ impl Runtime {
         let image = tokio::task::spawn_blocking(move || image::ensure_builtin(&cache, &busybox))
             .await
             .map_err(|e| Error::Io(e.to_string()))??;
-        let (root, bundle_dir) = (state_root.clone(), bundles.clone());
-        let removed = tokio::task::spawn_blocking(move || reconcile(&root, &bundle_dir))
+        let canonical =
+            std::fs::canonicalize(&config.state_dir).map_err(|e| Error::Io(e.to_string()))?;
+        let digest = Sha256::digest(canonical.as_os_str().as_encoded_bytes());
+        let tag = digest
+            .iter()
+            .take(4)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>();
+        let band = u32::from_le_bytes([digest[4], digest[5], digest[6], digest[7]]) % BANDS;
+        let id_base = HOST_ID_BASE + band * (MAX_SANDBOXES as u32) * spec::ID_RANGE;
+        let (root, bundle_dir, worker) = (state_root.clone(), bundles.clone(), tag.clone());
+        let removed = tokio::task::spawn_blocking(move || reconcile(&root, &bundle_dir, &worker))
             .await
             .map_err(|e| Error::Io(e.to_string()))?;
         if removed > 0 {
@@ -145,6 +165,8 @@ impl Runtime {
         }
         Ok(Runtime {
             config,
+            tag,
+            id_base,
             image,
             state_root,
             bundles,
@@ -217,9 +239,10 @@ impl Runtime {
     ) -> Result<Live, Error> {
         let bundle = self.bundles.join(id);
         std::fs::create_dir_all(&bundle).map_err(|e| Error::Io(format!("create bundle: {e}")))?;
-        let host_id_base = HOST_ID_BASE + u32::try_from(slot).unwrap_or(0) * spec::ID_RANGE;
+        let host_id_base = self.id_base + u32::try_from(slot).unwrap_or(0) * spec::ID_RANGE;
         let config = spec::build(&spec::SpecInput {
             id,
+            worker: &self.tag,
             rootfs: &self.image,
             host_id_base,
             limits: spec.limits,
@@ -232,7 +255,7 @@ impl Runtime {
             .map_err(|e| Error::Io(format!("control socket: {e}")))?;
         let output = tokio::process::Command::new(&self.config.helper)
             .args(&self.config.helper_args)
-            .arg("create")
+            .arg("run")
             .arg(&self.state_root)
             .arg(id)
             .arg(&bundle)
@@ -259,12 +282,6 @@ impl Runtime {
             .and_then(|p| i32::try_from(p).ok())
             .ok_or_else(|| Error::Sandbox("the container helper printed no pid".into()))?;
 
-        let container_dir = self.state_root.join(id);
-        blocking(move || {
-            let mut container = Container::load(container_dir)?;
-            container.start()
-        })
-        .await?;
         ours.set_nonblocking(true)
             .map_err(|e| Error::Io(e.to_string()))?;
         let stream =
@@ -470,6 +487,20 @@ impl Runtime {
         }
     }
 
+    /// Deletes every sandbox of this worker (on shutdown).
+    pub async fn shutdown(&self) {
+        let ids: Vec<String> = self
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        for id in ids {
+            let _ = self.delete(&id).await;
+        }
+    }
+
     /// Sandboxes currently on this worker.
     pub fn count(&self) -> usize {
         self.live
@@ -534,7 +565,7 @@ fn reap(pid: i32) {
 /// Removes every container and bundle under the worker's state: called at
 /// start, when nothing there can belong to a live sandbox. Returns how many
 /// containers were removed.
-fn reconcile(state_root: &Path, bundles: &Path) -> usize {
+fn reconcile(state_root: &Path, bundles: &Path, worker: &str) -> usize {
     let mut removed = 0;
     if let Ok(entries) = std::fs::read_dir(state_root) {
         for entry in entries.flatten() {
@@ -553,6 +584,6 @@ fn reconcile(state_root: &Path, bundles: &Path) -> usize {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
-    removed += crate::cgroups::remove_leftovers();
+    removed += crate::cgroups::remove_leftovers(worker);
     removed
 }

@@ -306,9 +306,13 @@ pub fn profile() -> Value {
             "args": [{"index": 0, "value": value, "op": "SCMP_CMP_EQ"}],
         }));
     }
+    // libcontainer reads SCMP_CMP_MASKED_EQ as `(arg & valueTwo) == value`
+    // (runc reads it the other way round: mask in `value`). Written runc's
+    // way, libseccomp folds the datum into a zero mask and the rule allows
+    // every clone; the containment suite's `clone_newuser` probe guards it.
     syscalls.push(json!({
         "names": ["clone"], "action": "SCMP_ACT_ALLOW",
-        "args": [{"index": 0, "value": CLONE_NAMESPACE_FLAGS, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}],
+        "args": [{"index": 0, "value": 0, "valueTwo": CLONE_NAMESPACE_FLAGS, "op": "SCMP_CMP_MASKED_EQ"}],
     }));
     syscalls.push(json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}));
     json!({

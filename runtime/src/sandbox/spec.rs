@@ -137,6 +137,8 @@ const READ_ONLY: &[&str] = &[
 /// Everything that varies between sandboxes.
 pub struct SpecInput<'a> {
     pub id: &'a str,
+    /// The worker's tag (see [`cgroup_path`]).
+    pub worker: &'a str,
     pub rootfs: &'a Path,
     /// First host uid/gid of the sandbox's own range of [`ID_RANGE`] ids.
     pub host_id_base: u32,
@@ -145,9 +147,11 @@ pub struct SpecInput<'a> {
     pub init: &'a str,
 }
 
-/// The cgroup path of a sandbox, relative to each hierarchy's root.
-pub fn cgroup_path(id: &str) -> String {
-    format!("/carapace/{id}")
+/// The cgroup path of a sandbox, relative to each hierarchy's root:
+/// `/carapace/<worker>/<id>`, so that workers sharing a host (tests do)
+/// never touch each other's cgroups.
+pub fn cgroup_path(worker: &str, id: &str) -> String {
+    format!("/carapace/{worker}/{id}")
 }
 
 /// The OCI `config.json` of a sandbox.
@@ -195,7 +199,7 @@ pub fn build(input: &SpecInput<'_>) -> Value {
                 {"type": "user"}, {"type": "pid"}, {"type": "network"}, {"type": "ipc"},
                 {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"},
             ],
-            "cgroupsPath": cgroup_path(input.id),
+            "cgroupsPath": cgroup_path(input.worker, input.id),
             "resources": {
                 "devices": [{"allow": false, "access": "rwm"}],
                 "memory": {"limit": memory, "disableOOMKiller": false},
@@ -217,6 +221,7 @@ mod tests {
     fn spec() -> Spec {
         let value = build(&SpecInput {
             id: "sbx-test",
+            worker: "w",
             rootfs: Path::new("/images/x"),
             host_id_base: 1 << 28,
             limits: Limits::default(),
