@@ -17,6 +17,9 @@ pub enum Outcome {
     Success,
     /// Refused by authentication or authorisation.
     Denied,
+    /// Allowed, but it could not be done (e.g. a sandbox that failed to
+    /// start).
+    Failed,
 }
 
 impl Outcome {
@@ -25,6 +28,7 @@ impl Outcome {
         match self {
             Outcome::Success => "success",
             Outcome::Denied => "denied",
+            Outcome::Failed => "failed",
         }
     }
 
@@ -33,6 +37,7 @@ impl Outcome {
         match s {
             "success" => Some(Outcome::Success),
             "denied" => Some(Outcome::Denied),
+            "failed" => Some(Outcome::Failed),
             _ => None,
         }
     }

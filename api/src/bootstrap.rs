@@ -17,6 +17,7 @@ use crate::gateway::{Gateway, Ledger};
 use crate::http;
 use crate::http::observe::Metrics;
 use crate::master_key::MasterKey;
+use crate::sandboxes::SandboxService;
 use crate::state::AppState;
 use crate::storage;
 
@@ -27,6 +28,7 @@ pub struct Application {
     state: web::Data<AppState>,
     ledger_task: tokio::task::JoinHandle<()>,
     limit_sync: tokio::task::JoinHandle<()>,
+    idle_reaper: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -52,6 +54,9 @@ impl Application {
         let (ledger, ledger_task) = Ledger::start(db.clone());
         let gateway = Gateway::new(settings.gateway.clone(), ledger, metrics.registry())?;
         let limit_sync = tokio::spawn(gateway.limit_sync(db.clone()));
+        let sandboxes =
+            std::sync::Arc::new(SandboxService::start(settings.sandbox.clone(), &db).await?);
+        let idle_reaper = tokio::spawn(sandboxes.clone().reap_idle(db.clone()));
         let state = web::Data::new(AppState {
             auth: Authenticator::new(db.clone(), settings.auth_cache_ttl),
             db,
@@ -61,8 +66,12 @@ impl Application {
             metrics,
             metrics_token: settings.metrics_token.clone(),
             gateway,
+            sandboxes,
         });
         let (server, port) = http::serve(settings, state.clone())?;
+        state
+            .sandboxes
+            .set_service_addr(std::net::SocketAddr::new(settings.listen.ip(), port));
         tracing::info!(address = %settings.listen.ip(), port, "listening");
         Ok(Self {
             server,
@@ -70,6 +79,7 @@ impl Application {
             state,
             ledger_task,
             limit_sync,
+            idle_reaper,
         })
     }
 
@@ -101,6 +111,9 @@ impl Application {
         }
         // Counts not yet shared are at most one sync interval's worth.
         self.limit_sync.abort();
+        self.idle_reaper.abort();
+        // Sandboxes do not outlive the server that runs them.
+        self.state.sandboxes.shutdown().await;
         // The last senders go with the state; the writer then drains its
         // queue and ends.
         drop(self.state);

@@ -104,6 +104,18 @@ pub struct SettingsArgs {
     #[arg(skip)]
     #[serde(default)]
     pub gateway: Option<crate::gateway::GatewayArgs>,
+
+    /// Whether this server runs sandboxes: `auto` (if the host can: root,
+    /// namespaces; otherwise the sandbox API answers 503), `on` (refuse to
+    /// start if it cannot) or `off`. [default: auto]
+    #[arg(long, env = "CARAPACE_SANDBOXES", value_name = "MODE")]
+    pub sandboxes: Option<crate::sandboxes::SandboxMode>,
+
+    /// Sandbox limits and paths: the `[sandbox]` table of the settings file
+    /// only (see `sandboxes::SandboxArgs`).
+    #[arg(skip)]
+    #[serde(default)]
+    pub sandbox: Option<crate::sandboxes::SandboxArgs>,
 }
 
 /// Prints nothing of the values: some are secrets (database URL, tokens,
@@ -157,6 +169,8 @@ pub struct Settings {
     pub metrics_token: Option<Secret<String>>,
     /// The model gateway (with no platform providers if none are set).
     pub gateway: crate::gateway::GatewayConfig,
+    /// Sandboxes.
+    pub sandbox: crate::sandboxes::SandboxConfig,
 }
 
 /// The limit above which a revocation would take too long to apply.
@@ -208,6 +222,8 @@ impl SettingsArgs {
             auth_cache_ttl_ms: self.auth_cache_ttl_ms.or(lower.auth_cache_ttl_ms),
             metrics_token: self.metrics_token.or(lower.metrics_token),
             gateway: self.gateway.or(lower.gateway),
+            sandboxes: self.sandboxes.or(lower.sandboxes),
+            sandbox: self.sandbox.or(lower.sandbox),
         }
     }
 
@@ -250,6 +266,11 @@ impl SettingsArgs {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(2, usize::from),
         };
+        let sandbox = self.sandbox.unwrap_or_default().resolve(
+            self.sandboxes
+                .unwrap_or(crate::sandboxes::SandboxMode::Auto),
+            &data_dir,
+        )?;
         Ok(Settings {
             listen: self
                 .listen
@@ -269,6 +290,7 @@ impl SettingsArgs {
             auth_cache_ttl: Duration::from_millis(auth_cache_ttl_ms),
             metrics_token: self.metrics_token.map(Secret::new),
             gateway: self.gateway.unwrap_or_default().resolve()?,
+            sandbox,
         })
     }
 }

@@ -83,6 +83,10 @@ define_id!(
     /// An agent.
     AgentId, "agt"
 );
+define_id!(
+    /// A sandbox (also its container's name on the worker).
+    SandboxId, "sbx"
+);
 
 #[cfg(test)]
 mod tests {

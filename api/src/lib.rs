@@ -27,6 +27,7 @@ pub mod http;
 pub mod ids;
 pub mod master_key;
 pub mod memory;
+pub mod sandboxes;
 pub mod secret;
 pub mod state;
 pub mod storage;

@@ -13,6 +13,13 @@ use carapace_api::telemetry;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // The container helper must stay single-threaded: dispatch to it before
+    // anything else (argument parsing included) runs.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "sandbox-helper") {
+        let code = carapace_runtime::sandbox::helper::main(&args[2..]);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

@@ -28,4 +28,6 @@ pub struct AppState {
     pub metrics_token: Option<Secret<String>>,
     /// The model gateway.
     pub gateway: crate::gateway::Gateway,
+    /// Sandboxes (the local worker, or why there is none).
+    pub sandboxes: std::sync::Arc<crate::sandboxes::SandboxService>,
 }

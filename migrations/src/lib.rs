@@ -16,6 +16,7 @@ mod m0004_gateway_buckets;
 mod m0005_agents;
 mod m0006_usage_agent;
 mod m0007_memory_heads;
+mod m0008_sandboxes;
 
 /// Every migration, in the order it is applied.
 pub struct Migrator;
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0005_agents::Migration),
             Box::new(m0006_usage_agent::Migration),
             Box::new(m0007_memory_heads::Migration),
+            Box::new(m0008_sandboxes::Migration),
         ]
     }
 }

@@ -16,12 +16,17 @@
 //! Needs root. `CARAPACE_BENCH_ROUNDS` (default 50) and
 //! `CARAPACE_BENCH_IDLE` (default 100) change the sample sizes.
 
+#![allow(clippy::print_stdout, reason = "a benchmark prints its figures")]
+
 use std::time::{Duration, Instant};
 
 use carapace_runtime::{Exec, Runtime, RuntimeConfig, SandboxSpec};
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -46,7 +51,11 @@ fn kernel_kib() -> u64 {
             meminfo
                 .lines()
                 .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+                .and_then(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .and_then(|v| v.parse::<u64>().ok())
+                })
                 .unwrap_or(0)
         })
         .sum()
@@ -66,9 +75,16 @@ fn rss_kib(pid: i32) -> u64 {
 fn main() {
     let rounds = env_usize("CARAPACE_BENCH_ROUNDS", 50);
     let idle = env_usize("CARAPACE_BENCH_IDLE", 100);
-    let helper = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/carapace-sandbox-helper");
-    let helper = std::env::var_os("CARAPACE_SANDBOX_HELPER").map(Into::into).unwrap_or(helper);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let helper = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/release/carapace-sandbox-helper");
+    let helper = std::env::var_os("CARAPACE_SANDBOX_HELPER")
+        .map(Into::into)
+        .unwrap_or(helper);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tokio: {e}");
@@ -85,6 +101,7 @@ fn main() {
         };
         let config = RuntimeConfig {
             state_dir: dir.path().join("state"),
+            image_dir: dir.path().join("images"),
             helper,
             helper_args: vec![],
             busybox: "/bin/busybox".into(),

@@ -2,7 +2,7 @@
 //! busybox), kept in a content-addressed cache and shared read-only by
 //! every sandbox that uses it.
 //!
-//! The cache directory is `<cache>/images/sha256-<digest>/`, the digest
+//! The cache directory is `<cache>/sha256-<digest>/`, the digest
 //! covering everything the image is made of; an image is assembled in a
 //! temporary directory and renamed into place, so a crash never leaves a
 //! half-built image under a final name.
@@ -46,13 +46,20 @@ pub fn ensure_builtin(cache: &Path, busybox: &Path) -> Result<PathBuf, Error> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect::<String>();
-    let images = cache.join("images");
+    let images = cache.to_path_buf();
     let root = images.join(format!("sha256-{digest}"));
+    fs::create_dir_all(&images).map_err(io("create the image cache"))?;
+    searchable_by_sandboxes(&images)?;
     if root.join("sbin/carapace-agent").exists() {
         return Ok(root);
     }
-    fs::create_dir_all(&images).map_err(io("create the image cache"))?;
-    let tmp = images.join(format!(".build-{}-{}", std::process::id(), &digest[..12]));
+    static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let build_no = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = images.join(format!(
+        ".build-{}-{build_no}-{}",
+        std::process::id(),
+        &digest[..12]
+    ));
     let _ = fs::remove_dir_all(&tmp);
     build(&tmp, &busybox_bytes, busybox)?;
     match fs::rename(&tmp, &root) {
@@ -66,6 +73,29 @@ pub fn ensure_builtin(cache: &Path, busybox: &Path) -> Result<PathBuf, Error> {
             "cannot install the built-in image: {e}"
         ))),
     }
+}
+
+/// Refuses an image cache that a sandbox's unprivileged root could not
+/// reach: a directory on the way without `o+x` fails every container start
+/// with an obscure "failed to prepare rootfs".
+fn searchable_by_sandboxes(dir: &Path) -> Result<(), Error> {
+    let dir = fs::canonicalize(dir).map_err(io("resolve the image cache"))?;
+    for ancestor in dir.ancestors() {
+        let mode = fs::metadata(ancestor)
+            .map_err(io("inspect the image cache"))?
+            .permissions()
+            .mode();
+        if mode & 0o001 == 0 {
+            return Err(Error::Image(format!(
+                "{} is not searchable by other users (mode {:o}); sandboxes could not open their root filesystem \
+                 under {}: choose another image_dir or chmod o+x it",
+                ancestor.display(),
+                mode & 0o7777,
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn io(what: &'static str) -> impl Fn(std::io::Error) -> Error {

@@ -70,6 +70,10 @@ permission!(
     ManageAgents, "agent.manage", Scope::Api, Role::Admin
 );
 permission!(
+    /// Create, use and delete the tenant's sandboxes.
+    UseSandboxes, "sandbox.use", Scope::Api, Role::Member
+);
+permission!(
     /// Read the tenant's usage ledger.
     ReadUsage, "usage.read", Scope::Api, Role::Member
 );

@@ -225,3 +225,27 @@ pub mod memory_head {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod sandbox {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "sandboxes")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub image: String,
+        pub egress_allow: String,
+        pub limits: String,
+        pub state: String,
+        pub worker: String,
+        pub created_at: ChronoDateTimeUtc,
+        pub last_used_at: ChronoDateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -15,6 +15,7 @@ mod agents;
 mod entities;
 pub mod platform;
 mod records;
+mod sandboxes;
 mod tenant_scope;
 mod tenant_secrets;
 mod usage;
@@ -28,6 +29,7 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbB
 use crate::secret::Secret;
 pub use agents::{Agent, AgentSpec};
 pub use records::{ApiKey, NewApiKey, Tenant, TenantWithOwner};
+pub use sandboxes::{NewSandbox, Sandbox, SandboxState, sandboxes_of_worker};
 pub use tenant_scope::TenantScope;
 pub use tenant_secrets::StoredProvider;
 pub use usage::{UsageEntry, UsageGrouping, UsageTotal, append_usage};

@@ -56,5 +56,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(routes::providers::configure)
         .configure(routes::agents::configure)
         .configure(routes::memory::configure)
+        .configure(routes::sandboxes::configure)
         .configure(crate::gateway::configure);
 }

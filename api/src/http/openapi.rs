@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::routes::{agents, api_keys, audit, memory, ops, providers, tenant, usage};
+use super::routes::{agents, api_keys, audit, memory, ops, providers, sandboxes, tenant, usage};
 
 /// The whole API.
 #[derive(OpenApi)]
@@ -36,6 +36,13 @@ use super::routes::{agents, api_keys, audit, memory, ops, providers, tenant, usa
         memory::read_file,
         memory::write_file,
         memory::delete_file,
+        sandboxes::create_sandbox,
+        sandboxes::list_sandboxes,
+        sandboxes::get_sandbox,
+        sandboxes::delete_sandbox,
+        sandboxes::exec,
+        sandboxes::upload,
+        sandboxes::download,
         crate::gateway::proxy::chat_completions,
         crate::gateway::proxy::messages,
         crate::gateway::proxy::models,
@@ -52,6 +59,7 @@ use super::routes::{agents, api_keys, audit, memory, ops, providers, tenant, usa
         (name = "usage", description = "Model gateway usage"),
         (name = "agents", description = "A tenant's agents"),
         (name = "memory", description = "An agent's encrypted, versioned memory: raw bytes in and out"),
+        (name = "sandboxes", description = "Hardened containers: run commands, move files in and out of /workspace"),
         (name = "providers", description = "A tenant's own model provider keys, stored encrypted"),
         (name = "gateway", description = "OpenAI- and Anthropic-compatible model gateway; \
             authenticate with a key holding the `gateway` scope (Bearer or `x-api-key`)"),

@@ -2,6 +2,16 @@
 
 use crate::error::Error;
 
+/// Most egress hosts per agent or sandbox.
+pub const MAX_EGRESS_HOSTS: usize = 50;
+
+fn invalid(field: &'static str, message: impl Into<String>) -> Error {
+    Error::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
 /// A human label: trimmed, 1 to `max` characters, no control characters.
 pub fn label(field: &'static str, value: &str, max: usize) -> Result<String, Error> {
     let value = value.trim();
@@ -16,6 +26,73 @@ pub fn label(field: &'static str, value: &str, max: usize) -> Result<String, Err
         return Err(invalid("must not contain control characters".to_owned()));
     }
     Ok(value.to_owned())
+}
+
+/// `builtin` or an OCI image reference (field `image`).
+pub fn image(image: &str) -> Result<String, Error> {
+    let ok = image == "builtin"
+        || ((1..=500).contains(&image.len())
+            && image
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".:/@_-".contains(&b)));
+    ok.then(|| image.to_owned())
+        .ok_or_else(|| invalid("image", "must be `builtin` or an OCI image reference"))
+}
+
+/// An egress allow-list (field `egress_allow`): host names or
+/// `*.domain` wildcards, lower-cased; internal names and addresses refused.
+pub fn hosts(hosts: Vec<String>) -> Result<Vec<String>, Error> {
+    if hosts.len() > MAX_EGRESS_HOSTS {
+        return Err(invalid(
+            "egress_allow",
+            format!("at most {MAX_EGRESS_HOSTS} hosts"),
+        ));
+    }
+    hosts
+        .into_iter()
+        .map(|host| {
+            let host = host.trim().to_ascii_lowercase();
+            let wildcard = host.starts_with("*.");
+            let name = host.strip_prefix("*.").unwrap_or(&host);
+            // Internal names and addresses are refused here as well as by
+            // the egress proxy at connect time; a wildcard needs at least a
+            // registrable domain under it (`*.example.com`, not `*.com`).
+            let internal = name == "localhost"
+                || [
+                    ".localhost",
+                    ".local",
+                    ".internal",
+                    ".localdomain",
+                    ".home.arpa",
+                ]
+                .iter()
+                .any(|suffix| name.ends_with(suffix))
+                || name.parse::<std::net::IpAddr>().is_ok()
+                || name
+                    .split('.')
+                    .all(|l| l.bytes().all(|b| b.is_ascii_digit()));
+            let too_wide = wildcard && name.split('.').count() < 2;
+            let ok = !internal
+                && !too_wide
+                && (1..=253).contains(&name.len())
+                && name.split('.').all(|label| {
+                    (1..=63).contains(&label.len())
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        && !label.starts_with('-')
+                        && !label.ends_with('-')
+                });
+            if ok {
+                Ok(host)
+            } else {
+                Err(invalid(
+                    "egress_allow",
+                    format!("`{host}` is not a host name"),
+                ))
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

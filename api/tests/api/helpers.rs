@@ -3,6 +3,7 @@
 use carapace_api::audit::Actor;
 use carapace_api::bootstrap::{self, Application};
 use carapace_api::config::SettingsArgs;
+use carapace_api::sandboxes::SandboxMode;
 use reqwest::{Method, RequestBuilder, StatusCode};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 use serde_json::Value;
@@ -57,6 +58,14 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// Settings adjustment that runs sandboxes, with the real `carapace` binary
+/// as the container helper (the test binary cannot be one).
+pub fn with_sandboxes(args: &mut SettingsArgs) {
+    args.sandboxes = Some(SandboxMode::On);
+    let sandbox = args.sandbox.get_or_insert_with(Default::default);
+    sandbox.helper = Some(env!("CARGO_BIN_EXE_carapace").into());
+}
+
 /// Starts a server on a fresh database, with settings adjusted by `adjust`.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut SettingsArgs)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
@@ -79,6 +88,8 @@ async fn start(
         database_max_connections: Some(4),
         http_workers: Some(1),
         shutdown_timeout_secs: Some(1),
+        // Sandbox tests turn them on with `with_sandboxes`.
+        sandboxes: Some(SandboxMode::Off),
         ..SettingsArgs::default()
     };
     adjust(&mut args);
@@ -127,6 +138,7 @@ impl TestApp {
             database_url: Some(self.database_url.clone()),
             database_max_connections: Some(2),
             http_workers: Some(1),
+            sandboxes: Some(SandboxMode::Off),
             ..SettingsArgs::default()
         };
         adjust(&mut args);

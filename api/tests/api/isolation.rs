@@ -7,7 +7,7 @@ use carapace_api::ids::TenantId;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, TestTenant, spawn_app};
+use crate::helpers::{TestApp, TestTenant, spawn_app_with, with_sandboxes};
 
 /// How a case is checked.
 enum Expect {
@@ -20,7 +20,8 @@ enum Expect {
 
 /// One endpoint. In the path, `{key}` is replaced with the id of an API key
 /// of tenant B, `{provider}` with the name of one of B's providers and
-/// `{agent}` with one of B's agents (whose memory holds `notes.md`).
+/// `{agent}` with one of B's agents (whose memory holds `notes.md`) and
+/// `{sandbox}` with one of B's sandboxes (whose workspace holds `notes.txt`).
 struct Case(Method, &'static str, Expect);
 
 const CASES: &[Case] = &[
@@ -57,6 +58,24 @@ const CASES: &[Case] = &[
         "/v1/agents/{agent}/memory/versions/1/restore",
         Expect::NotFound,
     ),
+    Case(Method::GET, "/v1/sandboxes/{sandbox}", Expect::NotFound),
+    Case(
+        Method::POST,
+        "/v1/sandboxes/{sandbox}/exec",
+        Expect::NotFound,
+    ),
+    Case(
+        Method::PUT,
+        "/v1/sandboxes/{sandbox}/files/notes.txt",
+        Expect::NotFound,
+    ),
+    Case(
+        Method::GET,
+        "/v1/sandboxes/{sandbox}/files/notes.txt",
+        Expect::NotFound,
+    ),
+    Case(Method::DELETE, "/v1/sandboxes/{sandbox}", Expect::NotFound),
+    Case(Method::GET, "/v1/sandboxes", Expect::ListsNothingOfB),
     Case(Method::GET, "/v1/api-keys", Expect::ListsNothingOfB),
     Case(Method::GET, "/v1/audit", Expect::ListsNothingOfB),
     Case(Method::GET, "/v1/tenant", Expect::ListsNothingOfB),
@@ -77,6 +96,7 @@ struct Fixture {
     b: TestTenant,
     b_key_id: String,
     b_agent_id: String,
+    b_sandbox_id: String,
 }
 
 async fn fixture(app: &TestApp) -> Fixture {
@@ -137,7 +157,30 @@ async fn fixture(app: &TestApp) -> Fixture {
         })
         .await
         .unwrap();
+    let res = app
+        .request(Method::POST, "/v1/sandboxes", &b.key)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let b_sandbox_id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = app
+        .request(
+            Method::PUT,
+            &format!("/v1/sandboxes/{b_sandbox_id}/files/notes.txt"),
+            &b.key,
+        )
+        .body("bravo sandbox note")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
     Fixture {
+        b_sandbox_id,
         b_key_id: key["id"].as_str().unwrap().to_owned(),
         b_agent_id,
         b,
@@ -150,6 +193,7 @@ async fn probe(app: &TestApp, method: &Method, path: &str, key: &str) -> reqwest
     let req = match *method {
         Method::PUT => req.body("overwritten by A"),
         Method::PATCH => req.json(&json!({"name": "renamed by A"})),
+        Method::POST => req.json(&json!({"command": ["rm", "-rf", "/workspace"]})),
         _ => req,
     };
     req.send().await.unwrap()
@@ -157,7 +201,7 @@ async fn probe(app: &TestApp, method: &Method, path: &str, key: &str) -> reqwest
 
 #[tokio::test]
 async fn a_tenant_never_sees_or_touches_another_tenants_resources() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(with_sandboxes).await;
     let a = app.create_tenant("Alpha").await;
     let f = fixture(&app).await;
     let secrets_of_b = [
@@ -171,7 +215,8 @@ async fn a_tenant_never_sees_or_touches_another_tenants_resources() {
         let path = template
             .replace("{key}", &f.b_key_id)
             .replace("{provider}", "bravo-provider")
-            .replace("{agent}", &f.b_agent_id);
+            .replace("{agent}", &f.b_agent_id)
+            .replace("{sandbox}", &f.b_sandbox_id);
         let res = probe(&app, method, &path, &a.key).await;
         let status = res.status().as_u16();
         let body = res.text().await.unwrap();
@@ -182,7 +227,8 @@ async fn a_tenant_never_sees_or_touches_another_tenants_resources() {
                 let missing = template
                     .replace("{key}", "key_00000000000000000000000000000000")
                     .replace("{provider}", "no-such-provider")
-                    .replace("{agent}", "agt_00000000000000000000000000000000");
+                    .replace("{agent}", "agt_00000000000000000000000000000000")
+                    .replace("{sandbox}", "sbx_00000000000000000000000000000000");
                 let res = probe(&app, method, &missing, &a.key).await;
                 let missing_body: Value = res.json().await.unwrap();
                 let body: Value = serde_json::from_str(&body).unwrap();
@@ -228,4 +274,13 @@ async fn a_tenant_never_sees_or_touches_another_tenants_resources() {
         .await
         .unwrap();
     assert_eq!(agent["name"], "bravo-agent");
+    let note = app
+        .get(
+            &format!("/v1/sandboxes/{}/files/notes.txt", f.b_sandbox_id),
+            &f.b.key,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(note.text().await.unwrap(), "bravo sandbox note");
 }

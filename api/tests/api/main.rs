@@ -15,3 +15,4 @@ mod isolation;
 mod memory;
 mod operations;
 mod repository;
+mod sandboxes;

@@ -54,8 +54,13 @@ pub const MAX_FILE: u32 = 32 << 20;
 /// How this worker runs sandboxes.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
-    /// Where container state, bundles and the image cache live.
+    /// Where container state and bundles live (may be private: 0700).
     pub state_dir: PathBuf,
+    /// The image cache. Sandboxes open their root filesystem from inside
+    /// their user namespace, as an unprivileged host id: every directory on
+    /// this path must be searchable by others (`o+x`). It may be shared by
+    /// all workers of a host.
+    pub image_dir: PathBuf,
     /// The program that runs [`helper::main`], and the arguments before
     /// the helper's own (e.g. `carapace` and `["sandbox-helper"]`).
     pub helper: PathBuf,
@@ -139,7 +144,7 @@ impl Runtime {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::Io(format!("create {}: {e}", dir.display())))?;
         }
-        let (cache, busybox) = (config.state_dir.clone(), config.busybox.clone());
+        let (cache, busybox) = (config.image_dir.clone(), config.busybox.clone());
         let image = tokio::task::spawn_blocking(move || image::ensure_builtin(&cache, &busybox))
             .await
             .map_err(|e| Error::Io(e.to_string()))??;
@@ -173,6 +178,13 @@ impl Runtime {
             slots: Mutex::new(vec![false; MAX_SANDBOXES]),
             live: Mutex::default(),
         })
+    }
+
+    /// This worker's tag: a digest of its state directory, the same across
+    /// restarts on that directory and different for every other worker on
+    /// the host.
+    pub fn tag(&self) -> &str {
+        &self.tag
     }
 
     /// The built-in image's root directory.
@@ -586,4 +598,32 @@ fn reconcile(state_root: &Path, bundles: &Path, worker: &str) -> usize {
     }
     removed += crate::cgroups::remove_leftovers(worker);
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::workspace_path;
+
+    #[test]
+    fn workspace_paths_stay_in_the_workspace() {
+        assert_eq!(
+            workspace_path("a/b.txt").ok().as_deref(),
+            Some("/workspace/a/b.txt")
+        );
+        assert_eq!(workspace_path("/a").ok().as_deref(), Some("/workspace/a"));
+        for bad in [
+            "",
+            "/",
+            "..",
+            "../x",
+            "a/../../x",
+            "a//b",
+            "./a",
+            "a/.",
+            "a\0b",
+        ] {
+            assert!(workspace_path(bad).is_err(), "{bad:?}");
+        }
+        assert!(workspace_path(&"a/".repeat(600)).is_err());
+    }
 }

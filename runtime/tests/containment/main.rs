@@ -23,6 +23,7 @@ async fn worker_with(helper: PathBuf, helper_args: Vec<std::ffi::OsString>) -> W
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let runtime = Runtime::start(RuntimeConfig {
         state_dir: dir.path().join("state"),
+        image_dir: dir.path().join("images"),
         helper,
         helper_args,
         busybox: "/bin/busybox".into(),
@@ -593,6 +594,7 @@ async fn a_restarted_worker_removes_what_a_crashed_one_left() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let config = RuntimeConfig {
         state_dir: dir.path().join("state"),
+        image_dir: dir.path().join("images"),
         helper: helper(),
         helper_args: vec![],
         busybox: "/bin/busybox".into(),

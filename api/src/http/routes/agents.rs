@@ -21,8 +21,6 @@ use crate::state::AppState;
 pub const MAX_AGENTS: u64 = 100;
 /// Longest instructions, in bytes.
 const MAX_INSTRUCTIONS: usize = 32 * 1024;
-/// Most egress hosts per agent.
-const MAX_EGRESS_HOSTS: usize = 50;
 
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -122,70 +120,6 @@ fn validate_model(model: &str) -> Result<String, Error> {
         .ok_or_else(|| invalid("model", "must be 1-200 printable characters without spaces"))
 }
 
-fn validate_image(image: &str) -> Result<String, Error> {
-    let ok = image == "builtin"
-        || ((1..=500).contains(&image.len())
-            && image
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".:/@_-".contains(&b)));
-    ok.then(|| image.to_owned())
-        .ok_or_else(|| invalid("image", "must be `builtin` or an OCI image reference"))
-}
-
-fn validate_hosts(hosts: Vec<String>) -> Result<Vec<String>, Error> {
-    if hosts.len() > MAX_EGRESS_HOSTS {
-        return Err(invalid(
-            "egress_allow",
-            format!("at most {MAX_EGRESS_HOSTS} hosts"),
-        ));
-    }
-    hosts
-        .into_iter()
-        .map(|host| {
-            let host = host.trim().to_ascii_lowercase();
-            let wildcard = host.starts_with("*.");
-            let name = host.strip_prefix("*.").unwrap_or(&host);
-            // Internal names and addresses are refused here as well as by
-            // the egress proxy at connect time; a wildcard needs at least a
-            // registrable domain under it (`*.example.com`, not `*.com`).
-            let internal = name == "localhost"
-                || [
-                    ".localhost",
-                    ".local",
-                    ".internal",
-                    ".localdomain",
-                    ".home.arpa",
-                ]
-                .iter()
-                .any(|suffix| name.ends_with(suffix))
-                || name.parse::<std::net::IpAddr>().is_ok()
-                || name
-                    .split('.')
-                    .all(|l| l.bytes().all(|b| b.is_ascii_digit()));
-            let too_wide = wildcard && name.split('.').count() < 2;
-            let ok = !internal
-                && !too_wide
-                && (1..=253).contains(&name.len())
-                && name.split('.').all(|label| {
-                    (1..=63).contains(&label.len())
-                        && label
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                        && !label.starts_with('-')
-                        && !label.ends_with('-')
-                });
-            if ok {
-                Ok(host)
-            } else {
-                Err(invalid(
-                    "egress_allow",
-                    format!("`{host}` is not a host name"),
-                ))
-            }
-        })
-        .collect()
-}
-
 fn validate_instructions(text: String) -> Result<String, Error> {
     if text.len() > MAX_INSTRUCTIONS {
         return Err(invalid(
@@ -216,9 +150,9 @@ pub async fn create_agent(
     let spec = AgentSpec {
         name: validate::label("name", &body.name, 100)?,
         model: validate_model(&body.model)?,
-        image: validate_image(body.image.as_deref().unwrap_or("builtin"))?,
+        image: validate::image(body.image.as_deref().unwrap_or("builtin"))?,
         instructions: validate_instructions(body.instructions.unwrap_or_default())?,
-        egress_allow: validate_hosts(body.egress_allow.unwrap_or_default())?,
+        egress_allow: validate::hosts(body.egress_allow.unwrap_or_default())?,
     };
     let scope = caller.scope(&state.db);
     if scope.agent_count().await? >= MAX_AGENTS {
@@ -317,13 +251,13 @@ pub async fn update_agent(
         image: body
             .image
             .as_deref()
-            .map_or(Ok(current.image), validate_image)?,
+            .map_or(Ok(current.image), validate::image)?,
         instructions: body
             .instructions
             .map_or(Ok(current.instructions), validate_instructions)?,
         egress_allow: body
             .egress_allow
-            .map_or(Ok(current.egress_allow), validate_hosts)?,
+            .map_or(Ok(current.egress_allow), validate::hosts)?,
     };
     let agent = scope
         .update_agent(

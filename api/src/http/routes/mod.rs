@@ -8,5 +8,6 @@ pub mod docs;
 pub mod memory;
 pub mod ops;
 pub mod providers;
+pub mod sandboxes;
 pub mod tenant;
 pub mod usage;

@@ -1,0 +1,245 @@
+//! A tenant's sandboxes as the control plane records them: what each was
+//! created with, on which worker it runs, its state and when it was last
+//! used. The container itself lives on the worker (`carapace-runtime`).
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, Set, TransactionTrait,
+};
+
+use super::TenantScope;
+use super::entities::sandbox;
+use super::platform::insert_audit;
+use crate::audit::AuditEvent;
+use crate::error::{Error, Result};
+use crate::ids::{SandboxId, TenantId};
+
+/// Where a sandbox is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxState {
+    /// Recorded; its container is being created.
+    Starting,
+    /// Its container runs.
+    Running,
+    /// Its worker restarted or lost it: the container is gone, the record
+    /// stays until the tenant deletes it.
+    Lost,
+}
+
+impl SandboxState {
+    /// The stored and wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxState::Starting => "starting",
+            SandboxState::Running => "running",
+            SandboxState::Lost => "lost",
+        }
+    }
+
+    fn parse(s: &str) -> anyhow::Result<Self> {
+        Ok(match s {
+            "starting" => SandboxState::Starting,
+            "running" => SandboxState::Running,
+            "lost" => SandboxState::Lost,
+            other => anyhow::bail!("unknown sandbox state {other:?}"),
+        })
+    }
+}
+
+/// A sandbox as recorded.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    /// Its id (also the container's name on its worker).
+    pub id: SandboxId,
+    /// `builtin` or an OCI image reference.
+    pub image: String,
+    /// Host names reachable through the egress proxy.
+    pub egress_allow: Vec<String>,
+    /// Its resource limits.
+    pub limits: carapace_runtime::Limits,
+    /// Its state.
+    pub state: SandboxState,
+    /// The worker it runs on.
+    pub worker: String,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last exec or file transfer.
+    pub last_used_at: DateTime<Utc>,
+}
+
+/// What a new sandbox is created with.
+#[derive(Debug, Clone)]
+pub struct NewSandbox {
+    /// Image.
+    pub image: String,
+    /// Egress allow-list.
+    pub egress_allow: Vec<String>,
+    /// Limits (already within bounds).
+    pub limits: carapace_runtime::Limits,
+    /// The worker that will run it.
+    pub worker: String,
+}
+
+impl TryFrom<sandbox::Model> for Sandbox {
+    type Error = anyhow::Error;
+    fn try_from(row: sandbox::Model) -> anyhow::Result<Self> {
+        Ok(Sandbox {
+            id: SandboxId::parse(&row.id)?,
+            image: row.image,
+            egress_allow: serde_json::from_str(&row.egress_allow)?,
+            limits: serde_json::from_str(&row.limits)?,
+            state: SandboxState::parse(&row.state)?,
+            worker: row.worker,
+            created_at: row.created_at,
+            last_used_at: row.last_used_at,
+        })
+    }
+}
+
+impl TenantScope<'_> {
+    /// The tenant's sandboxes, newest first.
+    pub async fn sandboxes(&self) -> Result<Vec<Sandbox>> {
+        let rows = sandbox::Entity::find()
+            .filter(sandbox::Column::TenantId.eq(self.tenant_id().as_str()))
+            .order_by_desc(sandbox::Column::CreatedAt)
+            .order_by_desc(sandbox::Column::Id)
+            .all(self.db())
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(Sandbox::try_from)
+            .collect::<anyhow::Result<_>>()?)
+    }
+
+    /// One sandbox; `NotFound` for an id of another tenant.
+    pub async fn sandbox(&self, id: &SandboxId) -> Result<Sandbox> {
+        let row = sandbox::Entity::find_by_id(id.as_str())
+            .filter(sandbox::Column::TenantId.eq(self.tenant_id().as_str()))
+            .one(self.db())
+            .await?
+            .ok_or(Error::NotFound)?;
+        Ok(row.try_into()?)
+    }
+
+    /// Records a new sandbox (state `starting`) with its audit record, if
+    /// the tenant has fewer than `max` sandboxes.
+    pub async fn create_sandbox(
+        &self,
+        new: NewSandbox,
+        max: u64,
+        audit: AuditEvent,
+    ) -> Result<Sandbox> {
+        let tenant = self.tenant_id().clone();
+        let now = Utc::now();
+        let egress = serde_json::to_string(&new.egress_allow).map_err(anyhow::Error::from)?;
+        let limits = serde_json::to_string(&new.limits).map_err(anyhow::Error::from)?;
+        let row = self
+            .db()
+            .transaction::<_, sandbox::Model, Error>(|txn| {
+                Box::pin(async move {
+                    let count = sandbox::Entity::find()
+                        .filter(sandbox::Column::TenantId.eq(tenant.as_str()))
+                        .count(txn)
+                        .await?;
+                    if count >= max {
+                        return Err(Error::LimitReached(format!(
+                            "a tenant may have at most {max} sandboxes at once"
+                        )));
+                    }
+                    let row = sandbox::ActiveModel {
+                        id: Set(SandboxId::generate().to_string()),
+                        tenant_id: Set(tenant.to_string()),
+                        image: Set(new.image),
+                        egress_allow: Set(egress),
+                        limits: Set(limits),
+                        state: Set(SandboxState::Starting.as_str().to_owned()),
+                        worker: Set(new.worker),
+                        created_at: Set(now),
+                        last_used_at: Set(now),
+                    }
+                    .insert(txn)
+                    .await?;
+                    insert_audit(txn, audit.in_tenant(&tenant).target(row.id.clone())).await?;
+                    Ok(row)
+                })
+            })
+            .await?;
+        Ok(row.try_into()?)
+    }
+
+    /// Sets a sandbox's state.
+    pub async fn set_sandbox_state(&self, id: &SandboxId, state: SandboxState) -> Result<()> {
+        sandbox::Entity::update_many()
+            .col_expr(
+                sandbox::Column::State,
+                sea_orm::sea_query::Expr::value(state.as_str()),
+            )
+            .filter(sandbox::Column::Id.eq(id.as_str()))
+            .filter(sandbox::Column::TenantId.eq(self.tenant_id().as_str()))
+            .exec(self.db())
+            .await?;
+        Ok(())
+    }
+
+    /// Notes that a sandbox was used now (for its idle timeout).
+    pub async fn touch_sandbox(&self, id: &SandboxId) -> Result<()> {
+        sandbox::Entity::update_many()
+            .col_expr(
+                sandbox::Column::LastUsedAt,
+                sea_orm::sea_query::Expr::value(Utc::now()),
+            )
+            .filter(sandbox::Column::Id.eq(id.as_str()))
+            .filter(sandbox::Column::TenantId.eq(self.tenant_id().as_str()))
+            .exec(self.db())
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a sandbox's record (with its audit record, if given);
+    /// `false` if the tenant has no such sandbox.
+    pub async fn delete_sandbox(&self, id: &SandboxId, audit: Option<AuditEvent>) -> Result<bool> {
+        let tenant = self.tenant_id().clone();
+        let id = id.clone();
+        Ok(self
+            .db()
+            .transaction::<_, bool, Error>(|txn| {
+                Box::pin(async move {
+                    let deleted = sandbox::Entity::delete_many()
+                        .filter(sandbox::Column::Id.eq(id.as_str()))
+                        .filter(sandbox::Column::TenantId.eq(tenant.as_str()))
+                        .exec(txn)
+                        .await?
+                        .rows_affected;
+                    if deleted > 0
+                        && let Some(audit) = audit
+                    {
+                        insert_audit(txn, audit.in_tenant(&tenant).target(id.to_string())).await?;
+                    }
+                    Ok(deleted > 0)
+                })
+            })
+            .await?)
+    }
+}
+
+/// Sandboxes of `worker` in state `starting` or `running` whose last use
+/// is before `idle_since` (or all of them, when `None`): `(tenant, id)`.
+/// Used by the worker's own housekeeping, across tenants.
+pub async fn sandboxes_of_worker(
+    db: &DatabaseConnection,
+    worker: &str,
+    idle_since: Option<DateTime<Utc>>,
+) -> Result<Vec<(TenantId, SandboxId)>> {
+    let mut query = sandbox::Entity::find()
+        .filter(sandbox::Column::Worker.eq(worker))
+        .filter(sandbox::Column::State.ne(SandboxState::Lost.as_str()));
+    if let Some(since) = idle_since {
+        query = query.filter(sandbox::Column::LastUsedAt.lt(since));
+    }
+    let rows = query.all(db).await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Ok((TenantId::parse(&r.tenant_id)?, SandboxId::parse(&r.id)?)))
+        .collect::<anyhow::Result<_>>()?)
+}

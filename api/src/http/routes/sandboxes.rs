@@ -1,0 +1,551 @@
+//! `POST/GET /v1/sandboxes`, `GET/DELETE /v1/sandboxes/{id}`,
+//! `POST /v1/sandboxes/{id}/exec`, `PUT/GET /v1/sandboxes/{id}/files/{path}`:
+//! a tenant's sandboxes, commands run in them and files moved in and out of
+//! their `/workspace`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use actix_web::http::header;
+use actix_web::web::Bytes;
+use actix_web::{HttpResponse, web};
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::audit::Outcome;
+use crate::auth::extract::{Caller, UseSandboxes};
+use crate::db::{NewSandbox, Sandbox, SandboxState};
+use crate::error::Error;
+use crate::http::problem::{self, method_not_allowed};
+use crate::http::validate;
+use crate::ids::SandboxId;
+use crate::state::AppState;
+
+/// Largest exec request body (the command, its environment and stdin).
+const MAX_EXEC_BODY: usize = 2 << 20;
+/// Largest stdin of one exec.
+const MAX_STDIN: usize = 1 << 20;
+const MAX_ARGS: usize = 256;
+const MAX_ARGV_BYTES: usize = 256 * 1024;
+const MAX_ENV: usize = 100;
+/// Exec timeout when the request names none.
+const DEFAULT_TIMEOUT_S: u64 = 30;
+
+/// Registers the routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/sandboxes")
+            .route(web::post().to(create_sandbox))
+            .route(web::get().to(list_sandboxes))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/sandboxes/{id}")
+            .route(web::get().to(get_sandbox))
+            .route(web::delete().to(delete_sandbox))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/sandboxes/{id}/exec")
+            .app_data(problem::json_config(MAX_EXEC_BODY))
+            .route(web::post().to(exec))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/sandboxes/{id}/files/{path:.*}")
+            .route(web::put().to(upload))
+            .route(web::get().to(download))
+            .default_service(web::to(method_not_allowed)),
+    );
+}
+
+/// Resource limits of a new sandbox; absent fields take the defaults.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsBody {
+    /// Memory in MiB, 16-4096 (no swap). [default: 256]
+    memory_mib: Option<u32>,
+    /// CPU in thousandths of a core, 10-2000. [default: 1000]
+    cpu_millis: Option<u32>,
+    /// Processes and threads, 8-1024. [default: 128]
+    pids: Option<u32>,
+    /// Size of `/workspace` in MiB, 1-1024. [default: 64]
+    workspace_mib: Option<u32>,
+    /// Size of `/tmp` in MiB, 1-256. [default: 16]
+    tmp_mib: Option<u32>,
+}
+
+/// A new sandbox.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSandbox {
+    /// `builtin` (busybox and the Carapace agent; the default). OCI image
+    /// references are accepted by the schema but not yet runnable.
+    #[serde(default)]
+    image: Option<String>,
+    /// Host names reachable through the sandbox's egress proxy
+    /// (`HTTP_PROXY`), e.g. `api.github.com` or `*.example.com`.
+    #[serde(default)]
+    egress_allow: Option<Vec<String>>,
+    #[serde(default)]
+    limits: Option<LimitsBody>,
+}
+
+/// Resource limits in force.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LimitsView {
+    memory_mib: u32,
+    cpu_millis: u32,
+    pids: u32,
+    workspace_mib: u32,
+    tmp_mib: u32,
+}
+
+/// A sandbox.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SandboxView {
+    /// Sandbox id.
+    #[schema(example = "sbx_0193a6b2c3d47e8f9a0b1c2d3e4f5a6b")]
+    id: String,
+    image: String,
+    egress_allow: Vec<String>,
+    limits: LimitsView,
+    /// `starting`, `running`, or `lost` (its worker restarted: delete it).
+    state: String,
+    created_at: DateTime<Utc>,
+    last_used_at: DateTime<Utc>,
+    /// Deleted after this long without an exec or file transfer.
+    idle_timeout_s: u64,
+}
+
+impl SandboxView {
+    fn new(s: Sandbox, idle_timeout: Duration) -> Self {
+        SandboxView {
+            id: s.id.to_string(),
+            image: s.image,
+            egress_allow: s.egress_allow,
+            limits: LimitsView {
+                memory_mib: s.limits.memory_mib,
+                cpu_millis: s.limits.cpu_millis,
+                pids: s.limits.pids,
+                workspace_mib: s.limits.workspace_mib,
+                tmp_mib: s.limits.tmp_mib,
+            },
+            state: s.state.as_str().to_owned(),
+            created_at: s.created_at,
+            last_used_at: s.last_used_at,
+            idle_timeout_s: idle_timeout.as_secs(),
+        }
+    }
+}
+
+/// A list of sandboxes.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SandboxList {
+    /// Newest first.
+    data: Vec<SandboxView>,
+}
+
+/// A command to run in the sandbox's `/workspace`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecBody {
+    /// The program and its arguments (no shell: use `["sh", "-c", "..."]`).
+    command: Vec<String>,
+    /// Standard input, at most 1 MiB. [default: empty]
+    #[serde(default)]
+    stdin: Option<String>,
+    /// Extra environment variables. `PATH`, `HOME` and the proxy variables
+    /// are set already.
+    #[serde(default)]
+    env: Option<BTreeMap<String, String>>,
+    /// Seconds before the command and everything it started are killed.
+    /// [default: 30; at most the server's `max_exec_timeout_secs`]
+    #[serde(default)]
+    timeout_s: Option<f64>,
+}
+
+/// How a command ended.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ExecView {
+    /// Exit code (128+N if killed by signal N, e.g. 137 for the OOM
+    /// killer); null if it timed out or could not start.
+    exit_code: Option<i32>,
+    /// Standard output (UTF-8, invalid bytes replaced), at most 1 MiB.
+    stdout: String,
+    /// Standard error, likewise.
+    stderr: String,
+    /// Output beyond 1 MiB was dropped.
+    stdout_truncated: bool,
+    stderr_truncated: bool,
+    /// Killed at its timeout.
+    timed_out: bool,
+    /// Why it could not start, if it could not.
+    error: Option<String>,
+    /// Wall-clock time of the run.
+    duration_ms: u64,
+}
+
+fn sandbox_id(raw: &str) -> Result<SandboxId, Error> {
+    SandboxId::parse(raw).map_err(|_| Error::NotFound)
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> Error {
+    Error::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+fn limits(body: Option<LimitsBody>) -> Result<carapace_runtime::Limits, Error> {
+    let body = body.unwrap_or_default();
+    let d = carapace_runtime::Limits::default();
+    let limits = carapace_runtime::Limits {
+        memory_mib: body.memory_mib.unwrap_or(d.memory_mib),
+        cpu_millis: body.cpu_millis.unwrap_or(d.cpu_millis),
+        pids: body.pids.unwrap_or(d.pids),
+        workspace_mib: body.workspace_mib.unwrap_or(d.workspace_mib),
+        tmp_mib: body.tmp_mib.unwrap_or(d.tmp_mib),
+    };
+    match limits.out_of_bounds() {
+        Some((field, lo, hi)) => Err(invalid(
+            "limits",
+            format!("{field} must be between {lo} and {hi}"),
+        )),
+        None => Ok(limits),
+    }
+}
+
+/// Create a sandbox and start it.
+#[utoipa::path(
+    post, path = "/v1/sandboxes", tag = "sandboxes",
+    request_body = CreateSandbox,
+    responses(
+        (status = 201, description = "Created and running", body = SandboxView),
+        (status = 409, description = "Too many sandboxes", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "This server runs no sandboxes, or none could start", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn create_sandbox(
+    caller: Caller<UseSandboxes>,
+    state: web::Data<AppState>,
+    body: web::Json<CreateSandbox>,
+) -> Result<HttpResponse, Error> {
+    let body = body.into_inner();
+    let image = validate::image(body.image.as_deref().unwrap_or("builtin"))?;
+    if image != "builtin" {
+        return Err(invalid(
+            "image",
+            "only the `builtin` image can run yet; OCI images are not supported",
+        ));
+    }
+    let egress_allow = validate::hosts(body.egress_allow.unwrap_or_default())?;
+    let limits = limits(body.limits)?;
+    let service = &state.sandboxes;
+    let runtime = service.runtime()?;
+    let scope = caller.scope(&state.db);
+    let new = NewSandbox {
+        image,
+        egress_allow,
+        limits,
+        worker: service.worker().to_owned(),
+    };
+    let max = service.config().max_per_tenant;
+    let sandbox = scope
+        .create_sandbox(
+            new,
+            max,
+            caller.actor().event("sandbox.create", Outcome::Success),
+        )
+        .await?;
+    let started = Instant::now();
+    let spec = service.spec(sandbox.limits, &sandbox.egress_allow);
+    if let Err(e) = runtime.create(sandbox.id.as_str(), spec).await {
+        tracing::error!(sandbox = %sandbox.id, error = %e, "sandbox failed to start");
+        let event = caller
+            .actor()
+            .event("sandbox.create", Outcome::Failed)
+            .reason("the container failed to start");
+        scope.delete_sandbox(&sandbox.id, Some(event)).await?;
+        return Err(match e {
+            carapace_runtime::Error::Full => {
+                Error::Unavailable("this server runs as many sandboxes as it can".into())
+            }
+            _ => Error::Unavailable("the sandbox could not be started".into()),
+        });
+    }
+    scope
+        .set_sandbox_state(&sandbox.id, SandboxState::Running)
+        .await?;
+    tracing::info!(sandbox = %sandbox.id, tenant = %caller.tenant_id(), ms = started.elapsed().as_millis() as u64, "sandbox started");
+    let sandbox = Sandbox {
+        state: SandboxState::Running,
+        ..sandbox
+    };
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, format!("/v1/sandboxes/{}", sandbox.id)))
+        .json(SandboxView::new(sandbox, service.config().idle_timeout)))
+}
+
+/// List the tenant's sandboxes.
+#[utoipa::path(get, path = "/v1/sandboxes", tag = "sandboxes",
+    responses((status = 200, description = "The sandboxes", body = SandboxList)),
+    security(("api_key" = [])))]
+pub async fn list_sandboxes(
+    caller: Caller<UseSandboxes>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Error> {
+    let idle = state.sandboxes.config().idle_timeout;
+    let sandboxes = caller.scope(&state.db).sandboxes().await?;
+    Ok(HttpResponse::Ok().json(SandboxList {
+        data: sandboxes
+            .into_iter()
+            .map(|s| SandboxView::new(s, idle))
+            .collect(),
+    }))
+}
+
+/// One sandbox.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id")),
+    responses(
+        (status = 200, description = "The sandbox", body = SandboxView),
+        (status = 404, description = "No such sandbox in this tenant", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn get_sandbox(
+    caller: Caller<UseSandboxes>,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    let sandbox = caller.scope(&state.db).sandbox(&sandbox_id(&id)?).await?;
+    Ok(HttpResponse::Ok().json(SandboxView::new(
+        sandbox,
+        state.sandboxes.config().idle_timeout,
+    )))
+}
+
+/// Delete a sandbox: its processes are killed and its workspace is gone.
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such sandbox in this tenant", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn delete_sandbox(
+    caller: Caller<UseSandboxes>,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    let id = sandbox_id(&id)?;
+    let scope = caller.scope(&state.db);
+    // Only a sandbox of this tenant is touched on the worker.
+    scope.sandbox(&id).await?;
+    state.sandboxes.remove(&id).await;
+    let event = caller.actor().event("sandbox.delete", Outcome::Success);
+    if !scope.delete_sandbox(&id, Some(event)).await? {
+        return Err(Error::NotFound);
+    }
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// The tenant's running sandbox `raw`, ready for a command or a transfer.
+async fn running(
+    caller: &Caller<UseSandboxes>,
+    state: &AppState,
+    raw: &str,
+) -> Result<SandboxId, Error> {
+    let id = sandbox_id(raw)?;
+    let scope = caller.scope(&state.db);
+    let sandbox = scope.sandbox(&id).await?;
+    match sandbox.state {
+        SandboxState::Running => {}
+        SandboxState::Starting => {
+            return Err(Error::Conflict("the sandbox is still starting".into()));
+        }
+        SandboxState::Lost => {
+            return Err(Error::Conflict(
+                "the sandbox was lost when its worker restarted; delete it and create another"
+                    .into(),
+            ));
+        }
+    }
+    scope.touch_sandbox(&id).await?;
+    Ok(id)
+}
+
+/// Maps a worker error on a running sandbox to the answer, recording a
+/// sandbox whose agent has gone as lost.
+async fn worker_error(
+    caller: &Caller<UseSandboxes>,
+    state: &AppState,
+    id: &SandboxId,
+    e: carapace_runtime::Error,
+) -> Error {
+    match e {
+        carapace_runtime::Error::SandboxGone => {
+            let _ = caller
+                .scope(&state.db)
+                .set_sandbox_state(id, SandboxState::Lost)
+                .await;
+            Error::Conflict("the sandbox has stopped; delete it and create another".into())
+        }
+        carapace_runtime::Error::File(message) => invalid("path", message),
+        carapace_runtime::Error::Limits(message) => Error::LimitReached(message),
+        other => {
+            tracing::error!(sandbox = %id, error = %other, "sandbox request failed");
+            Error::Unavailable("the sandbox did not answer".into())
+        }
+    }
+}
+
+fn exec_request(body: ExecBody, max_timeout: Duration) -> Result<carapace_runtime::Exec, Error> {
+    if body.command.is_empty() || body.command[0].is_empty() {
+        return Err(invalid("command", "must name a program"));
+    }
+    if body.command.len() > MAX_ARGS
+        || body.command.iter().map(String::len).sum::<usize>() > MAX_ARGV_BYTES
+    {
+        return Err(invalid(
+            "command",
+            format!("at most {MAX_ARGS} arguments and {MAX_ARGV_BYTES} bytes"),
+        ));
+    }
+    if body.command.iter().any(|a| a.contains('\0')) {
+        return Err(invalid("command", "arguments cannot contain NUL"));
+    }
+    let env = body.env.unwrap_or_default();
+    if env.len() > MAX_ENV {
+        return Err(invalid("env", format!("at most {MAX_ENV} variables")));
+    }
+    for (key, value) in &env {
+        let name_ok = !key.is_empty()
+            && key.len() <= 256
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !key.as_bytes()[0].is_ascii_digit();
+        if !name_ok || value.contains('\0') || value.len() > 64 * 1024 {
+            return Err(invalid("env", format!("`{key}` is not a valid variable")));
+        }
+    }
+    let stdin = body.stdin.unwrap_or_default();
+    if stdin.len() > MAX_STDIN {
+        return Err(invalid("stdin", format!("at most {MAX_STDIN} bytes")));
+    }
+    let timeout_s = body.timeout_s.unwrap_or(DEFAULT_TIMEOUT_S as f64);
+    if !timeout_s.is_finite() || timeout_s <= 0.0 || timeout_s > max_timeout.as_secs_f64() {
+        return Err(invalid(
+            "timeout_s",
+            format!("must be more than 0 and at most {}", max_timeout.as_secs()),
+        ));
+    }
+    Ok(carapace_runtime::Exec {
+        argv: body.command,
+        env: env.into_iter().collect(),
+        stdin: stdin.into_bytes(),
+        timeout: Duration::from_secs_f64(timeout_s),
+    })
+}
+
+/// Run a command in the sandbox and wait for it.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/exec", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id")),
+    request_body = ExecBody,
+    responses(
+        (status = 200, description = "The command ran (whatever its exit code)", body = ExecView),
+        (status = 404, description = "No such sandbox in this tenant", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The sandbox is not running", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn exec(
+    caller: Caller<UseSandboxes>,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Json<ExecBody>,
+) -> Result<HttpResponse, Error> {
+    let service = &state.sandboxes;
+    let request = exec_request(body.into_inner(), service.config().max_exec_timeout)?;
+    let runtime = service.runtime()?;
+    let id = running(&caller, &state, &id).await?;
+    let started = Instant::now();
+    let result = match runtime.exec(id.as_str(), request).await {
+        Ok(result) => result,
+        Err(e) => return Err(worker_error(&caller, &state, &id, e).await),
+    };
+    Ok(HttpResponse::Ok().json(ExecView {
+        exit_code: result.exit_code,
+        stdout: String::from_utf8_lossy(&result.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&result.stderr).into_owned(),
+        stdout_truncated: result.stdout_truncated,
+        stderr_truncated: result.stderr_truncated,
+        timed_out: result.timed_out,
+        error: result.error,
+        duration_ms: started.elapsed().as_millis() as u64,
+    }))
+}
+
+/// Write a file into the sandbox's `/workspace` (the body, raw bytes, at
+/// most 32 MiB; parent directories are created).
+#[utoipa::path(put, path = "/v1/sandboxes/{id}/files/{path}", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id"), ("path" = String, Path, description = "Path under /workspace")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 204, description = "Written"),
+        (status = 404, description = "No such sandbox in this tenant", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Larger than 32 MiB", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid path, or the sandbox could not write it", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn upload(
+    caller: Caller<UseSandboxes>,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+    mut body: web::Payload,
+) -> Result<HttpResponse, Error> {
+    let (raw_id, file) = path.into_inner();
+    let runtime = state.sandboxes.runtime()?;
+    let id = running(&caller, &state, &raw_id).await?;
+    let limit = carapace_runtime::sandbox::MAX_FILE as usize;
+    let mut data = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk =
+            chunk.map_err(|e| Error::InvalidQuery(format!("failed to read the body: {e}")))?;
+        if data.len() + chunk.len() > limit {
+            return Err(Error::PayloadTooLarge { limit });
+        }
+        data.extend_from_slice(&chunk);
+    }
+    match runtime.write_file(id.as_str(), &file, data).await {
+        Ok(()) => Ok(HttpResponse::NoContent().finish()),
+        Err(e) => Err(worker_error(&caller, &state, &id, e).await),
+    }
+}
+
+/// Read a file from the sandbox's `/workspace` (raw bytes).
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/files/{path}", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id"), ("path" = String, Path, description = "Path under /workspace")),
+    responses(
+        (status = 200, description = "The file", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 404, description = "No such sandbox in this tenant", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid path, missing file, or larger than 32 MiB", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn download(
+    caller: Caller<UseSandboxes>,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, Error> {
+    let (raw_id, file) = path.into_inner();
+    let runtime = state.sandboxes.runtime()?;
+    let id = running(&caller, &state, &raw_id).await?;
+    match runtime.read_file(id.as_str(), &file).await {
+        Ok(data) => Ok(HttpResponse::Ok()
+            .content_type("application/octet-stream")
+            .body(Bytes::from(data))),
+        Err(e) => Err(worker_error(&caller, &state, &id, e).await),
+    }
+}

@@ -1,0 +1,431 @@
+//! Sandboxes through the API, with real containers (root needed, as in CI).
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, assert_problem, spawn_app, spawn_app_with, with_sandboxes};
+
+async fn create(app: &TestApp, key: &str, body: Value) -> Value {
+    let res = app
+        .request(Method::POST, "/v1/sandboxes", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    res.json().await.unwrap()
+}
+
+async fn exec(app: &TestApp, key: &str, id: &str, body: Value) -> Value {
+    let res = app
+        .request(Method::POST, &format!("/v1/sandboxes/{id}/exec"), key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_sandbox_runs_commands_and_keeps_files_until_it_is_deleted() {
+    let app = spawn_app_with(with_sandboxes).await;
+    let t = app.create_tenant("Acme").await;
+    let started = Instant::now();
+    let sandbox = create(&app, &t.key, json!({})).await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let id = sandbox["id"].as_str().unwrap();
+    assert!(id.starts_with("sbx_"), "{sandbox}");
+    assert_eq!(sandbox["state"], "running");
+    assert_eq!(sandbox["image"], "builtin");
+    assert_eq!(sandbox["limits"]["memory_mib"], 256);
+
+    let out = exec(
+        &app,
+        &t.key,
+        id,
+        json!({"command": ["sh", "-c", "read line; echo \"$GREETING $line\"; echo oops >&2; exit 3"],
+               "stdin": "world\n", "env": {"GREETING": "hello"}}),
+    )
+    .await;
+    assert_eq!(out["exit_code"], 3, "{out}");
+    assert_eq!(out["stdout"], "hello world\n");
+    assert_eq!(out["stderr"], "oops\n");
+    assert_eq!(out["timed_out"], false);
+
+    let out = exec(&app, &t.key, id, json!({"command": ["/no/such/program"]})).await;
+    assert_eq!(out["exit_code"], Value::Null);
+    assert!(
+        out["error"].as_str().unwrap().contains("cannot start"),
+        "{out}"
+    );
+
+    let out = exec(
+        &app,
+        &t.key,
+        id,
+        json!({"command": ["sleep", "30"], "timeout_s": 0.5}),
+    )
+    .await;
+    assert_eq!(out["timed_out"], true, "{out}");
+    assert!(out["duration_ms"].as_u64().unwrap() < 5000);
+
+    let out = exec(
+        &app,
+        &t.key,
+        id,
+        json!({"command": ["sh", "-c", "yes | head -c 3000000"]}),
+    )
+    .await;
+    assert_eq!(out["stdout_truncated"], true);
+    assert_eq!(out["stdout"].as_str().unwrap().len(), 1 << 20);
+
+    // Files in and out of the workspace, bytes intact.
+    let data: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+    let res = app
+        .request(
+            Method::PUT,
+            &format!("/v1/sandboxes/{id}/files/in/data.bin"),
+            &t.key,
+        )
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let out = exec(
+        &app,
+        &t.key,
+        id,
+        json!({"command": ["sh", "-c", "wc -c < in/data.bin; cp in/data.bin out.bin"]}),
+    )
+    .await;
+    assert_eq!(out["stdout"].as_str().unwrap().trim(), "100000");
+    let res = app
+        .get(&format!("/v1/sandboxes/{id}/files/out.bin"), &t.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.bytes().await.unwrap().to_vec(), data);
+    let res = app
+        .get(&format!("/v1/sandboxes/{id}/files/missing.txt"), &t.key)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 422, "invalid_field").await;
+
+    let res = app.get("/v1/sandboxes", &t.key).send().await.unwrap();
+    let list: Value = res.json().await.unwrap();
+    assert_eq!(list["data"][0]["id"], id);
+
+    let res = app
+        .request(Method::DELETE, &format!("/v1/sandboxes/{id}"), &t.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let res = app
+        .request(Method::POST, &format!("/v1/sandboxes/{id}/exec"), &t.key)
+        .json(&json!({"command": ["true"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 404, "not_found").await;
+    let actions: Vec<String> = app
+        .audit(&t.key, "?action=sandbox.create")
+        .await
+        .iter()
+        .chain(app.audit(&t.key, "?action=sandbox.delete").await.iter())
+        .map(|r| {
+            format!(
+                "{}:{}",
+                r["action"].as_str().unwrap(),
+                r["target"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert!(
+        actions.contains(&format!("sandbox.create:{id}")),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&format!("sandbox.delete:{id}")),
+        "{actions:?}"
+    );
+}
+
+#[tokio::test]
+async fn bad_sandbox_requests_get_clear_errors() {
+    let app = spawn_app_with(with_sandboxes).await;
+    let t = app.create_tenant("Acme").await;
+    for (body, field) in [
+        (json!({"limits": {"memory_mib": 1_000_000}}), "limits"),
+        (json!({"limits": {"pids": 1}}), "limits"),
+        (json!({"image": "docker.io/library/alpine:3"}), "image"),
+        (json!({"image": "../../etc"}), "image"),
+        (json!({"egress_allow": ["10.0.0.1"]}), "egress_allow"),
+        (
+            json!({"egress_allow": ["metadata.google.internal"]}),
+            "egress_allow",
+        ),
+    ] {
+        let res = app
+            .request(Method::POST, "/v1/sandboxes", &t.key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let problem = assert_problem(res, 422, "invalid_field").await;
+        assert_eq!(problem["field"], field, "{body}: {problem}");
+    }
+    let res = app
+        .request(Method::POST, "/v1/sandboxes", &t.key)
+        .json(&json!({"limits": {"swap_mib": 10}}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 422, "unexpected_json").await;
+
+    let sandbox = create(&app, &t.key, json!({})).await;
+    let id = sandbox["id"].as_str().unwrap();
+    for (body, field) in [
+        (json!({"command": []}), "command"),
+        (json!({"command": ["sh"], "timeout_s": 0}), "timeout_s"),
+        (
+            json!({"command": ["sh"], "timeout_s": 100_000}),
+            "timeout_s",
+        ),
+        (json!({"command": ["sh"], "env": {"1BAD": "x"}}), "env"),
+        (json!({"command": ["sh"], "env": {"A=B": "x"}}), "env"),
+        (json!({"command": ["sh\u{0}"]}), "command"),
+        (
+            json!({"command": ["cat"], "stdin": "x".repeat((1 << 20) + 1)}),
+            "stdin",
+        ),
+    ] {
+        let res = app
+            .request(Method::POST, &format!("/v1/sandboxes/{id}/exec"), &t.key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let problem = assert_problem(res, 422, "invalid_field").await;
+        assert_eq!(problem["field"], field, "{problem}");
+    }
+    // (The client resolves plain `..` segments itself; encoded ones reach
+    // the server.)
+    for path in [
+        "../etc/passwd",
+        "a/../../b",
+        "a//b",
+        "..%2F..%2Fetc%2Fpasswd",
+        "%2E%2E/x",
+    ] {
+        let res = app
+            .request(
+                Method::PUT,
+                &format!("/v1/sandboxes/{id}/files/{path}"),
+                &t.key,
+            )
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            [404, 422].contains(&res.status().as_u16()),
+            "{path}: {}",
+            res.status()
+        );
+    }
+    let res = app
+        .request(
+            Method::PUT,
+            &format!("/v1/sandboxes/{id}/files/big"),
+            &t.key,
+        )
+        .body(vec![0u8; (32 << 20) + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 413, "payload_too_large").await;
+    // The sandbox is unharmed by all of the above.
+    let out = exec(&app, &t.key, id, json!({"command": ["echo", "fine"]})).await;
+    assert_eq!(out["stdout"], "fine\n");
+}
+
+#[tokio::test]
+async fn a_tenant_has_a_sandbox_quota() {
+    let app = spawn_app_with(|args| {
+        with_sandboxes(args);
+        args.sandbox.as_mut().unwrap().max_per_tenant = Some(2);
+    })
+    .await;
+    let t = app.create_tenant("Acme").await;
+    let other = app.create_tenant("Other").await;
+    create(&app, &t.key, json!({})).await;
+    create(&app, &t.key, json!({})).await;
+    let res = app
+        .request(Method::POST, "/v1/sandboxes", &t.key)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(res, 409, "limit_reached").await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("at most 2"),
+        "{problem}"
+    );
+    // Another tenant's quota is its own.
+    create(&app, &other.key, json!({})).await;
+}
+
+#[tokio::test]
+async fn without_sandboxes_the_api_says_so() {
+    let app = spawn_app().await;
+    let t = app.create_tenant("Acme").await;
+    let res = app
+        .request(Method::POST, "/v1/sandboxes", &t.key)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(res, 503, "unavailable").await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("turned off"),
+        "{problem}"
+    );
+    let res = app.get("/v1/sandboxes", &t.key).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn idle_sandboxes_are_deleted() {
+    let app = spawn_app_with(|args| {
+        with_sandboxes(args);
+        args.sandbox.as_mut().unwrap().idle_timeout_secs = Some(2);
+    })
+    .await;
+    let t = app.create_tenant("Acme").await;
+    let sandbox = create(&app, &t.key, json!({})).await;
+    let id = sandbox["id"].as_str().unwrap();
+    assert_eq!(sandbox["idle_timeout_s"], 2);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let res = app
+            .get(&format!("/v1/sandboxes/{id}"), &t.key)
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 404 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the idle sandbox was not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let records = app.audit(&t.key, "?action=sandbox.delete").await;
+    assert_eq!(records[0]["principal"], "system:idle-timeout");
+    assert_eq!(records[0]["target"], id);
+}
+
+#[tokio::test]
+async fn sandboxes_of_a_restarted_server_are_recorded_as_lost() {
+    let app = spawn_app_with(with_sandboxes).await;
+    let t = app.create_tenant("Acme").await;
+    let sandbox = create(&app, &t.key, json!({})).await;
+    let id = sandbox["id"].as_str().unwrap();
+    // The same server again (same data directory and database), as after a
+    // crash: its worker removes the old containers and the records say so.
+    let data_dir = app.data_dir.clone();
+    let restarted = app
+        .spawn_replica_with(move |args| {
+            with_sandboxes(args);
+            args.data_dir = Some(data_dir);
+        })
+        .await;
+    let res = restarted
+        .get(&format!("/v1/sandboxes/{id}"), &t.key)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["state"], "lost", "{body}");
+    let res = restarted
+        .request(Method::POST, &format!("/v1/sandboxes/{id}/exec"), &t.key)
+        .json(&json!({"command": ["true"]}))
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(res, 409, "conflict").await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("lost"),
+        "{problem}"
+    );
+    let res = restarted
+        .request(Method::DELETE, &format!("/v1/sandboxes/{id}"), &t.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+}
+
+#[tokio::test]
+async fn a_sandbox_reaches_carapace_only_through_its_proxy() {
+    let app = spawn_app_with(with_sandboxes).await;
+    let t = app.create_tenant("Acme").await;
+    let sandbox = create(&app, &t.key, json!({})).await;
+    let id = sandbox["id"].as_str().unwrap();
+    let port = app.address.rsplit(':').next().unwrap();
+    // Directly: the server's loopback is not the sandbox's.
+    let out = exec(
+        &app,
+        &t.key,
+        id,
+        json!({"command": ["sh", "-c", format!("echo | nc -w 2 127.0.0.1 {port}; echo rc=$?")]}),
+    )
+    .await;
+    assert!(!out["stdout"].as_str().unwrap().contains("rc=0"), "{out}");
+    // Through the proxy, by the service name: the API answers (and still
+    // wants a key for anything but health).
+    let request = |path: &str| {
+        format!(
+            "printf 'GET http://carapace.internal{path} HTTP/1.1\\r\\nHost: carapace.internal\\r\\n\\r\\n' | nc -w 5 127.0.0.1 3128"
+        )
+    };
+    let out = exec(
+        &app,
+        &t.key,
+        id,
+        json!({"command": ["sh", "-c", request("/healthz")]}),
+    )
+    .await;
+    assert!(
+        out["stdout"].as_str().unwrap().starts_with("HTTP/1.1 200"),
+        "{out}"
+    );
+    let out = exec(
+        &app,
+        &t.key,
+        id,
+        json!({"command": ["sh", "-c", request("/v1/tenant")]}),
+    )
+    .await;
+    assert!(
+        out["stdout"].as_str().unwrap().starts_with("HTTP/1.1 401"),
+        "{out}"
+    );
+    // The tenant's own key never entered the sandbox.
+    let out = exec(
+        &app,
+        &t.key,
+        id,
+        json!({"command": ["sh", "-c", "env; cat /proc/1/environ"]}),
+    )
+    .await;
+    assert!(!out["stdout"].as_str().unwrap().contains(&t.key), "{out}");
+}
