@@ -67,6 +67,10 @@ pub struct SandboxArgs {
     pub idle_timeout_secs: Option<u64>,
     /// Longest `timeout_s` an exec may ask for. [default: 600]
     pub max_exec_timeout_secs: Option<u64>,
+    /// Containers kept created (not started, belonging to no tenant) so
+    /// that a sandbox with the default limits starts at once; each costs
+    /// about 2 MiB. 0 turns the pool off. [default: 2]
+    pub pool_size: Option<usize>,
 }
 
 /// Resolved sandbox settings.
@@ -80,6 +84,7 @@ pub struct SandboxConfig {
     pub max_per_tenant: u64,
     pub idle_timeout: Duration,
     pub max_exec_timeout: Duration,
+    pub pool_size: usize,
 }
 
 impl SandboxArgs {
@@ -101,8 +106,13 @@ impl SandboxArgs {
         if !(1..=86_400).contains(&max_exec) {
             anyhow::bail!("sandbox.max_exec_timeout_secs must be between 1 and 86400");
         }
+        let pool_size = self.pool_size.unwrap_or(2);
+        if pool_size > 64 {
+            anyhow::bail!("sandbox.pool_size must be at most 64");
+        }
         Ok(SandboxConfig {
             mode,
+            pool_size,
             state_dir: self.state_dir.unwrap_or_else(|| data_dir.join("sandboxes")),
             image_dir: self
                 .image_dir
@@ -144,10 +154,11 @@ impl SandboxService {
                     helper,
                     helper_args: vec!["sandbox-helper".into()],
                     busybox: config.busybox.clone(),
+                    pool_size: config.pool_size,
                 })
                 .await;
                 match started {
-                    Ok(runtime) => Ok(Arc::new(runtime)),
+                    Ok(runtime) => Ok(runtime),
                     Err(e) if config.mode == SandboxMode::Auto => {
                         tracing::warn!(error = %e, "sandboxes unavailable on this server");
                         Err(e.to_string())

@@ -4,7 +4,10 @@
 //! Prints, one per line:
 //! - `sandbox_cold_start_p50_ms`, `sandbox_cold_start_p99_ms`: from the
 //!   create call to the agent's `Ready` (the first thing the sandboxed
-//!   process does), rootfs cached;
+//!   process does), rootfs cached, a pooled (created, never started)
+//!   container ready, as between requests;
+//! - `sandbox_unpooled_start_p50_ms`, `sandbox_unpooled_start_p99_ms`: the
+//!   same with no pool, every container created from scratch;
 //! - `sandbox_first_exec_p50_ms`: a `true` run in a fresh sandbox;
 //! - `sandbox_delete_p50_ms`;
 //! - `sandbox_idle_rss_kib`: host memory per idle sandbox beyond the
@@ -72,6 +75,49 @@ fn rss_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
+/// `rounds` of create, `true`, delete (after 3 warm-up rounds): sorted
+/// milliseconds of each step. With `wait_pool`, each round first waits for
+/// a pooled container.
+async fn rounds_of(rt: &Runtime, rounds: usize, wait_pool: bool) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (mut create, mut first_exec, mut delete) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..rounds + 3 {
+        if wait_pool {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while rt.pooled() == 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        let id = format!("bench-{i}");
+        let started = Instant::now();
+        if let Err(e) = rt.create(&id, SandboxSpec::default()).await {
+            eprintln!("create: {e}");
+            std::process::exit(1);
+        }
+        let created = started.elapsed();
+        let exec = Exec {
+            argv: vec!["/bin/true".into()],
+            env: vec![],
+            stdin: vec![],
+            timeout: Duration::from_secs(10),
+        };
+        let exec_started = Instant::now();
+        let _ = rt.exec(&id, exec).await;
+        let exec_took = exec_started.elapsed();
+        let delete_started = Instant::now();
+        let _ = rt.delete(&id).await;
+        let deleted = delete_started.elapsed();
+        if i >= 3 {
+            create.push(ms(created));
+            first_exec.push(ms(exec_took));
+            delete.push(ms(deleted));
+        }
+    }
+    for v in [&mut create, &mut first_exec, &mut delete] {
+        v.sort_by(|a, b| a.total_cmp(b));
+    }
+    (create, first_exec, delete)
+}
+
 fn main() {
     let rounds = env_usize("CARAPACE_BENCH_ROUNDS", 50);
     let idle = env_usize("CARAPACE_BENCH_IDLE", 100);
@@ -99,47 +145,37 @@ fn main() {
                 std::process::exit(1);
             }
         };
-        let config = RuntimeConfig {
-            state_dir: dir.path().join("state"),
+        let config = |pool_size: usize| RuntimeConfig {
+            state_dir: dir.path().join(format!("state-{pool_size}")),
             image_dir: dir.path().join("images"),
-            helper,
+            helper: helper.clone(),
             helper_args: vec![],
             busybox: "/bin/busybox".into(),
+            pool_size,
         };
-        let rt = match Runtime::start(config).await {
-            Ok(rt) => rt,
-            Err(e) => {
-                eprintln!("cannot start the worker (root? helper built with `cargo build --release -p carapace-runtime`?): {e}");
-                std::process::exit(1);
+        let start = |pool_size: usize| {
+            let config = config(pool_size);
+            async move {
+                match Runtime::start(config).await {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        eprintln!("cannot start the worker (root? helper built with `cargo build --release -p carapace-runtime`?): {e}");
+                        std::process::exit(1);
+                    }
+                }
             }
         };
-        let (mut create, mut first_exec, mut delete) = (Vec::new(), Vec::new(), Vec::new());
-        for i in 0..rounds + 3 {
-            let id = format!("bench-{i}");
-            let started = Instant::now();
-            if let Err(e) = rt.create(&id, SandboxSpec::default()).await {
-                eprintln!("create: {e}");
-                std::process::exit(1);
-            }
-            let created = started.elapsed();
-            let exec = Exec { argv: vec!["/bin/true".into()], env: vec![], stdin: vec![], timeout: Duration::from_secs(10) };
-            let exec_started = Instant::now();
-            let _ = rt.exec(&id, exec).await;
-            let exec_took = exec_started.elapsed();
-            let delete_started = Instant::now();
-            let _ = rt.delete(&id).await;
-            let deleted = delete_started.elapsed();
-            if i >= 3 {
-                create.push(ms(created));
-                first_exec.push(ms(exec_took));
-                delete.push(ms(deleted));
-            }
-        }
-        for v in [&mut create, &mut first_exec, &mut delete] {
-            v.sort_by(|a, b| a.total_cmp(b));
-        }
+        // Without a pool: every sandbox is created from scratch.
+        let cold = start(0).await;
+        let (scratch, _, _) = rounds_of(&cold, rounds, false).await;
+        cold.shutdown().await;
+        // With a pool that has had time to refill (as between requests).
+        let rt = start(2).await;
+        let (create, first_exec, delete) = rounds_of(&rt, rounds, true).await;
         println!("sandbox_cold_start_p50_ms: {:.2}", percentile(&create, 50.0));
         println!("sandbox_cold_start_p99_ms: {:.2}", percentile(&create, 99.0));
+        println!("sandbox_unpooled_start_p50_ms: {:.2}", percentile(&scratch, 50.0));
+        println!("sandbox_unpooled_start_p99_ms: {:.2}", percentile(&scratch, 99.0));
         println!("sandbox_first_exec_p50_ms: {:.2}", percentile(&first_exec, 50.0));
         println!("sandbox_delete_p50_ms: {:.2}", percentile(&delete, 50.0));
 

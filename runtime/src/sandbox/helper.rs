@@ -3,15 +3,16 @@
 //!
 //! libcontainer forks and changes namespaces; doing that from inside a
 //! multi-threaded tokio process is unsound, so the worker runs
-//! `<helper> run <state-root> <id> <bundle>` with the sandbox's control
+//! `<helper> create <state-root> <id> <bundle>` with the sandbox's control
 //! socket as the helper's standard input. The helper creates the container,
-//! giving it the socket as stdin and stdout, starts it, prints
-//! `{"pid": N}` and exits. Errors go to standard error, one line, with exit
-//! status 1.
+//! giving it the socket as stdin and stdout (its init then waits for the
+//! start signal), prints `{"pid": N}` and exits. Errors go to standard
+//! error, one line, with exit status 1.
 //!
-//! Starting happens here too, not in the worker: libcontainer reaches the
-//! container's notify socket by `chdir`-ing next to it, which changes the
-//! working directory of the whole process (and races between threads).
+//! The worker starts the container itself ([`super::pool::signal_start`]),
+//! not with libcontainer's `start`: that one reaches the notify socket by
+//! `chdir`-ing next to it, which moves the whole process (and races between
+//! threads).
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;
@@ -40,9 +41,9 @@ pub fn main(args: &[OsString]) -> i32 {
 
 fn run(args: &[OsString]) -> Result<i32, String> {
     let [verb, root, id, bundle] = args else {
-        return Err("usage: run STATE_ROOT ID BUNDLE".into());
+        return Err("usage: create STATE_ROOT ID BUNDLE".into());
     };
-    if verb != "run" {
+    if verb != "create" {
         return Err(format!("unknown helper command {verb:?}"));
     }
     let id = id.to_str().ok_or("the sandbox id is not UTF-8")?.to_owned();
@@ -57,7 +58,7 @@ fn run(args: &[OsString]) -> Result<i32, String> {
         .write(true)
         .open("/dev/null")
         .map_err(|e| format!("open /dev/null: {e}"))?;
-    let mut container = ContainerBuilder::new(id, SyscallType::default())
+    let container = ContainerBuilder::new(id, SyscallType::default())
         .validate_id()
         .and_then(|b| b.with_root_path(PathBuf::from(root)))
         .map_err(|e| format!("container id or state root: {e}"))?
@@ -69,9 +70,6 @@ fn run(args: &[OsString]) -> Result<i32, String> {
         .with_detach(true)
         .build()
         .map_err(|e| format!("create container: {e}"))?;
-    container
-        .start()
-        .map_err(|e| format!("start container: {e}"))?;
     container
         .pid()
         .map(|p| p.as_raw())

@@ -11,6 +11,7 @@
 
 pub mod control;
 pub mod helper;
+pub mod pool;
 pub mod seccomp;
 pub mod spec;
 
@@ -67,6 +68,9 @@ pub struct RuntimeConfig {
     pub helper_args: Vec<OsString>,
     /// A static busybox for the built-in image.
     pub busybox: PathBuf,
+    /// Containers kept created but not started, with the default limits,
+    /// so that a new sandbox only has to start one (see [`pool`]).
+    pub pool_size: usize,
 }
 
 /// A command to run in a sandbox.
@@ -101,6 +105,9 @@ pub struct SandboxSpec {
 }
 
 struct Live {
+    /// The container's name (the sandbox id, or `pool-N` for a sandbox
+    /// that was started from the pool).
+    container: String,
     pid: i32,
     slot: usize,
     control: control::Control,
@@ -119,6 +126,7 @@ pub struct Runtime {
     bundles: PathBuf,
     slots: Mutex<Vec<bool>>,
     live: Mutex<HashMap<String, Arc<Live>>>,
+    pool: pool::Pool,
 }
 
 /// Egress counters of one sandbox.
@@ -132,7 +140,9 @@ impl Runtime {
     /// Prepares the state directory, builds the built-in image if needed
     /// and removes every sandbox a previous run of this worker left
     /// (containers, cgroups, bundles): none of them is known any more.
-    pub async fn start(config: RuntimeConfig) -> Result<Self, Error> {
+    /// Also starts filling the pool of created containers in the
+    /// background.
+    pub async fn start(config: RuntimeConfig) -> Result<Arc<Self>, Error> {
         if !nix::unistd::geteuid().is_root() {
             return Err(Error::Unsupported(
                 "sandboxes need the worker to run as root".into(),
@@ -168,7 +178,7 @@ impl Runtime {
                 "removed sandboxes left by a previous run of this worker"
             );
         }
-        Ok(Runtime {
+        let runtime = Arc::new(Runtime {
             config,
             tag,
             id_base,
@@ -177,7 +187,10 @@ impl Runtime {
             bundles,
             slots: Mutex::new(vec![false; MAX_SANDBOXES]),
             live: Mutex::default(),
-        })
+            pool: pool::Pool::default(),
+        });
+        pool::spawn_refill(&runtime);
+        Ok(runtime)
     }
 
     /// This worker's tag: a digest of its state directory, the same across
@@ -211,10 +224,12 @@ impl Runtime {
     }
 
     /// Creates and starts a sandbox named `id` (letters, digits, `-`, `_`);
-    /// returns once its agent has announced itself.
+    /// returns once its agent has announced itself. A sandbox with the
+    /// default limits starts from the pool when one is ready there.
     pub async fn create(&self, id: &str, spec: SandboxSpec) -> Result<(), Error> {
         if id.is_empty()
             || id.len() > 64
+            || id.starts_with("pool-")
             || !id
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -226,13 +241,32 @@ impl Runtime {
                 "{field} must be between {lo} and {hi}"
             )));
         }
+        if spec.limits == Limits::default()
+            && let Some(prepared) = self.pool.take()
+        {
+            let (container, slot) = (prepared.container.clone(), prepared.slot);
+            match self.start_prepared(id, prepared, spec.egress.clone()).await {
+                Ok(live) => {
+                    self.insert(id, live);
+                    return Ok(());
+                }
+                Err(e) => {
+                    // A pooled container that cannot start is discarded;
+                    // the sandbox is made from scratch instead.
+                    tracing::warn!(container, error = %e, "a pooled container failed to start");
+                    self.destroy(&container, None).await;
+                    self.free_slot(slot);
+                }
+            }
+        }
         let slot = self.take_slot()?;
-        match self.create_in_slot(id, slot, spec).await {
+        let started = match self.prepare(id, slot, spec.limits).await {
+            Ok(prepared) => self.start_prepared(id, prepared, spec.egress).await,
+            Err(e) => Err(e),
+        };
+        match started {
             Ok(live) => {
-                self.live
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(id.to_owned(), Arc::new(live));
+                self.insert(id, live);
                 Ok(())
             }
             Err(e) => {
@@ -243,21 +277,30 @@ impl Runtime {
         }
     }
 
-    async fn create_in_slot(
+    fn insert(&self, id: &str, live: Live) {
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.to_owned(), Arc::new(live));
+    }
+
+    /// Creates container `container` (not started) in `slot`, with its
+    /// control socket and its egress proxy socket.
+    async fn prepare(
         &self,
-        id: &str,
+        container: &str,
         slot: usize,
-        spec: SandboxSpec,
-    ) -> Result<Live, Error> {
-        let bundle = self.bundles.join(id);
+        limits: Limits,
+    ) -> Result<pool::Prepared, Error> {
+        let bundle = self.bundles.join(container);
         std::fs::create_dir_all(&bundle).map_err(|e| Error::Io(format!("create bundle: {e}")))?;
         let host_id_base = self.id_base + u32::try_from(slot).unwrap_or(0) * spec::ID_RANGE;
         let config = spec::build(&spec::SpecInput {
-            id,
+            id: container,
             worker: &self.tag,
             rootfs: &self.image,
             host_id_base,
-            limits: spec.limits,
+            limits,
             init: image::AGENT_PATH,
         });
         std::fs::write(bundle.join("config.json"), config.to_string())
@@ -267,9 +310,9 @@ impl Runtime {
             .map_err(|e| Error::Io(format!("control socket: {e}")))?;
         let output = tokio::process::Command::new(&self.config.helper)
             .args(&self.config.helper_args)
-            .arg("run")
+            .arg("create")
             .arg(&self.state_root)
-            .arg(id)
+            .arg(container)
             .arg(&bundle)
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::piped())
@@ -293,28 +336,51 @@ impl Runtime {
             .and_then(|v| v["pid"].as_i64())
             .and_then(|p| i32::try_from(p).ok())
             .ok_or_else(|| Error::Sandbox("the container helper printed no pid".into()))?;
-
-        ours.set_nonblocking(true)
-            .map_err(|e| Error::Io(e.to_string()))?;
-        let stream =
-            tokio::net::UnixStream::from_std(ours).map_err(|e| Error::Io(e.to_string()))?;
-        let control = control::Control::connect(stream, READY_TIMEOUT).await?;
-
+        // The network namespace exists from creation on: bind the proxy now.
         let listener = tokio::task::spawn_blocking(move || netns::bind_loopback(pid, PROXY_PORT))
             .await
             .map_err(|e| Error::Io(e.to_string()))??;
-        let listener =
-            tokio::net::TcpListener::from_std(listener).map_err(|e| Error::Io(e.to_string()))?;
+        Ok(pool::Prepared {
+            container: container.to_owned(),
+            slot,
+            pid,
+            control: ours,
+            listener,
+        })
+    }
+
+    /// Starts a prepared container as sandbox `id`: signals its init, waits
+    /// for the agent's `Ready`, serves its proxy with `egress`.
+    async fn start_prepared(
+        &self,
+        id: &str,
+        prepared: pool::Prepared,
+        egress: Policy,
+    ) -> Result<Live, Error> {
+        let dir = self.state_root.join(&prepared.container);
+        tokio::task::spawn_blocking(move || pool::signal_start(&dir))
+            .await
+            .map_err(|e| Error::Io(e.to_string()))??;
+        prepared
+            .control
+            .set_nonblocking(true)
+            .map_err(|e| Error::Io(e.to_string()))?;
+        let stream = tokio::net::UnixStream::from_std(prepared.control)
+            .map_err(|e| Error::Io(e.to_string()))?;
+        let control = control::Control::connect(stream, READY_TIMEOUT).await?;
+        let listener = tokio::net::TcpListener::from_std(prepared.listener)
+            .map_err(|e| Error::Io(e.to_string()))?;
         let counters = Arc::new(Counters::default());
         let proxy = tokio::spawn(egress::serve(
             listener,
-            Arc::new(spec.egress),
+            Arc::new(egress),
             counters.clone(),
             id.to_owned(),
         ));
         Ok(Live {
-            pid,
-            slot,
+            container: prepared.container,
+            pid: prepared.pid,
+            slot: prepared.slot,
             control,
             proxy,
             counters,
@@ -472,13 +538,17 @@ impl Runtime {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(id);
         let slot = live.as_ref().map(|l| l.slot);
-        self.destroy(id, live).await;
+        let container = live
+            .as_ref()
+            .map_or_else(|| id.to_owned(), |l| l.container.clone());
+        self.destroy(&container, live).await;
         if let Some(slot) = slot {
             self.free_slot(slot);
         }
         Ok(())
     }
 
+    /// Kills and removes container `id` (a container name) and its bundle.
     async fn destroy(&self, id: &str, live: Option<Arc<Live>>) {
         if let Some(live) = &live {
             live.proxy.abort();
@@ -499,8 +569,13 @@ impl Runtime {
         }
     }
 
-    /// Deletes every sandbox of this worker (on shutdown).
+    /// Deletes every sandbox of this worker and empties the pool (on
+    /// shutdown).
     pub async fn shutdown(&self) {
+        for prepared in self.pool.close() {
+            self.destroy(&prepared.container, None).await;
+            self.free_slot(prepared.slot);
+        }
         let ids: Vec<String> = self
             .live
             .lock()

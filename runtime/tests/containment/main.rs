@@ -15,7 +15,7 @@ use carapace_runtime::egress::Policy;
 use carapace_runtime::{Exec, ExecResult, Limits, Runtime, RuntimeConfig, SandboxSpec};
 
 struct Worker {
-    runtime: Runtime,
+    runtime: std::sync::Arc<Runtime>,
     _dir: tempfile::TempDir,
 }
 
@@ -27,6 +27,9 @@ async fn worker_with(helper: PathBuf, helper_args: Vec<std::ffi::OsString>) -> W
         helper,
         helper_args,
         busybox: "/bin/busybox".into(),
+        // Some sandboxes start from the pool, some from scratch: both
+        // paths face every attack.
+        pool_size: 1,
     })
     .await
     .unwrap_or_else(|e| panic!("worker start: {e}"));
@@ -598,6 +601,7 @@ async fn a_restarted_worker_removes_what_a_crashed_one_left() {
         helper: helper(),
         helper_args: vec![],
         busybox: "/bin/busybox".into(),
+        pool_size: 0,
     };
     let first = Runtime::start(config.clone())
         .await
@@ -657,4 +661,63 @@ async fn a_restarted_worker_removes_what_a_crashed_one_left() {
         .delete("left")
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_from_the_pool_is_hardened_like_any_other_and_gets_its_own_policy() {
+    let w = worker().await;
+    let wait_for_pool = || async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while w.runtime.pooled() == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(w.runtime.pooled(), 1, "the pool fills");
+    };
+    wait_for_pool().await;
+    let host = host_http_server();
+    let spec = SandboxSpec {
+        limits: Limits::default(),
+        egress: Policy {
+            allow_hosts: vec![],
+            services: vec![("carapace.internal".into(), 80, host)],
+        },
+    };
+    sandbox(&w, "pooled", spec).await;
+    assert_eq!(w.runtime.pooled(), 0, "the sandbox came from the pool");
+    let r = sh(&w, "pooled", "grep -E '^(NoNewPrivs|Seccomp|CapEff|CapBnd):' /proc/self/status; cat /proc/self/uid_map; ls /proc | grep -c '^[0-9]'").await;
+    let out = text(&r.stdout);
+    assert!(
+        out.contains("NoNewPrivs:\t1") && out.contains("Seccomp:\t2"),
+        "{out}"
+    );
+    assert!(
+        out.contains("CapEff:\t0000000000000000") && out.contains("CapBnd:\t0000000000000000"),
+        "{out}"
+    );
+    // Its proxy serves the policy it was given when it started.
+    let r = sh(&w, "pooled", "printf 'GET http://carapace.internal/ HTTP/1.1\\r\\n\\r\\n' | nc -w 5 127.0.0.1 3128; printf 'GET http://example.com/ HTTP/1.1\\r\\n\\r\\n' | nc -w 5 127.0.0.1 3128").await;
+    let out = text(&r.stdout);
+    assert!(
+        out.contains("host-secret") && out.contains("403 Forbidden"),
+        "{out}"
+    );
+    // A limit other than the default is never served from the pool.
+    wait_for_pool().await;
+    let custom = SandboxSpec {
+        limits: Limits {
+            memory_mib: 128,
+            ..Limits::default()
+        },
+        egress: Policy::default(),
+    };
+    sandbox(&w, "custom", custom).await;
+    assert_eq!(
+        w.runtime.pooled(),
+        1,
+        "the pooled container is still waiting"
+    );
+    let r = sh(&w, "custom", "echo ok").await;
+    assert_eq!(text(&r.stdout), "ok\n");
+    w.runtime.shutdown().await;
+    assert_eq!((w.runtime.count(), w.runtime.pooled()), (0, 0));
 }
