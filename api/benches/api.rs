@@ -89,6 +89,8 @@ async fn start(
             dir.path().join("bench.db").display()
         )),
         auth_cache_ttl_ms: Some(cache_ms),
+        // Sandboxes (and their pool) would compete for the two cores.
+        sandboxes: Some(carapace_api::sandboxes::SandboxMode::Off),
         ..SettingsArgs::default()
     }
     .resolve()

@@ -98,6 +98,8 @@ fn main() {
             listen: Some("127.0.0.1:0".parse().unwrap()),
             data_dir: Some(dir.path().join("data")),
             gateway: Some(gateway),
+            // Sandboxes (and their pool) would compete for the two cores.
+            sandboxes: Some(carapace_api::sandboxes::SandboxMode::Off),
             ..SettingsArgs::default()
         }
         .resolve()
