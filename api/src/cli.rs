@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use crate::config::SettingsArgs;
 
 /// Carapace runs autonomous AI agents for many tenants, each in a hardened
-/// sandbox, behind Zero Trust login.
+/// sandbox, behind an authenticated, audited API.
 #[derive(Debug, Parser)]
 #[command(name = "carapace", version, propagate_version = true)]
 pub struct Cli {

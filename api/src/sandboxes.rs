@@ -236,7 +236,8 @@ impl SandboxService {
         }
     }
 
-    /// Deletes sandboxes idle for longer than the idle timeout, checking
+    /// Deletes sandboxes idle for longer than the idle timeout (none with a
+    /// command running) and containers whose record is gone, checking
     /// every 10 s (or every half timeout, if shorter), until the task is
     /// aborted.
     pub async fn reap_idle(self: Arc<Self>, db: DatabaseConnection) {
@@ -252,6 +253,7 @@ impl SandboxService {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
+            self.remove_orphans(&runtime, &db).await;
             let Ok(since) = chrono::Duration::from_std(self.config.idle_timeout) else {
                 return;
             };
@@ -266,6 +268,9 @@ impl SandboxService {
                     }
                 };
             for (tenant, id) in idle {
+                if runtime.is_busy(id.as_str()) {
+                    continue;
+                }
                 let _ = runtime.delete(id.as_str()).await;
                 let event = actor
                     .event("sandbox.delete", Outcome::Success)
@@ -282,6 +287,24 @@ impl SandboxService {
                     }
                 }
             }
+        }
+    }
+
+    /// Deletes containers whose record is gone (their tenant was deleted,
+    /// e.g. by `carapace tenant delete` from another process).
+    async fn remove_orphans(&self, runtime: &Runtime, db: &DatabaseConnection) {
+        // Containers first, records second: a sandbox created in between
+        // has its record before its container, so it is never taken for an
+        // orphan.
+        let containers = runtime.ids();
+        let Ok(records) = db::sandboxes_of_worker(db, &self.worker, None).await else {
+            return;
+        };
+        let known: std::collections::HashSet<String> =
+            records.into_iter().map(|(_, id)| id.to_string()).collect();
+        for id in containers.into_iter().filter(|id| !known.contains(id)) {
+            tracing::warn!(sandbox = %id, "removing a sandbox whose record is gone");
+            let _ = runtime.delete(&id).await;
         }
     }
 

@@ -58,3 +58,11 @@ fn remove(cgroup: &Path) {
     }
     tracing::warn!(cgroup = %cgroup.display(), "cannot remove a leftover sandbox cgroup");
 }
+
+/// Whether sandboxes' swap can be limited: cgroup v1 with swap accounting
+/// (`memory.memsw.*`), or cgroup v2.
+pub fn accounts_swap() -> bool {
+    let root = Path::new(CGROUP_ROOT);
+    root.join("memory/memory.memsw.limit_in_bytes").exists()
+        || root.join("cgroup.controllers").exists()
+}

@@ -122,14 +122,10 @@ impl TenantScope<'_> {
         Ok(row.try_into()?)
     }
 
-    /// Records a new sandbox (state `starting`) with its audit record, if
-    /// the tenant has fewer than `max` sandboxes.
-    pub async fn create_sandbox(
-        &self,
-        new: NewSandbox,
-        max: u64,
-        audit: AuditEvent,
-    ) -> Result<Sandbox> {
+    /// Records a new sandbox (state `starting`), if the tenant has fewer
+    /// than `max` sandboxes that are not lost. Its audit record is written
+    /// once it has started ([`TenantScope::sandbox_started`]) or failed.
+    pub async fn create_sandbox(&self, new: NewSandbox, max: u64) -> Result<Sandbox> {
         let tenant = self.tenant_id().clone();
         let now = Utc::now();
         let egress = serde_json::to_string(&new.egress_allow).map_err(anyhow::Error::from)?;
@@ -138,8 +134,11 @@ impl TenantScope<'_> {
             .db()
             .transaction::<_, sandbox::Model, Error>(|txn| {
                 Box::pin(async move {
+                    // Lost sandboxes hold nothing on any worker: they do
+                    // not count.
                     let count = sandbox::Entity::find()
                         .filter(sandbox::Column::TenantId.eq(tenant.as_str()))
+                        .filter(sandbox::Column::State.ne(SandboxState::Lost.as_str()))
                         .count(txn)
                         .await?;
                     if count >= max {
@@ -160,12 +159,35 @@ impl TenantScope<'_> {
                     }
                     .insert(txn)
                     .await?;
-                    insert_audit(txn, audit.in_tenant(&tenant).target(row.id.clone())).await?;
                     Ok(row)
                 })
             })
             .await?;
         Ok(row.try_into()?)
+    }
+
+    /// Records that a sandbox runs, with its audit record.
+    pub async fn sandbox_started(&self, id: &SandboxId, audit: AuditEvent) -> Result<()> {
+        let tenant = self.tenant_id().clone();
+        let id = id.clone();
+        self.db()
+            .transaction::<_, (), Error>(|txn| {
+                Box::pin(async move {
+                    sandbox::Entity::update_many()
+                        .col_expr(
+                            sandbox::Column::State,
+                            sea_orm::sea_query::Expr::value(SandboxState::Running.as_str()),
+                        )
+                        .filter(sandbox::Column::Id.eq(id.as_str()))
+                        .filter(sandbox::Column::TenantId.eq(tenant.as_str()))
+                        .exec(txn)
+                        .await?;
+                    insert_audit(txn, audit.in_tenant(&tenant).target(id.to_string())).await?;
+                    Ok(())
+                })
+            })
+            .await?;
+        Ok(())
     }
 
     /// Sets a sandbox's state.

@@ -312,6 +312,9 @@ async fn idle_sandboxes_are_deleted() {
     let sandbox = create(&app, &t.key, json!({})).await;
     let id = sandbox["id"].as_str().unwrap();
     assert_eq!(sandbox["idle_timeout_s"], 2);
+    // A command longer than the idle timeout keeps its sandbox.
+    let out = exec(&app, &t.key, id, json!({"command": ["sleep", "5"]})).await;
+    assert_eq!(out["exit_code"], 0, "{out}");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let res = app
@@ -428,4 +431,53 @@ async fn a_sandbox_reaches_carapace_only_through_its_proxy() {
     )
     .await;
     assert!(!out["stdout"].as_str().unwrap().contains(&t.key), "{out}");
+}
+
+#[tokio::test]
+async fn a_deleted_tenants_sandboxes_are_removed_from_the_worker() {
+    let app = spawn_app_with(|args| {
+        with_sandboxes(args);
+        // The housekeeping runs every half idle timeout.
+        args.sandbox.as_mut().unwrap().idle_timeout_secs = Some(4);
+        // No pool: the container is named after the sandbox.
+        args.sandbox.as_mut().unwrap().pool_size = Some(0);
+    })
+    .await;
+    let t = app.create_tenant("Doomed").await;
+    let sandbox = create(&app, &t.key, json!({})).await;
+    let id = sandbox["id"].as_str().unwrap();
+    let state = app.data_dir.join("sandboxes/containers").join(id);
+    assert!(
+        state.exists(),
+        "{} exists while the sandbox runs",
+        state.display()
+    );
+    // As `carapace tenant delete` does, from another process.
+    let master_key =
+        carapace_api::master_key::MasterKey::load(&app.data_dir.join("master.key")).unwrap();
+    let memory = carapace_api::memory::MemoryStore::new(
+        carapace_api::storage::open(&format!(
+            "file://{}",
+            app.data_dir.join("objects").display()
+        ))
+        .unwrap(),
+    );
+    let tenant = carapace_api::ids::TenantId::parse(&t.id).unwrap();
+    carapace_api::bootstrap::delete_tenant(
+        &app.db,
+        &memory,
+        &master_key,
+        &tenant,
+        &carapace_api::audit::Actor::cli(),
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while state.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the orphaned sandbox was not removed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -20,6 +20,7 @@ use std::ffi::OsString;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -110,6 +111,8 @@ struct Live {
     container: String,
     pid: i32,
     slot: usize,
+    /// Requests (execs, transfers) in flight.
+    busy: AtomicUsize,
     control: control::Control,
     proxy: JoinHandle<()>,
     counters: Arc<Counters>,
@@ -172,6 +175,13 @@ impl Runtime {
         let removed = tokio::task::spawn_blocking(move || reconcile(&root, &bundle_dir, &worker))
             .await
             .map_err(|e| Error::Io(e.to_string()))?;
+        let swap_in_use =
+            std::fs::read_to_string("/proc/swaps").is_ok_and(|s| s.lines().count() > 1);
+        if swap_in_use && !crate::cgroups::accounts_swap() {
+            tracing::warn!(
+                "this host has swap but no swap accounting: sandboxes may swap beyond their memory limit"
+            );
+        }
         if removed > 0 {
             tracing::warn!(
                 removed,
@@ -302,6 +312,7 @@ impl Runtime {
             host_id_base,
             limits,
             init: image::AGENT_PATH,
+            limit_swap: crate::cgroups::accounts_swap(),
         });
         std::fs::write(bundle.join("config.json"), config.to_string())
             .map_err(|e| Error::Io(format!("write config.json: {e}")))?;
@@ -381,10 +392,35 @@ impl Runtime {
             container: prepared.container,
             pid: prepared.pid,
             slot: prepared.slot,
+            busy: AtomicUsize::new(0),
             control,
             proxy,
             counters,
         })
+    }
+
+    /// Whether a request is running in the sandbox (an idle timeout must
+    /// not take it away under a long command).
+    pub fn is_busy(&self, id: &str) -> bool {
+        self.get(id)
+            .is_ok_and(|l| l.busy.load(Ordering::SeqCst) > 0)
+    }
+
+    /// The sandboxes on this worker.
+    pub fn ids(&self) -> Vec<String> {
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// The sandbox, counted busy until the guard drops.
+    fn enter(&self, id: &str) -> Result<(Arc<Live>, Busy), Error> {
+        let live = self.get(id)?;
+        live.busy.fetch_add(1, Ordering::SeqCst);
+        Ok((live.clone(), Busy(live)))
     }
 
     fn get(&self, id: &str) -> Result<Arc<Live>, Error> {
@@ -422,7 +458,7 @@ impl Runtime {
 
     /// Runs a command in the sandbox's `/workspace` and waits for it.
     pub async fn exec(&self, id: &str, exec: Exec) -> Result<ExecResult, Error> {
-        let live = self.get(id)?;
+        let (live, _busy) = self.enter(id)?;
         if exec.argv.is_empty() {
             return Err(Error::Sandbox("the command is empty".into()));
         }
@@ -475,7 +511,7 @@ impl Runtime {
 
     /// Writes `data` to `path` (relative, inside `/workspace`).
     pub async fn write_file(&self, id: &str, path: &str, data: Vec<u8>) -> Result<(), Error> {
-        let live = self.get(id)?;
+        let (live, _busy) = self.enter(id)?;
         let path = workspace_path(path)?;
         if data.len() > MAX_FILE as usize {
             return Err(Error::Limits(format!(
@@ -503,7 +539,7 @@ impl Runtime {
 
     /// Reads `path` (relative, inside `/workspace`).
     pub async fn read_file(&self, id: &str, path: &str) -> Result<Vec<u8>, Error> {
-        let live = self.get(id)?;
+        let (live, _busy) = self.enter(id)?;
         let path = workspace_path(path)?;
         let request_id = live.control.next_id();
         let request = Request::ReadFile {
@@ -594,6 +630,15 @@ impl Runtime {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
+    }
+}
+
+/// Marks a sandbox busy while it lives.
+struct Busy(Arc<Live>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

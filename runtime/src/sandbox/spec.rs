@@ -9,8 +9,9 @@
 //! - a read-only root filesystem, size-limited tmpfs on `/tmp` and
 //!   `/workspace`, `/proc` and `/sys` with the usual paths masked or
 //!   read-only, `/sys` read-only entirely;
-//! - memory (no swap), CPU and pids limits, no devices beyond null, zero,
-//!   full, random, urandom and tty.
+//! - memory (and memory plus swap, where the host accounts swap), CPU and
+//!   pids limits, no devices beyond null, zero, full, random, urandom and
+//!   tty.
 
 use std::path::Path;
 
@@ -145,6 +146,9 @@ pub struct SpecInput<'a> {
     pub limits: Limits,
     /// Path of the container init (the agent) inside the rootfs.
     pub init: &'a str,
+    /// Whether the host accounts swap per cgroup: then memory plus swap is
+    /// limited to the memory limit (no swap at all).
+    pub limit_swap: bool,
 }
 
 /// The cgroup path of a sandbox, relative to each hierarchy's root:
@@ -202,7 +206,11 @@ pub fn build(input: &SpecInput<'_>) -> Value {
             "cgroupsPath": cgroup_path(input.worker, input.id),
             "resources": {
                 "devices": [{"allow": false, "access": "rwm"}],
-                "memory": {"limit": memory, "disableOOMKiller": false},
+                "memory": if input.limit_swap {
+                    json!({"limit": memory, "swap": memory, "disableOOMKiller": false})
+                } else {
+                    json!({"limit": memory, "disableOOMKiller": false})
+                },
                 "cpu": {"quota": quota, "period": period},
                 "pids": {"limit": limits.pids},
             },
@@ -226,6 +234,7 @@ mod tests {
             host_id_base: 1 << 28,
             limits: Limits::default(),
             init: "/sbin/carapace-agent",
+            limit_swap: true,
         });
         match serde_json::from_value(value) {
             Ok(spec) => spec,

@@ -254,13 +254,7 @@ pub async fn create_sandbox(
         worker: service.worker().to_owned(),
     };
     let max = service.config().max_per_tenant;
-    let sandbox = scope
-        .create_sandbox(
-            new,
-            max,
-            caller.actor().event("sandbox.create", Outcome::Success),
-        )
-        .await?;
+    let sandbox = scope.create_sandbox(new, max).await?;
     let started = Instant::now();
     let spec = service.spec(sandbox.limits, &sandbox.egress_allow);
     if let Err(e) = runtime.create(sandbox.id.as_str(), spec).await {
@@ -278,7 +272,10 @@ pub async fn create_sandbox(
         });
     }
     scope
-        .set_sandbox_state(&sandbox.id, SandboxState::Running)
+        .sandbox_started(
+            &sandbox.id,
+            caller.actor().event("sandbox.create", Outcome::Success),
+        )
         .await?;
     tracing::info!(sandbox = %sandbox.id, tenant = %caller.tenant_id(), ms = started.elapsed().as_millis() as u64, "sandbox started");
     let sandbox = Sandbox {
@@ -476,6 +473,8 @@ pub async fn exec(
         Ok(result) => result,
         Err(e) => return Err(worker_error(&caller, &state, &id, e).await),
     };
+    // The idle timeout counts from the end of the last command.
+    caller.scope(&state.db).touch_sandbox(&id).await?;
     Ok(HttpResponse::Ok().json(ExecView {
         exit_code: result.exit_code,
         stdout: String::from_utf8_lossy(&result.stdout).into_owned(),
