@@ -30,6 +30,28 @@ pub enum Command {
     /// Manage the master key.
     #[command(subcommand)]
     MasterKey(MasterKeyCommand),
+    /// Manage sandbox images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+/// Sandbox image administration.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Unpack an OCI image layout directory into the image cache ahead of
+    /// use, showing progress, every blob checked against its digest. Prints
+    /// the unpacked root directory.
+    Unpack {
+        /// The OCI image layout directory (e.g. from `skopeo copy ... oci:DIR`).
+        layout: PathBuf,
+        /// Which image of the layout (its `org.opencontainers.image.ref.name`),
+        /// if it holds several.
+        #[arg(long = "ref", value_name = "NAME")]
+        reference: Option<String>,
+        /// Settings (`[sandbox] image_dir` names the cache).
+        #[command(flatten)]
+        common: Common,
+    },
 }
 
 /// Master key administration.

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use carapace_api::audit::Actor;
 use carapace_api::bootstrap::{self, Application};
-use carapace_api::cli::{Cli, Command, MasterKeyCommand, TenantCommand};
+use carapace_api::cli::{Cli, Command, ImageCommand, MasterKeyCommand, TenantCommand};
 use carapace_api::ids::TenantId;
 use carapace_api::master_key::MasterKey;
 use carapace_api::memory::MemoryStore;
@@ -83,6 +83,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_deleted(&tenant, &report);
             Ok(())
         }
+        Command::Image(ImageCommand::Unpack {
+            layout,
+            reference,
+            common,
+        }) => {
+            let settings = common.settings()?;
+            telemetry::init_stderr(&settings.log);
+            let mut last = (0, 0u64);
+            let root = carapace_runtime::image::ensure_oci(
+                &settings.sandbox.image_dir,
+                &layout,
+                reference.as_deref(),
+                &carapace_runtime::oci::Limits::default(),
+                &mut |layer, layers, read, size| {
+                    // One line per layer and per 10%: readable in a log too.
+                    let tenth = (read * 10).checked_div(size).unwrap_or(10);
+                    if (layer, tenth) != last {
+                        last = (layer, tenth);
+                        eprintln!(
+                            "layer {layer}/{layers}: {:.1} / {:.1} MiB",
+                            read as f64 / 1048576.0,
+                            size as f64 / 1048576.0
+                        );
+                    }
+                },
+            )?;
+            print_image(&root);
+            Ok(())
+        }
         Command::MasterKey(MasterKeyCommand::Rotate {
             new_key_file,
             common,
@@ -143,4 +172,9 @@ fn print_deleted(tenant: &TenantId, report: &bootstrap::TenantDeletion) {
         report.agents,
         report.objects
     );
+}
+
+#[allow(clippy::print_stdout, reason = "the path is the command's output")]
+fn print_image(root: &std::path::Path) {
+    println!("{}", root.display());
 }

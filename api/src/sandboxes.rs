@@ -71,6 +71,12 @@ pub struct SandboxArgs {
     /// that a sandbox with the default limits starts at once; each costs
     /// about 2 MiB. 0 turns the pool off. [default: 2]
     pub pool_size: Option<usize>,
+    /// Images tenants may name besides `builtin`: reference → OCI image
+    /// layout directory on this host (one image per layout), e.g.
+    /// `"ghcr.io/acme/tools:1" = "/srv/images/tools"`. Unpacked on first
+    /// use (or ahead with `carapace image unpack`). [default: none]
+    #[serde(default)]
+    pub images: std::collections::BTreeMap<String, PathBuf>,
 }
 
 /// Resolved sandbox settings.
@@ -85,6 +91,7 @@ pub struct SandboxConfig {
     pub idle_timeout: Duration,
     pub max_exec_timeout: Duration,
     pub pool_size: usize,
+    pub images: std::collections::BTreeMap<String, PathBuf>,
 }
 
 impl SandboxArgs {
@@ -113,6 +120,7 @@ impl SandboxArgs {
         Ok(SandboxConfig {
             mode,
             pool_size,
+            images: self.images,
             state_dir: self.state_dir.unwrap_or_else(|| data_dir.join("sandboxes")),
             image_dir: self
                 .image_dir
@@ -220,8 +228,44 @@ impl SandboxService {
             .map_err(|reason| Error::Unavailable(reason.clone()))
     }
 
+    /// The root of image `reference` (`None` for `builtin`), unpacked on
+    /// first use; 422 for an image this server does not offer.
+    pub async fn image(&self, reference: &str) -> Result<Option<PathBuf>, Error> {
+        if reference == "builtin" {
+            return Ok(None);
+        }
+        let runtime = self.runtime()?;
+        let Some(layout) = self.config.images.get(reference) else {
+            let offered: Vec<&str> = std::iter::once("builtin")
+                .chain(self.config.images.keys().map(String::as_str))
+                .collect();
+            return Err(Error::Invalid {
+                field: "image",
+                message: format!("this server offers these images: {}", offered.join(", ")),
+            });
+        };
+        let name = reference.to_owned();
+        let root = runtime
+            .ensure_image(layout.clone(), None, move |layer, layers, read, size| {
+                if read == size {
+                    tracing::info!(image = %name, layer, layers, bytes = size, "image layer unpacked");
+                }
+            })
+            .await
+            .map_err(|e| {
+                tracing::error!(image = %reference, error = %e, "image cannot be used");
+                Error::Unavailable(format!("the image {reference} cannot be used on this server"))
+            })?;
+        Ok(Some(root))
+    }
+
     /// The worker's view of a new sandbox.
-    pub fn spec(&self, limits: carapace_runtime::Limits, egress_allow: &[String]) -> SandboxSpec {
+    pub fn spec(
+        &self,
+        limits: carapace_runtime::Limits,
+        egress_allow: &[String],
+        image: Option<PathBuf>,
+    ) -> SandboxSpec {
         let services = self
             .service_addr
             .get()
@@ -233,6 +277,7 @@ impl SandboxService {
                 allow_hosts: egress_allow.to_vec(),
                 services,
             },
+            image,
         }
     }
 

@@ -23,6 +23,9 @@ pub const AGENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/carapace-agen
 /// Where the agent sits in the built-in image.
 pub const AGENT_PATH: &str = "/sbin/carapace-agent";
 
+/// Where the agent is put in an OCI image (beside whatever the image has).
+pub const OCI_AGENT_PATH: &str = "/.carapace/carapace-agent";
+
 /// Bumped whenever the layout below changes, so old cache entries are not
 /// reused.
 const LAYOUT_VERSION: &[u8] = b"builtin-image-v1";
@@ -95,6 +98,93 @@ fn searchable_by_sandboxes(dir: &Path) -> Result<(), Error> {
             )));
         }
     }
+    Ok(())
+}
+
+/// Makes sure the image `reference` (or the only image) of the OCI image
+/// layout directory `layout` is unpacked in `cache`, with the agent added
+/// at [`OCI_AGENT_PATH`] and the sandbox's mount points created; its root
+/// directory. Cached by manifest digest (and the agent): a second call
+/// costs reading `index.json` and the manifest.
+pub fn ensure_oci(
+    cache: &Path,
+    layout: &Path,
+    reference: Option<&str>,
+    limits: &crate::oci::Limits,
+    progress: crate::oci::Progress<'_>,
+) -> Result<PathBuf, Error> {
+    let manifest = crate::oci::manifest_digest(layout, reference)?;
+    let mut digest = Sha256::new();
+    for part in [LAYOUT_VERSION, AGENT, manifest.as_bytes()] {
+        digest.update((part.len() as u64).to_le_bytes());
+        digest.update(part);
+    }
+    let digest = digest
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    fs::create_dir_all(cache).map_err(io("create the image cache"))?;
+    searchable_by_sandboxes(cache)?;
+    let root = cache.join(format!("oci-{digest}"));
+    if root.join(OCI_AGENT_PATH.trim_start_matches('/')).exists() {
+        return Ok(root);
+    }
+    static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let build_no = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = cache.join(format!(
+        ".build-{}-{build_no}-{}",
+        std::process::id(),
+        &digest[..12]
+    ));
+    let _ = fs::remove_dir_all(&tmp);
+    let built =
+        crate::oci::unpack_image(layout, reference, &tmp, limits, progress).and_then(|totals| {
+            if totals.skipped > 0 {
+                tracing::info!(
+                    skipped = totals.skipped,
+                    "device nodes and FIFOs in the image were skipped"
+                );
+            }
+            finish_oci(&tmp)
+        });
+    if let Err(e) = built {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    match fs::rename(&tmp, &root) {
+        Ok(()) => Ok(root),
+        Err(_) if root.join(OCI_AGENT_PATH.trim_start_matches('/')).exists() => {
+            let _ = fs::remove_dir_all(&tmp);
+            Ok(root)
+        }
+        Err(e) => Err(Error::Image(format!("cannot install the image: {e}"))),
+    }
+}
+
+/// Adds the agent and the mount points (replacing whatever non-directory
+/// an image has at those names) to an unpacked image.
+fn finish_oci(root: &Path) -> Result<(), Error> {
+    for dir in MOUNT_POINTS.iter().chain(&[".carapace"]) {
+        let path = root.join(dir);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                fs::remove_file(&path).map_err(io("replace a mount point"))?;
+                fs::create_dir(&path).map_err(io("create a mount point"))?;
+            }
+            Err(_) => fs::create_dir(&path).map_err(io("create a mount point"))?,
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+            .map_err(io("set a directory mode"))?;
+    }
+    write(
+        &root.join(OCI_AGENT_PATH.trim_start_matches('/')),
+        AGENT,
+        0o755,
+    )?;
+    fs::set_permissions(root, fs::Permissions::from_mode(0o755))
+        .map_err(io("set a directory mode"))?;
     Ok(())
 }
 

@@ -4,8 +4,9 @@
 //!
 //! - [`sandbox`]: sandboxes (youki's libcontainer, hardened spec, control
 //!   socket to the in-sandbox agent, clean-up after a crash);
-//! - [`image`]: root filesystems (the built-in agent + busybox image, in a
-//!   content-addressed cache);
+//! - [`image`]: root filesystems (the built-in agent + busybox image, and
+//!   images from OCI image layouts on disk, unpacked by [`oci`]), in a
+//!   content-addressed cache;
 //! - [`netns`] and [`egress`]: the egress proxy bound inside each
 //!   sandbox's network namespace, the only way out;
 //! - [`cgroups`]: removal of cgroups a crashed worker left;
@@ -24,6 +25,7 @@ pub mod cgroups;
 pub mod egress;
 pub mod image;
 pub mod netns;
+pub mod oci;
 pub mod sandbox;
 
 pub use capacity::{Capacity, CapacityError};

@@ -481,3 +481,105 @@ async fn a_deleted_tenants_sandboxes_are_removed_from_the_worker() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// An OCI image layout with one layer: busybox as `/bin/sh` and `/etc/motd`.
+fn image_layout(dir: &std::path::Path) -> std::path::PathBuf {
+    use sha2::Digest;
+    let mut layer = tar::Builder::new(Vec::new());
+    let add = |layer: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, data: &[u8]| {
+        let mut header = tar::Header::new_gnu();
+        header.set_path(path).unwrap();
+        header.set_mode(mode);
+        header.set_size(data.len() as u64);
+        header.set_cksum();
+        layer.append(&header, data).unwrap();
+    };
+    add(
+        &mut layer,
+        "bin/sh",
+        0o755,
+        &std::fs::read("/bin/busybox").unwrap(),
+    );
+    add(
+        &mut layer,
+        "etc/motd",
+        0o644,
+        b"welcome to the tools image\n",
+    );
+    let layer = layer.into_inner().unwrap();
+    let root = dir.join("layout");
+    let blobs = root.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |data: &[u8]| {
+        let hex: String = sha2::Sha256::digest(data)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        std::fs::write(blobs.join(&hex), data).unwrap();
+        format!("sha256:{hex}")
+    };
+    let config = br#"{"architecture":"amd64","os":"linux"}"#;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": put(config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": put(&layer), "size": layer.len()}],
+    })
+    .to_string();
+    let index = json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": put(manifest.as_bytes()), "size": manifest.len(),
+    }]});
+    std::fs::write(root.join("index.json"), index.to_string()).unwrap();
+    std::fs::write(root.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    root
+}
+
+#[tokio::test]
+async fn a_sandbox_runs_an_image_the_server_offers_and_no_other() {
+    let images = tempfile::tempdir().unwrap();
+    let layout = image_layout(images.path());
+    let app = spawn_app_with(move |args| {
+        with_sandboxes(args);
+        args.sandbox
+            .as_mut()
+            .unwrap()
+            .images
+            .insert("example.com/tools:1".into(), layout);
+    })
+    .await;
+    let t = app.create_tenant("Acme").await;
+    let sandbox = create(&app, &t.key, json!({"image": "example.com/tools:1"})).await;
+    assert_eq!(sandbox["image"], "example.com/tools:1");
+    let id = sandbox["id"].as_str().unwrap();
+    let out = exec(
+        &app,
+        &t.key,
+        id,
+        json!({"command": ["/bin/sh", "-c", "read l < /etc/motd; echo \"$l\""]}),
+    )
+    .await;
+    assert_eq!(out["stdout"], "welcome to the tools image\n", "{out}");
+    // The image's files are read-only like the built-in image's.
+    let out = exec(
+        &app,
+        &t.key,
+        id,
+        json!({"command": ["/bin/sh", "-c", "echo x > /etc/motd"]}),
+    )
+    .await;
+    assert_ne!(out["exit_code"], 0, "{out}");
+    let res = app
+        .request(Method::POST, "/v1/sandboxes", &t.key)
+        .json(&json!({"image": "example.com/other:2"}))
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(res, 422, "invalid_field").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("example.com/tools:1"),
+        "{problem}"
+    );
+}

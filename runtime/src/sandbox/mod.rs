@@ -103,6 +103,9 @@ pub struct ExecResult {
 pub struct SandboxSpec {
     pub limits: Limits,
     pub egress: Policy,
+    /// The root of an unpacked OCI image ([`Runtime::ensure_image`]); the
+    /// built-in image when `None`.
+    pub image: Option<PathBuf>,
 }
 
 struct Live {
@@ -210,6 +213,30 @@ impl Runtime {
         &self.tag
     }
 
+    /// Unpacks (once; then cached) the image `reference` of the OCI image
+    /// layout directory `layout` into the image cache, every blob checked;
+    /// its root, for [`SandboxSpec::image`]. `progress` hears `(layer,
+    /// layers, bytes read, layer size)`.
+    pub async fn ensure_image(
+        &self,
+        layout: PathBuf,
+        reference: Option<String>,
+        mut progress: impl FnMut(usize, usize, u64, u64) + Send + 'static,
+    ) -> Result<PathBuf, Error> {
+        let cache = self.config.image_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            image::ensure_oci(
+                &cache,
+                &layout,
+                reference.as_deref(),
+                &crate::oci::Limits::default(),
+                &mut progress,
+            )
+        })
+        .await
+        .map_err(|e| Error::Io(e.to_string()))?
+    }
+
     /// The built-in image's root directory.
     pub fn builtin_image(&self) -> &Path {
         &self.image
@@ -252,6 +279,7 @@ impl Runtime {
             )));
         }
         if spec.limits == Limits::default()
+            && spec.image.is_none()
             && let Some(prepared) = self.pool.take()
         {
             let (container, slot) = (prepared.container.clone(), prepared.slot);
@@ -270,7 +298,10 @@ impl Runtime {
             }
         }
         let slot = self.take_slot()?;
-        let started = match self.prepare(id, slot, spec.limits).await {
+        let started = match self
+            .prepare(id, slot, spec.limits, spec.image.as_deref())
+            .await
+        {
             Ok(prepared) => self.start_prepared(id, prepared, spec.egress).await,
             Err(e) => Err(e),
         };
@@ -301,6 +332,7 @@ impl Runtime {
         container: &str,
         slot: usize,
         limits: Limits,
+        image: Option<&Path>,
     ) -> Result<pool::Prepared, Error> {
         let bundle = self.bundles.join(container);
         std::fs::create_dir_all(&bundle).map_err(|e| Error::Io(format!("create bundle: {e}")))?;
@@ -308,10 +340,14 @@ impl Runtime {
         let config = spec::build(&spec::SpecInput {
             id: container,
             worker: &self.tag,
-            rootfs: &self.image,
+            rootfs: image.unwrap_or(&self.image),
             host_id_base,
             limits,
-            init: image::AGENT_PATH,
+            init: if image.is_some() {
+                image::OCI_AGENT_PATH
+            } else {
+                image::AGENT_PATH
+            },
             limit_swap: crate::cgroups::accounts_swap(),
         });
         std::fs::write(bundle.join("config.json"), config.to_string())

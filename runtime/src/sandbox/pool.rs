@@ -120,7 +120,10 @@ async fn fill(runtime: &Runtime) -> Result<(), Error> {
     {
         let slot = runtime.take_slot()?;
         let container = format!("pool-{}", runtime.pool.seq.fetch_add(1, Ordering::Relaxed));
-        match runtime.prepare(&container, slot, Limits::default()).await {
+        match runtime
+            .prepare(&container, slot, Limits::default(), None)
+            .await
+        {
             Ok(prepared) => {
                 let mut ready = runtime
                     .pool

@@ -256,6 +256,7 @@ async fn the_network_is_loopback_only_and_the_proxy_refuses_what_is_not_allowed(
     let w = worker().await;
     let host = host_http_server();
     let spec = SandboxSpec {
+        image: None,
         limits: Limits::default(),
         egress: Policy {
             // `localhost` is allow-listed on purpose: it resolves to
@@ -437,6 +438,7 @@ async fn fork_and_memory_bombs_and_a_full_disk_stay_inside() {
         &w,
         "bomb",
         SandboxSpec {
+            image: None,
             limits: small,
             egress: Policy::default(),
         },
@@ -473,6 +475,7 @@ async fn fork_and_memory_bombs_and_a_full_disk_stay_inside() {
         &w,
         "mem",
         SandboxSpec {
+            image: None,
             limits: small,
             egress: Policy::default(),
         },
@@ -676,6 +679,7 @@ async fn a_sandbox_from_the_pool_is_hardened_like_any_other_and_gets_its_own_pol
     wait_for_pool().await;
     let host = host_http_server();
     let spec = SandboxSpec {
+        image: None,
         limits: Limits::default(),
         egress: Policy {
             allow_hosts: vec![],
@@ -704,6 +708,7 @@ async fn a_sandbox_from_the_pool_is_hardened_like_any_other_and_gets_its_own_pol
     // A limit other than the default is never served from the pool.
     wait_for_pool().await;
     let custom = SandboxSpec {
+        image: None,
         limits: Limits {
             memory_mib: 128,
             ..Limits::default()

@@ -80,8 +80,9 @@ pub struct LimitsBody {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSandbox {
-    /// `builtin` (busybox and the Carapace agent; the default). OCI image
-    /// references are accepted by the schema but not yet runnable.
+    /// `builtin` (busybox and the Carapace agent; the default), or one of
+    /// the OCI images the server offers (its `[sandbox] images`; a
+    /// reference it does not offer is refused with 422).
     #[serde(default)]
     image: Option<String>,
     /// Host names reachable through the sandbox's egress proxy
@@ -236,16 +237,11 @@ pub async fn create_sandbox(
 ) -> Result<HttpResponse, Error> {
     let body = body.into_inner();
     let image = validate::image(body.image.as_deref().unwrap_or("builtin"))?;
-    if image != "builtin" {
-        return Err(invalid(
-            "image",
-            "only the `builtin` image can run yet; OCI images are not supported",
-        ));
-    }
     let egress_allow = validate::hosts(body.egress_allow.unwrap_or_default())?;
     let limits = limits(body.limits)?;
     let service = &state.sandboxes;
     let runtime = service.runtime()?;
+    let rootfs = service.image(&image).await?;
     let scope = caller.scope(&state.db);
     let new = NewSandbox {
         image,
@@ -256,7 +252,7 @@ pub async fn create_sandbox(
     let max = service.config().max_per_tenant;
     let sandbox = scope.create_sandbox(new, max).await?;
     let started = Instant::now();
-    let spec = service.spec(sandbox.limits, &sandbox.egress_allow);
+    let spec = service.spec(sandbox.limits, &sandbox.egress_allow, rootfs);
     if let Err(e) = runtime.create(sandbox.id.as_str(), spec).await {
         tracing::error!(sandbox = %sandbox.id, error = %e, "sandbox failed to start");
         let event = caller
