@@ -66,3 +66,27 @@ pub fn accounts_swap() -> bool {
     root.join("memory/memory.memsw.limit_in_bytes").exists()
         || root.join("cgroup.controllers").exists()
 }
+
+/// How many times the kernel's OOM killer has killed a process in the
+/// sandbox's cgroup (`container` of `worker`): `oom_kill` in v1's
+/// `memory.oom_control` or v2's `memory.events`.
+pub fn oom_kills(worker: &str, container: &str) -> Option<u64> {
+    let root = Path::new(CGROUP_ROOT);
+    let candidates = [
+        root.join("memory/carapace")
+            .join(worker)
+            .join(container)
+            .join("memory.oom_control"),
+        root.join("carapace")
+            .join(worker)
+            .join(container)
+            .join("memory.events"),
+    ];
+    candidates.iter().find_map(|file| {
+        let text = fs::read_to_string(file).ok()?;
+        text.lines().find_map(|l| {
+            l.strip_prefix("oom_kill ")
+                .and_then(|v| v.trim().parse().ok())
+        })
+    })
+}

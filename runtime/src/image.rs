@@ -102,11 +102,50 @@ fn searchable_by_sandboxes(dir: &Path) -> Result<(), Error> {
 }
 
 /// Makes sure the image `reference` (or the only image) of the OCI image
-/// layout directory `layout` is unpacked in `cache`, with the agent added
+/// layout `layout` (a directory, or a tar file of one) is unpacked in
+/// `cache`, with the agent added
 /// at [`OCI_AGENT_PATH`] and the sandbox's mount points created; its root
 /// directory. Cached by manifest digest (and the agent): a second call
 /// costs reading `index.json` and the manifest.
 pub fn ensure_oci(
+    cache: &Path,
+    layout: &Path,
+    reference: Option<&str>,
+    limits: &crate::oci::Limits,
+    progress: crate::oci::Progress<'_>,
+) -> Result<PathBuf, Error> {
+    // A layout shipped as a tar file is extracted first (strictly: files
+    // and directories only), and removed afterwards.
+    let extracted = if layout.is_file() {
+        fs::create_dir_all(cache).map_err(io("create the image cache"))?;
+        static EXTRACTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = EXTRACTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = cache.join(format!(".layout-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir(&dir).map_err(io("extract the layout"))?;
+        let archive = fs::File::open(layout).map_err(io("open the layout archive"))?;
+        if let Err(e) = crate::oci::unpack::extract_layout_archive(archive, &dir, limits) {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        Some(dir)
+    } else {
+        None
+    };
+    let result = ensure_oci_dir(
+        cache,
+        extracted.as_deref().unwrap_or(layout),
+        reference,
+        limits,
+        progress,
+    );
+    if let Some(dir) = extracted {
+        let _ = fs::remove_dir_all(dir);
+    }
+    result
+}
+
+fn ensure_oci_dir(
     cache: &Path,
     layout: &Path,
     reference: Option<&str>,

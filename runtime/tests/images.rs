@@ -426,3 +426,67 @@ fn oversized_tampered_and_malformed_images_are_refused() {
         .unwrap_or_default();
     assert!(e.contains("not an OCI image layout"), "{e}");
 }
+
+#[test]
+fn a_layout_shipped_as_a_tar_file_is_used_and_links_in_it_are_refused() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let layout_dir = layout(
+        dir.path(),
+        vec![(true, tar_of(vec![file("etc/motd", b"from a tar\n")]))],
+    );
+    let archive = dir.path().join("layout.tar");
+    let mut builder =
+        tar::Builder::new(std::fs::File::create(&archive).unwrap_or_else(|e| panic!("{e}")));
+    builder
+        .append_dir_all(".", &layout_dir)
+        .unwrap_or_else(|e| panic!("{e}"));
+    builder.finish().unwrap_or_else(|e| panic!("{e}"));
+    drop(builder);
+    let cache = dir.path().join("cache");
+    let root = carapace_runtime::image::ensure_oci(
+        &cache,
+        &archive,
+        None,
+        &Limits::default(),
+        &mut |_, _, _, _| {},
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/motd")).unwrap_or_default(),
+        "from a tar\n"
+    );
+    assert!(
+        root.join(".carapace/carapace-agent").exists(),
+        "the agent is added"
+    );
+    // Nothing of the extraction is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(&cache)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // A layout archive with a link in it (it could make a host file a blob).
+    let evil = dir.path().join("evil.tar");
+    std::fs::write(
+        &evil,
+        tar_of(vec![
+            file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#),
+            link("index.json", tar::EntryType::Symlink, "/etc/hostname"),
+        ]),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let e = carapace_runtime::image::ensure_oci(
+        &cache,
+        &evil,
+        None,
+        &Limits::default(),
+        &mut |_, _, _, _| {},
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(e.contains("not a file or directory"), "{e}");
+}

@@ -51,6 +51,7 @@ async fn a_sandbox_runs_commands_and_keeps_files_until_it_is_deleted() {
     )
     .await;
     assert_eq!(out["exit_code"], 3, "{out}");
+    assert_eq!(out["oom_killed"], false);
     assert_eq!(out["stdout"], "hello world\n");
     assert_eq!(out["stderr"], "oops\n");
     assert_eq!(out["timed_out"], false);

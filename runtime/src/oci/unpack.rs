@@ -239,6 +239,59 @@ pub fn apply_layer(
     Ok(())
 }
 
+/// Extracts an image layout shipped as a tar file into `dest`: only
+/// directories and regular files (a link in a layout could make a "blob"
+/// of any host file), under the same path rules and size limits as layers.
+pub fn extract_layout_archive(
+    archive: impl Read,
+    dest: &Path,
+    limits: &Limits,
+) -> Result<(), Error> {
+    let mut archive = tar::Archive::new(archive);
+    let entries = archive
+        .entries()
+        .map_err(|e| bad(format!("the layout archive is not a tar file: {e}")))?;
+    let mut totals = Totals::default();
+    for entry in entries {
+        let mut entry = entry.map_err(|e| bad(format!("corrupt layout archive: {e}")))?;
+        totals.entries += 1;
+        if totals.entries > limits.max_entries {
+            return Err(bad("the layout archive has too many entries"));
+        }
+        let raw = entry
+            .path()
+            .map_err(|e| bad(format!("layout archive path: {e}")))?
+            .into_owned();
+        let rel = relative(&raw)?;
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        no_links_on_the_way(dest, &rel)?;
+        let target = dest.join(&rel);
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            fs::create_dir_all(&target)
+                .map_err(|e| bad(format!("mkdir {}: {e}", rel.display())))?;
+        } else if kind.is_file() {
+            let size = entry.header().size().unwrap_or(0);
+            totals.bytes = totals.bytes.saturating_add(size);
+            if totals.bytes > limits.max_unpacked_bytes {
+                return Err(bad("the layout archive is too large"));
+            }
+            let mut file = fs::File::create(&target)
+                .map_err(|e| bad(format!("create {}: {e}", rel.display())))?;
+            io::copy(&mut (&mut entry).take(size), &mut file)
+                .map_err(|e| bad(format!("write {}: {e}", rel.display())))?;
+        } else {
+            return Err(bad(format!(
+                "layout archive entry {} is not a file or directory",
+                rel.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::relative;

@@ -96,6 +96,9 @@ pub struct ExecResult {
     pub stderr_truncated: bool,
     /// Why the command could not start, if it could not.
     pub error: Option<String>,
+    /// The kernel's OOM killer killed a process of the sandbox while the
+    /// command ran (the sandbox is over its memory limit).
+    pub oom_killed: bool,
 }
 
 /// What a new sandbox gets.
@@ -519,10 +522,12 @@ impl Runtime {
             stdin: exec.stdin,
         });
         // The agent kills the command at its timeout; allow it time to say so.
+        let oom_before = crate::cgroups::oom_kills(&self.tag, &live.container);
         let reply = live
             .control
             .call(request_id, &request, exec.timeout + Duration::from_secs(10))
             .await?;
+        let oom_after = crate::cgroups::oom_kills(&self.tag, &live.container);
         let Reply::Exec(reply) = reply else {
             return Err(Error::Sandbox(
                 "the sandbox agent answered the wrong request".into(),
@@ -542,6 +547,7 @@ impl Runtime {
             stdout_truncated: reply.stdout_truncated,
             stderr_truncated: reply.stderr_truncated,
             error: (reply.outcome == Outcome::SpawnFailed).then_some(reply.error),
+            oom_killed: matches!((oom_before, oom_after), (Some(b), Some(a)) if a > b),
         })
     }
 

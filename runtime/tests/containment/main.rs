@@ -489,6 +489,7 @@ async fn fork_and_memory_bombs_and_a_full_disk_stay_inside() {
         "killed by the OOM killer: {}",
         text(&r.stdout)
     );
+    assert!(r.oom_killed, "the OOM kill is reported");
     let allocated = text(&r.stdout).lines().count() * 16;
     assert!(
         allocated <= 64,

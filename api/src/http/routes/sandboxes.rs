@@ -184,6 +184,9 @@ pub struct ExecView {
     timed_out: bool,
     /// Why it could not start, if it could not.
     error: Option<String>,
+    /// The kernel's OOM killer killed a process of the sandbox while the
+    /// command ran: the sandbox needs more `memory_mib`.
+    oom_killed: bool,
     /// Wall-clock time of the run.
     duration_ms: u64,
 }
@@ -479,6 +482,7 @@ pub async fn exec(
         stderr_truncated: result.stderr_truncated,
         timed_out: result.timed_out,
         error: result.error,
+        oom_killed: result.oom_killed,
         duration_ms: started.elapsed().as_millis() as u64,
     }))
 }
