@@ -584,3 +584,70 @@ async fn a_sandbox_runs_an_image_the_server_offers_and_no_other() {
         "{problem}"
     );
 }
+
+#[tokio::test]
+async fn exec_output_can_stream_as_server_sent_events() {
+    let app = spawn_app_with(with_sandboxes).await;
+    let t = app.create_tenant("Acme").await;
+    let sandbox = create(&app, &t.key, json!({})).await;
+    let id = sandbox["id"].as_str().unwrap();
+    let started = Instant::now();
+    let mut res = app
+        .request(Method::POST, &format!("/v1/sandboxes/{id}/exec?stream=true"), &t.key)
+        .json(&json!({"command": ["sh", "-c", "for i in 1 2 3; do echo line $i; sleep 0.3; done; printf '\u{20ac}' >&2; exit 2"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let (mut body, mut first) = (String::new(), None);
+    while let Some(chunk) = res.chunk().await.unwrap() {
+        first.get_or_insert(started.elapsed());
+        body.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let total = started.elapsed();
+    assert!(
+        first.unwrap() + Duration::from_millis(500) < total,
+        "streamed, not buffered: {first:?} of {total:?}"
+    );
+    let events: Vec<(String, Value)> = body
+        .split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            let name = e
+                .lines()
+                .next()
+                .unwrap()
+                .trim_start_matches("event: ")
+                .to_owned();
+            let data = e.lines().nth(1).unwrap().trim_start_matches("data: ");
+            (name, serde_json::from_str(data).unwrap())
+        })
+        .collect();
+    let stdout: String = events
+        .iter()
+        .filter(|(n, _)| n == "stdout")
+        .map(|(_, d)| d["text"].as_str().unwrap())
+        .collect();
+    let stderr: String = events
+        .iter()
+        .filter(|(n, _)| n == "stderr")
+        .map(|(_, d)| d["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(stdout, "line 1\nline 2\nline 3\n");
+    assert_eq!(stderr, "\u{20ac}");
+    let (last, exit) = events.last().unwrap();
+    assert_eq!(last, "exit", "{body}");
+    assert_eq!(exit["exit_code"], 2);
+    let res = app
+        .request(
+            Method::POST,
+            &format!("/v1/sandboxes/{id}/exec?stream=maybe"),
+            &t.key,
+        )
+        .json(&json!({"command": ["true"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 400, "invalid_query").await;
+}

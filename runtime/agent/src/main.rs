@@ -139,12 +139,38 @@ fn send(out: &Out, reply: &Reply) {
     let _ = protocol::write_frame(&mut *out, &reply.encode());
 }
 
-/// Reads a pipe to its end, keeping the first `max` bytes.
-fn drain(mut pipe: impl Read, max: usize, kept: Arc<Mutex<(Vec<u8>, bool)>>) {
+/// Where a streamed command's output goes: the control socket, as
+/// `Output` frames of this request and pipe.
+struct Stream {
+    out: Out,
+    id: u64,
+    fd: u8,
+}
+
+/// Reads a pipe to its end, keeping the first `max` bytes, or sending
+/// everything as it comes when streaming.
+fn drain(
+    mut pipe: impl Read,
+    max: usize,
+    kept: Arc<Mutex<(Vec<u8>, bool)>>,
+    stream: Option<Stream>,
+) {
     let mut buf = [0u8; 16 * 1024];
     loop {
         match pipe.read(&mut buf) {
             Ok(0) | Err(_) => return,
+            Ok(n) if stream.is_some() => {
+                if let Some(s) = &stream {
+                    send(
+                        &s.out,
+                        &Reply::Output {
+                            id: s.id,
+                            fd: s.fd,
+                            data: buf[..n].to_vec(),
+                        },
+                    );
+                }
+            }
             Ok(n) => {
                 let mut kept = kept.lock().unwrap_or_else(PoisonError::into_inner);
                 let room = max.saturating_sub(kept.0.len());
@@ -157,7 +183,7 @@ fn drain(mut pipe: impl Read, max: usize, kept: Arc<Mutex<(Vec<u8>, bool)>>) {
     }
 }
 
-fn exec(reaper: &Reaper, req: ExecRequest) -> ExecReply {
+fn exec(reaper: &Reaper, req: ExecRequest, out: &Out) -> ExecReply {
     let mut reply = ExecReply {
         id: req.id,
         outcome: Outcome::SpawnFailed,
@@ -221,23 +247,30 @@ fn exec(reaper: &Reaper, req: ExecRequest) -> ExecReply {
             let _ = pipe.write_all(&input);
         }
     });
-    let out = Arc::new(Mutex::new((Vec::new(), false)));
-    let err = Arc::new(Mutex::new((Vec::new(), false)));
+    let out_kept = Arc::new(Mutex::new((Vec::new(), false)));
+    let err_kept = Arc::new(Mutex::new((Vec::new(), false)));
     let (done_tx, done_rx) = mpsc::channel::<()>();
-    for (pipe, kept) in [
+    for (fd, pipe, kept) in [
         (
+            1u8,
             stdout.map(|p| Box::new(p) as Box<dyn Read + Send>),
-            out.clone(),
+            out_kept.clone(),
         ),
         (
+            2u8,
             stderr.map(|p| Box::new(p) as Box<dyn Read + Send>),
-            err.clone(),
+            err_kept.clone(),
         ),
     ] {
         let done = done_tx.clone();
+        let stream = req.stream.then(|| Stream {
+            out: out.clone(),
+            id: req.id,
+            fd,
+        });
         thread::spawn(move || {
             if let Some(pipe) = pipe {
-                drain(pipe, max, kept);
+                drain(pipe, max, kept, stream);
             }
             let _ = done.send(());
         });
@@ -277,8 +310,8 @@ fn exec(reaper: &Reaper, req: ExecRequest) -> ExecReply {
         let mut kept = kept.lock().unwrap_or_else(PoisonError::into_inner);
         (std::mem::take(&mut kept.0), kept.1)
     };
-    (reply.stdout, reply.stdout_truncated) = take(&out);
-    (reply.stderr, reply.stderr_truncated) = take(&err);
+    (reply.stdout, reply.stdout_truncated) = take(&out_kept);
+    (reply.stderr, reply.stderr_truncated) = take(&err_kept);
     reply.outcome = match status {
         _ if timed_out => Outcome::TimedOut,
         Some(s) if s & 0x7f == 0 => Outcome::Exited((s >> 8) & 0xff),
@@ -334,7 +367,7 @@ fn main() {
         let (out, reaper) = (out.clone(), reaper.clone());
         thread::spawn(move || {
             let reply = match request {
-                Request::Exec(req) => Reply::Exec(exec(&reaper, req)),
+                Request::Exec(req) => Reply::Exec(exec(&reaper, req, &out)),
                 Request::WriteFile { id, path, data } => Reply::File {
                     id,
                     result: write_file(&path, &data),

@@ -43,6 +43,9 @@ pub struct ExecRequest {
     pub env: Vec<Vec<u8>>,
     pub cwd: Vec<u8>,
     pub stdin: Vec<u8>,
+    /// Send output as it comes ([`Reply::Output`] frames) instead of in
+    /// the final reply (whose stdout and stderr are then empty).
+    pub stream: bool,
 }
 
 /// What the agent answers.
@@ -51,6 +54,13 @@ pub enum Reply {
     /// Sent once, as the agent's first act: the sandbox is running.
     Ready,
     Exec(ExecReply),
+    /// A piece of a streamed command's output: `fd` 1 (stdout) or 2
+    /// (stderr), in the order it was read from that pipe.
+    Output {
+        id: u64,
+        fd: u8,
+        data: Vec<u8>,
+    },
     /// Answer to `WriteFile` and `ReadFile`: the data read (empty for a
     /// write) or what went wrong.
     File {
@@ -115,6 +125,7 @@ const TAG_READ: u8 = 3;
 const TAG_READY: u8 = 0x80;
 const TAG_EXEC_REPLY: u8 = 0x81;
 const TAG_FILE_REPLY: u8 = 0x82;
+const TAG_OUTPUT: u8 = 0x83;
 
 struct Enc(Vec<u8>);
 
@@ -223,7 +234,8 @@ impl Request {
                     .list(&e.argv)
                     .list(&e.env)
                     .bytes(&e.cwd)
-                    .bytes(&e.stdin);
+                    .bytes(&e.stdin)
+                    .u8(u8::from(e.stream));
                 enc.finish()
             }
             Request::WriteFile { id, path, data } => {
@@ -250,6 +262,7 @@ impl Request {
                 env: d.list()?,
                 cwd: d.bytes()?,
                 stdin: d.bytes()?,
+                stream: d.u8()? != 0,
             }),
             TAG_WRITE => Request::WriteFile {
                 id: d.u64()?,
@@ -290,6 +303,11 @@ impl Reply {
                     .bytes(r.error.as_bytes());
                 enc.finish()
             }
+            Reply::Output { id, fd, data } => {
+                let mut enc = Enc::new(TAG_OUTPUT);
+                enc.u64(*id).u8(*fd).bytes(data);
+                enc.finish()
+            }
             Reply::File { id, result } => {
                 let mut enc = Enc::new(TAG_FILE_REPLY);
                 enc.u64(*id);
@@ -327,6 +345,14 @@ impl Reply {
                     error: d.string()?,
                 })
             }
+            TAG_OUTPUT => Reply::Output {
+                id: d.u64()?,
+                fd: match d.u8()? {
+                    fd @ (1 | 2) => fd,
+                    _ => return Err(DecodeError::Malformed("output fd")),
+                },
+                data: d.bytes()?,
+            },
             TAG_FILE_REPLY => {
                 let id = d.u64()?;
                 let result = match d.u8()? {
@@ -347,7 +373,7 @@ impl Reply {
         match self {
             Reply::Ready => None,
             Reply::Exec(r) => Some(r.id),
-            Reply::File { id, .. } => Some(*id),
+            Reply::Output { id, .. } | Reply::File { id, .. } => Some(*id),
         }
     }
 }
@@ -399,7 +425,15 @@ mod tests {
             env: vec![b"A=B".to_vec()],
             cwd: b"/workspace".to_vec(),
             stdin: b"in".to_vec(),
+            stream: true,
         }));
+        let output = Reply::Output {
+            id: 3,
+            fd: 2,
+            data: b"err".to_vec(),
+        };
+        assert_eq!(Reply::decode(&output.encode()[4..]).ok(), Some(output));
+        assert!(Reply::decode(&[TAG_OUTPUT, 3, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0]).is_err());
         roundtrip_request(Request::ReadFile {
             id: 1,
             path: b"a".to_vec(),

@@ -14,11 +14,19 @@ use carapace_agent::protocol::{self, Reply, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::Error;
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
+/// Who waits for the replies to a request.
+enum Waiter {
+    /// One reply.
+    Once(oneshot::Sender<Reply>),
+    /// `Output` frames, then the final reply.
+    Stream(mpsc::Sender<Reply>),
+}
+
+type Pending = Arc<Mutex<HashMap<u64, Waiter>>>;
 
 /// A live conversation with one sandbox's agent.
 pub struct Control {
@@ -58,12 +66,28 @@ impl Control {
                     break;
                 };
                 let Some(id) = reply.id() else { continue };
-                let waiter = task_pending
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&id);
-                if let Some(waiter) = waiter {
-                    let _ = waiter.send(reply);
+                let streaming = matches!(reply, Reply::Output { .. });
+                let waiter = {
+                    let mut pending = task_pending.lock().unwrap_or_else(PoisonError::into_inner);
+                    match pending.get(&id) {
+                        // Output goes to a stream's reader and keeps it.
+                        Some(Waiter::Stream(tx)) if streaming => Some(Waiter::Stream(tx.clone())),
+                        // Output for anything else is dropped.
+                        _ if streaming => None,
+                        _ => pending.remove(&id),
+                    }
+                };
+                match waiter {
+                    Some(Waiter::Once(tx)) => {
+                        let _ = tx.send(reply);
+                    }
+                    // Waiting here is the backpressure: a slow reader
+                    // stops this socket being read, and the command's
+                    // pipes fill up.
+                    Some(Waiter::Stream(tx)) => {
+                        let _ = tx.send(reply).await;
+                    }
+                    None => {}
                 }
             }
             task_closed.store(true, Ordering::SeqCst);
@@ -92,33 +116,41 @@ impl Control {
         self.closed.load(Ordering::SeqCst)
     }
 
-    /// Sends `request` (whose id must come from [`Control::next_id`]) and
-    /// waits up to `within` for its reply.
-    pub async fn call(&self, id: u64, request: &Request, within: Duration) -> Result<Reply, Error> {
+    /// Registers `waiter` for `id` and sends `request`.
+    async fn send(&self, id: u64, request: &Request, waiter: Waiter) -> Result<(), Error> {
         if self.is_closed() {
             return Err(Error::SandboxGone);
         }
-        let (tx, rx) = oneshot::channel();
         self.pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, tx);
+            .insert(id, waiter);
         let sent = {
             let mut writer = self.writer.lock().await;
             writer.write_all(&request.encode()).await
         };
         if sent.is_err() {
-            self.pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&id);
+            self.forget(id);
             return Err(Error::SandboxGone);
         }
-        let reply = tokio::time::timeout(within, rx).await;
+        Ok(())
+    }
+
+    /// Stops waiting for request `id`; its late replies are dropped.
+    pub fn forget(&self, id: u64) {
         self.pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
+    }
+
+    /// Sends `request` (whose id must come from [`Control::next_id`]) and
+    /// waits up to `within` for its reply.
+    pub async fn call(&self, id: u64, request: &Request, within: Duration) -> Result<Reply, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.send(id, request, Waiter::Once(tx)).await?;
+        let reply = tokio::time::timeout(within, rx).await;
+        self.forget(id);
         match reply {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) => Err(Error::SandboxGone),
@@ -126,6 +158,18 @@ impl Control {
                 "the sandbox agent did not answer in time".into(),
             )),
         }
+    }
+
+    /// Sends `request` and hands back its replies as they come: `Output`
+    /// frames, then the final reply. The channel closes if the agent goes.
+    pub async fn call_stream(
+        &self,
+        id: u64,
+        request: &Request,
+    ) -> Result<mpsc::Receiver<Reply>, Error> {
+        let (tx, rx) = mpsc::channel(16);
+        self.send(id, request, Waiter::Stream(tx)).await?;
+        Ok(rx)
     }
 }
 

@@ -10,6 +10,7 @@
 //! an exec costs a message, not a container operation.
 
 pub mod control;
+mod exec;
 pub mod helper;
 pub mod pool;
 pub mod seccomp;
@@ -24,12 +25,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use carapace_agent::protocol::{ExecRequest, Outcome, Reply, Request};
+use carapace_agent::protocol::{Reply, Request};
 use libcontainer::container::Container;
 use libcontainer::signal::Signal;
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
+pub use exec::StreamEvent;
 pub use spec::Limits;
 
 use crate::egress::{self, Counters, Policy};
@@ -492,62 +494,6 @@ impl Runtime {
                 .counters
                 .refused
                 .load(std::sync::atomic::Ordering::Relaxed),
-        })
-    }
-
-    /// Runs a command in the sandbox's `/workspace` and waits for it.
-    pub async fn exec(&self, id: &str, exec: Exec) -> Result<ExecResult, Error> {
-        let (live, _busy) = self.enter(id)?;
-        if exec.argv.is_empty() {
-            return Err(Error::Sandbox("the command is empty".into()));
-        }
-        let mut env = vec![
-            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
-            "HOME=/workspace".to_owned(),
-            format!("HTTP_PROXY=http://127.0.0.1:{PROXY_PORT}"),
-            format!("HTTPS_PROXY=http://127.0.0.1:{PROXY_PORT}"),
-            format!("http_proxy=http://127.0.0.1:{PROXY_PORT}"),
-            format!("https_proxy=http://127.0.0.1:{PROXY_PORT}"),
-        ];
-        env.extend(exec.env.iter().map(|(k, v)| format!("{k}={v}")));
-        let request_id = live.control.next_id();
-        let timeout_ms = u64::try_from(exec.timeout.as_millis()).unwrap_or(u64::MAX);
-        let request = Request::Exec(ExecRequest {
-            id: request_id,
-            timeout_ms,
-            max_output: MAX_OUTPUT,
-            argv: exec.argv.into_iter().map(String::into_bytes).collect(),
-            env: env.into_iter().map(String::into_bytes).collect(),
-            cwd: b"/workspace".to_vec(),
-            stdin: exec.stdin,
-        });
-        // The agent kills the command at its timeout; allow it time to say so.
-        let oom_before = crate::cgroups::oom_kills(&self.tag, &live.container);
-        let reply = live
-            .control
-            .call(request_id, &request, exec.timeout + Duration::from_secs(10))
-            .await?;
-        let oom_after = crate::cgroups::oom_kills(&self.tag, &live.container);
-        let Reply::Exec(reply) = reply else {
-            return Err(Error::Sandbox(
-                "the sandbox agent answered the wrong request".into(),
-            ));
-        };
-        let (exit_code, timed_out) = match reply.outcome {
-            Outcome::Exited(code) => (Some(code), false),
-            Outcome::Signaled(signal) => (Some(128 + signal), false),
-            Outcome::TimedOut => (None, true),
-            Outcome::SpawnFailed => (None, false),
-        };
-        Ok(ExecResult {
-            exit_code,
-            timed_out,
-            stdout: reply.stdout,
-            stderr: reply.stderr,
-            stdout_truncated: reply.stdout_truncated,
-            stderr_truncated: reply.stderr_truncated,
-            error: (reply.outcome == Outcome::SpawnFailed).then_some(reply.error),
-            oom_killed: matches!((oom_before, oom_after), (Some(b), Some(a)) if a > b),
         })
     }
 

@@ -727,3 +727,49 @@ async fn a_sandbox_from_the_pool_is_hardened_like_any_other_and_gets_its_own_pol
     w.runtime.shutdown().await;
     assert_eq!((w.runtime.count(), w.runtime.pooled()), (0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_streams_as_it_comes() {
+    use carapace_runtime::sandbox::StreamEvent;
+    let w = worker().await;
+    sandbox(&w, "stream", SandboxSpec::default()).await;
+    let exec = Exec {
+        argv: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "for i in 1 2 3; do echo $i; sleep 0.3; done; echo oops >&2; exit 4".into(),
+        ],
+        env: vec![],
+        stdin: vec![],
+        timeout: Duration::from_secs(10),
+    };
+    let started = Instant::now();
+    let mut events = w
+        .runtime
+        .exec_stream("stream", exec)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (mut stdout, mut stderr, mut first_at, mut done) = (Vec::new(), Vec::new(), None, None);
+    while let Some(event) = events.recv().await {
+        match event {
+            StreamEvent::Stdout(data) => {
+                first_at.get_or_insert(started.elapsed());
+                stdout.extend(data);
+            }
+            StreamEvent::Stderr(data) => stderr.extend(data),
+            StreamEvent::Done(result) => done = Some((result, started.elapsed())),
+            StreamEvent::Failed(e) => panic!("{e}"),
+        }
+    }
+    let (result, total) = done.unwrap_or_else(|| panic!("the stream ends with Done"));
+    assert_eq!(text(&stdout), "1\n2\n3\n");
+    assert_eq!(text(&stderr), "oops\n");
+    assert_eq!(result.exit_code, Some(4));
+    assert!(result.stdout.is_empty(), "streamed output is not repeated");
+    let first_at = first_at.unwrap_or_default();
+    assert!(
+        first_at + Duration::from_millis(500) < total,
+        "the first line came before the end: {first_at:?} of {total:?}"
+    );
+    still_serving(&w, "stream").await;
+}

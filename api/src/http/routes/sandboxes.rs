@@ -167,6 +167,16 @@ pub struct ExecBody {
     timeout_s: Option<f64>,
 }
 
+/// Options of an exec.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ExecQuery {
+    /// Stream the output as server-sent events while the command runs
+    /// (`stdout`, `stderr`, then `exit` or `error`) instead of answering
+    /// once it has ended. [default: false]
+    stream: Option<bool>,
+}
+
 /// How a command ended.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ExecView {
@@ -446,12 +456,13 @@ fn exec_request(body: ExecBody, max_timeout: Duration) -> Result<carapace_runtim
     })
 }
 
-/// Run a command in the sandbox and wait for it.
+/// Run a command in the sandbox and wait for it (or stream its output with
+/// `?stream=true`).
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/exec", tag = "sandboxes",
-    params(("id" = String, Path, description = "Sandbox id")),
+    params(("id" = String, Path, description = "Sandbox id"), ExecQuery),
     request_body = ExecBody,
     responses(
-        (status = 200, description = "The command ran (whatever its exit code)", body = ExecView),
+        (status = 200, description = "The command ran (whatever its exit code); with `stream=true`, `text/event-stream` events `stdout`/`stderr` (`{\"text\"}`), then `exit` (as this body without stdout and stderr) or `error`", body = ExecView),
         (status = 404, description = "No such sandbox in this tenant", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The sandbox is not running", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid field", body = crate::http::problem::Problem, content_type = "application/problem+json"),
@@ -461,12 +472,25 @@ pub async fn exec(
     caller: Caller<UseSandboxes>,
     state: web::Data<AppState>,
     id: web::Path<String>,
+    query: web::Query<ExecQuery>,
     body: web::Json<ExecBody>,
 ) -> Result<HttpResponse, Error> {
     let service = &state.sandboxes;
     let request = exec_request(body.into_inner(), service.config().max_exec_timeout)?;
     let runtime = service.runtime()?;
     let id = running(&caller, &state, &id).await?;
+    if query.stream.unwrap_or(false) {
+        let events = match runtime.exec_stream(id.as_str(), request).await {
+            Ok(events) => events,
+            Err(e) => return Err(worker_error(&caller, &state, &id, e).await),
+        };
+        let body =
+            super::sandbox_stream::body(events, state.db.clone(), caller.tenant_id().clone(), id);
+        return Ok(HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .insert_header((header::CACHE_CONTROL, "no-cache"))
+            .streaming(body));
+    }
     let started = Instant::now();
     let result = match runtime.exec(id.as_str(), request).await {
         Ok(result) => result,
