@@ -143,6 +143,9 @@ pub struct SandboxService {
     /// Where sandboxes reach Carapace through their proxy; set once the
     /// listener is bound.
     service_addr: OnceLock<SocketAddr>,
+    /// Offered images already unpacked: reference → root. A layout changed
+    /// on disk is seen after a restart.
+    images: std::sync::Mutex<std::collections::HashMap<String, PathBuf>>,
 }
 
 impl SandboxService {
@@ -199,6 +202,7 @@ impl SandboxService {
             worker,
             config,
             service_addr: OnceLock::new(),
+            images: std::sync::Mutex::default(),
         })
     }
 
@@ -244,6 +248,15 @@ impl SandboxService {
                 message: format!("this server offers these images: {}", offered.join(", ")),
             });
         };
+        let known = self
+            .images
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(reference)
+            .cloned();
+        if let Some(root) = known.filter(|root| root.is_dir()) {
+            return Ok(Some(root));
+        }
         let name = reference.to_owned();
         let root = runtime
             .ensure_image(layout.clone(), None, move |layer, layers, read, size| {
@@ -256,6 +269,10 @@ impl SandboxService {
                 tracing::error!(image = %reference, error = %e, "image cannot be used");
                 Error::Unavailable(format!("the image {reference} cannot be used on this server"))
             })?;
+        self.images
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(reference.to_owned(), root.clone());
         Ok(Some(root))
     }
 

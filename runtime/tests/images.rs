@@ -151,6 +151,8 @@ async fn a_layered_image_runs_in_a_sandbox() {
     bin.mode = 0o755;
     let mut suid = file("usr/bin/suid", b"#!/bin/sh\n");
     suid.mode = 0o4755;
+    let mut private = file("etc/private", b"owner only\n");
+    private.mode = 0o600;
     let base = tar_of(vec![
         bin,
         link("bin/sh", tar::EntryType::Symlink, "busybox"),
@@ -160,6 +162,7 @@ async fn a_layered_image_runs_in_a_sandbox() {
         file("etc/greeting", b"hello from layer 1\n"),
         file("etc/old", b"to be whited out\n"),
         suid,
+        private,
     ]);
     let top = tar_of(vec![
         file("etc/.wh.old", b""),
@@ -216,7 +219,7 @@ async fn a_layered_image_runs_in_a_sandbox() {
         argv: vec![
             "/bin/sh".into(),
             "-c".into(),
-            "cat /etc/greeting /etc/greeting2 /abs/path; ls /etc/old 2>&1; stat -c %a /usr/bin/suid".into(),
+            "cat /etc/greeting /etc/greeting2 /abs/path /etc/private; ls /etc/old 2>&1; stat -c %a /usr/bin/suid".into(),
         ],
         env: vec![],
         stdin: vec![],
@@ -228,7 +231,7 @@ async fn a_layered_image_runs_in_a_sandbox() {
         .unwrap_or_else(|e| panic!("exec: {e}"));
     let out = String::from_utf8_lossy(&r.stdout);
     assert!(
-        out.starts_with("hello from layer 1\nhello from layer 1\nabsolute made relative\n"),
+        out.starts_with("hello from layer 1\nhello from layer 1\nabsolute made relative\nowner only\n"),
         "{out}"
     );
     assert!(

@@ -9,9 +9,10 @@
 //!   resolve inside the sandbox), hard links (to a path checked like any
 //!   other), and OCI whiteouts (`.wh.NAME`, `.wh..wh..opq`); devices and
 //!   FIFOs are skipped;
-//! - modes: setuid, setgid and sticky bits are cleared on files; owners are
-//!   not kept (everything belongs to the worker, and appears as `nobody` in
-//!   the sandbox);
+//! - modes: setuid, setgid and sticky bits are cleared; owners are not
+//!   kept (everything belongs to the worker, and appears as `nobody` in the
+//!   sandbox), so read (and, if the owner had it, execute) permission is
+//!   given to all;
 //! - sizes: entries and bytes written are counted against [`Limits`].
 
 use std::fs;
@@ -173,7 +174,11 @@ pub fn apply_layer(
             continue;
         }
         let header = entry.header();
+        // Owners are not kept (everything belongs to the worker's root,
+        // which is nobody in the sandbox): what the owner could read or run,
+        // everyone can. The image holds nothing a sandbox may not read.
         let mode = header.mode().unwrap_or(0o644) & 0o777;
+        let mode = mode | 0o444 | if mode & 0o111 != 0 { 0o111 } else { 0 };
         let kind = header.entry_type();
         if kind.is_dir() {
             match fs::symlink_metadata(&target) {
@@ -186,7 +191,7 @@ pub fn apply_layer(
                 Err(_) => fs::create_dir(&target)
                     .map_err(|e| bad(format!("mkdir {}: {e}", rel.display())))?,
             }
-            fs::set_permissions(&target, fs::Permissions::from_mode(mode | 0o700))
+            fs::set_permissions(&target, fs::Permissions::from_mode(mode | 0o755))
                 .map_err(|e| bad(format!("chmod {}: {e}", rel.display())))?;
         } else if kind.is_file() {
             remove(&target)?;
