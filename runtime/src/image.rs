@@ -217,14 +217,37 @@ fn finish_oci(root: &Path) -> Result<(), Error> {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
             .map_err(io("set a directory mode"))?;
     }
-    write(
-        &root.join(OCI_AGENT_PATH.trim_start_matches('/')),
-        AGENT,
-        0o755,
-    )?;
+    // Whatever the image put at the agent's name goes first, and the agent
+    // is created new without following links: a layer that plants
+    // `.carapace/carapace-agent -> /host/path` must not make the worker
+    // write the host's file.
+    let agent = root.join(OCI_AGENT_PATH.trim_start_matches('/'));
+    match fs::symlink_metadata(&agent) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(&agent).map_err(io("replace the agent"))?,
+        Ok(_) => fs::remove_file(&agent).map_err(io("replace the agent"))?,
+        Err(_) => {}
+    }
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc_o_nofollow())
+            .mode(0o755)
+            .open(&agent)
+            .map_err(io("write the agent"))?;
+        file.write_all(AGENT).map_err(io("write the agent"))?;
+        file.set_permissions(fs::Permissions::from_mode(0o755))
+            .map_err(io("write the agent"))?;
+    }
     fs::set_permissions(root, fs::Permissions::from_mode(0o755))
         .map_err(io("set a directory mode"))?;
     Ok(())
+}
+
+/// `O_NOFOLLOW` (x86_64 and aarch64 Linux).
+fn libc_o_nofollow() -> i32 {
+    nix::fcntl::OFlag::O_NOFOLLOW.bits()
 }
 
 fn io(what: &'static str) -> impl Fn(std::io::Error) -> Error {

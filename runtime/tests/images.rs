@@ -231,7 +231,9 @@ async fn a_layered_image_runs_in_a_sandbox() {
         .unwrap_or_else(|e| panic!("exec: {e}"));
     let out = String::from_utf8_lossy(&r.stdout);
     assert!(
-        out.starts_with("hello from layer 1\nhello from layer 1\nabsolute made relative\nowner only\n"),
+        out.starts_with(
+            "hello from layer 1\nhello from layer 1\nabsolute made relative\nowner only\n"
+        ),
         "{out}"
     );
     assert!(
@@ -286,6 +288,17 @@ fn malicious_layers_are_refused_and_nothing_is_written_outside() {
             vec![link("h", tar::EntryType::Link, "nothing")],
             "missing",
         ),
+        // `.wh...` hides "..": it would delete the directory holding the image.
+        (
+            "whiteout of the parent",
+            vec![file("a/keep", b"x"), file("a/.wh...", b"")],
+            "not a valid whiteout",
+        ),
+        (
+            "whiteout of the root's parent",
+            vec![file(".wh...", b"")],
+            "not a valid whiteout",
+        ),
     ];
     for (i, (what, entries, expected)) in cases.into_iter().enumerate() {
         let case_dir = dir.path().join(format!("case{i}"));
@@ -301,7 +314,52 @@ fn malicious_layers_are_refused_and_nothing_is_written_outside() {
             !outside.join("pwned").exists(),
             "{what} wrote outside the image"
         );
+        assert!(
+            layout.join("index.json").exists() && outside.exists(),
+            "{what} deleted outside the image"
+        );
     }
+
+    // A layer that plants a link where the agent goes must not make the
+    // worker write through it.
+    let case_dir = dir.path().join("agent-link");
+    std::fs::create_dir(&case_dir).unwrap_or_else(|e| panic!("{e}"));
+    let target: &'static str = Box::leak(
+        outside
+            .join("overwritten")
+            .display()
+            .to_string()
+            .into_boxed_str(),
+    );
+    let planted = tar_of(vec![
+        Entry {
+            name: ".carapace",
+            kind: tar::EntryType::Directory,
+            mode: 0o755,
+            data: vec![],
+            link: "",
+        },
+        link(".carapace/carapace-agent", tar::EntryType::Symlink, target),
+    ]);
+    let layout_dir = layout(&case_dir, vec![(false, planted)]);
+    let root = carapace_runtime::image::ensure_oci(
+        &case_dir.join("cache"),
+        &layout_dir,
+        None,
+        &limits,
+        &mut |_, _, _, _| {},
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !outside.join("overwritten").exists(),
+        "the worker wrote through the planted link"
+    );
+    let agent = std::fs::symlink_metadata(root.join(".carapace/carapace-agent"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        agent.is_file() && agent.len() > 100_000,
+        "the real agent replaced the link"
+    );
 
     // Device nodes are skipped, not created.
     let case_dir = dir.path().join("devices");

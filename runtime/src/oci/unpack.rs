@@ -170,6 +170,14 @@ pub fn apply_layer(
             continue;
         }
         if let Some(hidden) = name.strip_prefix(".wh.") {
+            // The name a whiteout hides must be one plain component:
+            // `.wh...` would otherwise name the parent of the directory.
+            if hidden.is_empty() || hidden == "." || hidden == ".." || hidden.contains('/') {
+                return Err(bad(format!(
+                    "layer entry {} is not a valid whiteout",
+                    rel.display()
+                )));
+            }
             remove(&target.with_file_name(hidden))?;
             continue;
         }
