@@ -34,6 +34,38 @@ const MAX_CONNECTIONS: usize = 64;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Name lookups in flight across all sandboxes.
+static LOOKUPS: Semaphore = Semaphore::const_new(32);
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a proxied connection lives.
+const MAX_CONNECTION: Duration = Duration::from_secs(3600);
+
+/// The addresses of this host's interfaces.
+fn own_addresses() -> Vec<IpAddr> {
+    let Ok(interfaces) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    interfaces
+        .filter_map(|i| i.address)
+        .filter_map(|a| {
+            if let Some(v4) = a.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+            }
+        })
+        .collect()
+}
+
+/// At most this much of a host name goes into a log line.
+fn shown(host: &str) -> &str {
+    let mut end = host.len().min(100);
+    while !host.is_char_boundary(end) {
+        end -= 1;
+    }
+    &host[..end]
+}
+
 /// What one sandbox may reach.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
@@ -104,7 +136,7 @@ impl Policy {
             if !self.host_allowed(bare) {
                 return Err(Refusal::NotAllowed);
             }
-            return if is_public(ip) {
+            return if is_public(ip) && !own_addresses().contains(&ip) {
                 Ok(SocketAddr::new(ip, port))
             } else {
                 Err(Refusal::NotPublic(ip))
@@ -113,20 +145,33 @@ impl Policy {
         if !self.host_allowed(&host) {
             return Err(Refusal::NotAllowed);
         }
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .map_err(|_| Refusal::Unresolvable)?
-            .collect();
+        // Lookups run on the blocking pool: bounded in number and time, so
+        // a name server that never answers cannot starve the worker.
+        let Ok(_permit) = LOOKUPS.acquire().await else {
+            return Err(Refusal::Unresolvable);
+        };
+        let lookup = tokio::net::lookup_host((host.as_str(), port));
+        let addrs: Vec<SocketAddr> = match tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
+            Ok(Ok(addrs)) => addrs.collect(),
+            _ => return Err(Refusal::Unresolvable),
+        };
         // One non-public answer refuses the name outright: a name that
-        // mixes public and private answers is an attack, not a mistake.
-        if let Some(bad) = addrs.iter().find(|a| !is_public(a.ip())) {
+        // mixes public and private answers is an attack, not a mistake. The
+        // worker's own addresses are refused too: a connection to them
+        // would come from the host to itself.
+        let own = own_addresses();
+        if let Some(bad) = addrs
+            .iter()
+            .find(|a| !is_public(a.ip()) || own.contains(&a.ip()))
+        {
             return Err(Refusal::NotPublic(bad.ip()));
         }
         addrs.first().copied().ok_or(Refusal::Unresolvable)
     }
 }
 
-/// Serves the proxy on `listener` until the task is aborted.
+/// Serves the proxy on `listener` until the task is aborted; aborting it
+/// also ends every connection it opened.
 pub async fn serve(
     listener: TcpListener,
     policy: Arc<Policy>,
@@ -134,7 +179,11 @@ pub async fn serve(
     sandbox: String,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // The connections belong to this task: when it is aborted (the sandbox
+    // is deleted), dropping the set aborts them all.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let Ok((client, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
@@ -144,8 +193,10 @@ pub async fn serve(
             continue;
         };
         let (policy, counters, sandbox) = (policy.clone(), counters.clone(), sandbox.clone());
-        tokio::spawn(async move {
-            handle(client, &policy, &counters, &sandbox).await;
+        connections.spawn(async move {
+            let _ =
+                tokio::time::timeout(MAX_CONNECTION, handle(client, &policy, &counters, &sandbox))
+                    .await;
             drop(permit);
         });
     }
@@ -253,7 +304,7 @@ async fn handle(mut client: TcpStream, policy: &Policy, counters: &Counters, san
         Ok(addr) => addr,
         Err(refusal) => {
             counters.refused.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(sandbox, host, port, reason = %refusal, "egress refused");
+            tracing::info!(sandbox, host = shown(&host), port, reason = %refusal, "egress refused");
             respond(
                 &mut client,
                 "403 Forbidden",
@@ -268,7 +319,12 @@ async fn handle(mut client: TcpStream, policy: &Policy, counters: &Counters, san
             Ok(Ok(s)) => s,
             _ => {
                 counters.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(sandbox, host, port, "egress connection failed");
+                tracing::info!(
+                    sandbox,
+                    host = shown(&host),
+                    port,
+                    "egress connection failed"
+                );
                 respond(
                     &mut client,
                     "502 Bad Gateway",
@@ -279,7 +335,7 @@ async fn handle(mut client: TcpStream, policy: &Policy, counters: &Counters, san
             }
         };
     counters.allowed.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(sandbox, host, port, %destination, "egress allowed");
+    tracing::info!(sandbox, host = shown(&host), port, %destination, "egress allowed");
     let mut upstream = upstream;
     if connect {
         if client

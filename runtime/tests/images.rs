@@ -423,6 +423,23 @@ fn oversized_tampered_and_malformed_images_are_refused() {
     let layout_dir = layout(&d, vec![(false, data)]);
     assert!(unpack(&layout_dir, &d.join("root"), &Limits::default()).is_err());
 
+    // A decompression bomb hidden in entries that are never written (a
+    // device node carrying 8 MiB of zeros).
+    let d = case("bomb");
+    let mut dev = link("dev/zero", tar::EntryType::Char, "");
+    dev.data = vec![0u8; 8 << 20];
+    let layout_dir = layout(&d, vec![(true, tar_of(vec![dev]))]);
+    let tight = Limits {
+        max_unpacked_bytes: 1 << 20,
+        max_metadata_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    let e = unpack(&layout_dir, &d.join("root"), &tight)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("decompresses to more"), "{e}");
+
     // Too many layers.
     let d = case("layers");
     let layers = (0..3)

@@ -33,7 +33,9 @@ mod sys {
         pub fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
         pub fn waitid(idtype: u32, id: u32, info: *mut u8, options: i32) -> i32;
         pub fn kill(pid: i32, sig: i32) -> i32;
+        pub fn prctl(option: i32, ...) -> i32;
     }
+    pub const PR_SET_DUMPABLE: i32 = 4;
     pub const SIGKILL: i32 = 9;
     pub const P_ALL: u32 = 0;
     pub const WEXITED: i32 = 4;
@@ -343,6 +345,14 @@ fn read_file(path: &[u8], max: u32) -> Result<Vec<u8>, String> {
 }
 
 fn main() {
+    // Commands run as the same user as the agent: without this, one could
+    // open /proc/1/mem and rewrite the agent (and so forge what the worker
+    // hears). Not dumpable, /proc/1 is out of their reach.
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) takes integers only.
+    #[allow(unsafe_code)]
+    unsafe {
+        sys::prctl(sys::PR_SET_DUMPABLE, 0u64, 0u64, 0u64, 0u64);
+    }
     let out: Out = Arc::new(Mutex::new(io::stdout()));
     send(&out, &Reply::Ready);
     let reaper = Arc::new(Reaper {

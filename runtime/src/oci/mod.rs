@@ -97,6 +97,22 @@ fn check(digest: &str, size: u64, got_size: u64, got: &[u8]) -> Result<(), Error
     Ok(())
 }
 
+/// Fails once more than `left` bytes have been read.
+struct Budget<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Budget<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.left = self.left.checked_sub(n as u64).ok_or_else(|| {
+            io::Error::other("the layer decompresses to more than the image may hold")
+        })?;
+        Ok(n)
+    }
+}
+
 /// Reads a layer blob through a hasher, counting bytes and reporting
 /// progress every 4 MiB.
 struct Hashing<'a, R> {
@@ -230,15 +246,25 @@ pub fn unpack_image(
         if layer.media_type.ends_with("+zstd") {
             return Err(bad("zstd-compressed layers are not supported"));
         }
+        // Everything a layer decompresses to is counted, headers and
+        // skipped entries included, so a decompression bomb stops at the
+        // image's budget (plus slack for metadata).
+        let budget = (limits.max_unpacked_bytes + limits.max_metadata_bytes)
+            .saturating_sub(totals.decompressed);
         if gzip {
-            unpack::apply_layer(
-                root,
-                flate2::read::GzDecoder::new(&mut hashing),
-                limits,
-                &mut totals,
-            )?;
+            let mut reader = Budget {
+                inner: flate2::read::GzDecoder::new(&mut hashing),
+                left: budget,
+            };
+            unpack::apply_layer(root, &mut reader, limits, &mut totals)?;
+            totals.decompressed += budget - reader.left;
         } else {
-            unpack::apply_layer(root, &mut hashing, limits, &mut totals)?;
+            let mut reader = Budget {
+                inner: &mut hashing,
+                left: budget,
+            };
+            unpack::apply_layer(root, &mut reader, limits, &mut totals)?;
+            totals.decompressed += budget - reader.left;
         }
         // The tar reader may stop at the end-of-archive marker: read the
         // rest so that the digest covers the whole blob.

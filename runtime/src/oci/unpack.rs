@@ -33,6 +33,9 @@ pub struct Limits {
     pub max_unpacked_bytes: u64,
     /// Entries (files, directories, links) in the whole image.
     pub max_entries: u64,
+    /// Decompressed bytes beyond file contents (tar headers, extensions,
+    /// the data of skipped entries) in the whole image.
+    pub max_metadata_bytes: u64,
 }
 
 impl Default for Limits {
@@ -42,6 +45,7 @@ impl Default for Limits {
             max_layer_bytes: 2 << 30,
             max_unpacked_bytes: 8 << 30,
             max_entries: 500_000,
+            max_metadata_bytes: 256 << 20,
         }
     }
 }
@@ -53,6 +57,8 @@ pub struct Totals {
     pub entries: u64,
     /// Entries skipped (devices, FIFOs).
     pub skipped: u64,
+    /// Bytes the layers decompressed to, metadata included.
+    pub decompressed: u64,
 }
 
 fn bad(message: impl Into<String>) -> Error {

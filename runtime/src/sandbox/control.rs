@@ -6,7 +6,7 @@
 //! reply to an id nobody asked for is dropped.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -34,6 +34,32 @@ pub struct Control {
     pending: Pending,
     next_id: AtomicU64,
     closed: Arc<AtomicBool>,
+    /// File reads in flight (their replies may be large).
+    big_reads: Arc<AtomicUsize>,
+}
+
+/// Largest frame accepted while no file read is pending: an exec reply
+/// (1 MiB of stdout, 1 MiB of stderr) with room to spare.
+const SMALL_FRAME: usize = (2 << 20) + (64 << 10);
+/// How long a stalled stream reader or a socket that takes no request may
+/// hold things up.
+const STALL: Duration = Duration::from_secs(30);
+
+/// Whether a reply's fields are within what the worker ever asks for.
+fn within_bounds(reply: &Reply) -> bool {
+    match reply {
+        Reply::Ready => true,
+        Reply::Output { data, .. } => data.len() <= 64 << 10,
+        Reply::Exec(r) => {
+            r.stdout.len() <= super::MAX_OUTPUT as usize
+                && r.stderr.len() <= super::MAX_OUTPUT as usize
+                && r.error.len() <= 4096
+        }
+        Reply::File {
+            result: Ok(data), ..
+        } => data.len() <= super::MAX_FILE as usize,
+        Reply::File { result: Err(e), .. } => e.len() <= 4096,
+    }
 }
 
 impl Control {
@@ -41,9 +67,10 @@ impl Control {
     /// reading its replies in the background.
     pub async fn connect(stream: UnixStream, ready_within: Duration) -> Result<Self, Error> {
         let (mut reader, writer) = stream.into_split();
-        let first = tokio::time::timeout(ready_within, read_frame(&mut reader))
-            .await
-            .map_err(|_| Error::Sandbox("the sandbox agent did not start in time".into()))??;
+        let first =
+            tokio::time::timeout(ready_within, read_frame(&mut reader, &AtomicUsize::new(0)))
+                .await
+                .map_err(|_| Error::Sandbox("the sandbox agent did not start in time".into()))??;
         match first.as_deref().map(Reply::decode) {
             Some(Ok(Reply::Ready)) => {}
             _ => {
@@ -54,16 +81,23 @@ impl Control {
         }
         let pending: Pending = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
-        let (task_pending, task_closed) = (pending.clone(), closed.clone());
+        let big_reads = Arc::new(AtomicUsize::new(0));
+        let (task_pending, task_closed, task_big) =
+            (pending.clone(), closed.clone(), big_reads.clone());
         tokio::spawn(async move {
             loop {
-                let reply = match read_frame(&mut reader).await {
+                let reply = match read_frame(&mut reader, &task_big).await {
                     Ok(Some(frame)) => Reply::decode(&frame),
                     Ok(None) | Err(_) => break,
                 };
-                let Ok(reply) = reply else {
-                    tracing::warn!("sandbox agent sent a malformed frame; closing its socket");
-                    break;
+                let reply = match reply {
+                    Ok(reply) if within_bounds(&reply) => reply,
+                    _ => {
+                        tracing::warn!(
+                            "sandbox agent sent a malformed or oversized frame; closing its socket"
+                        );
+                        break;
+                    }
                 };
                 let Some(id) = reply.id() else { continue };
                 let streaming = matches!(reply, Reply::Output { .. });
@@ -84,8 +118,15 @@ impl Control {
                     // Waiting here is the backpressure: a slow reader
                     // stops this socket being read, and the command's
                     // pipes fill up.
+                    // A reader that takes nothing for 30 s loses its stream
+                    // rather than wedging the sandbox.
                     Some(Waiter::Stream(tx)) => {
-                        let _ = tx.send(reply).await;
+                        if tokio::time::timeout(STALL, tx.send(reply)).await.is_err() {
+                            task_pending
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .remove(&id);
+                        }
                     }
                     None => {}
                 }
@@ -102,6 +143,7 @@ impl Control {
             pending,
             next_id: AtomicU64::new(1),
             closed,
+            big_reads,
         })
     }
 
@@ -127,9 +169,13 @@ impl Control {
             .insert(id, waiter);
         let sent = {
             let mut writer = self.writer.lock().await;
-            writer.write_all(&request.encode()).await
+            tokio::time::timeout(STALL, writer.write_all(&request.encode())).await
         };
-        if sent.is_err() {
+        if !matches!(sent, Ok(Ok(()))) {
+            // An agent that does not read its requests is as good as gone.
+            if sent.is_err() {
+                self.closed.store(true, Ordering::SeqCst);
+            }
             self.forget(id);
             return Err(Error::SandboxGone);
         }
@@ -147,9 +193,19 @@ impl Control {
     /// Sends `request` (whose id must come from [`Control::next_id`]) and
     /// waits up to `within` for its reply.
     pub async fn call(&self, id: u64, request: &Request, within: Duration) -> Result<Reply, Error> {
+        let big = matches!(request, Request::ReadFile { .. });
+        if big {
+            self.big_reads.fetch_add(1, Ordering::SeqCst);
+        }
         let (tx, rx) = oneshot::channel();
-        self.send(id, request, Waiter::Once(tx)).await?;
-        let reply = tokio::time::timeout(within, rx).await;
+        let reply = match self.send(id, request, Waiter::Once(tx)).await {
+            Ok(()) => Ok(tokio::time::timeout(within, rx).await),
+            Err(e) => Err(e),
+        };
+        if big {
+            self.big_reads.fetch_sub(1, Ordering::SeqCst);
+        }
+        let reply = reply?;
         self.forget(id);
         match reply {
             Ok(Ok(reply)) => Ok(reply),
@@ -173,7 +229,13 @@ impl Control {
     }
 }
 
-async fn read_frame(reader: &mut (impl AsyncReadExt + Unpin)) -> Result<Option<Vec<u8>>, Error> {
+/// Reads one frame; larger than [`SMALL_FRAME`] only while `big_reads` says
+/// a file read is pending (checked once the length has arrived, so a read
+/// sent while this one waited counts).
+async fn read_frame(
+    reader: &mut (impl AsyncReadExt + Unpin),
+    big_reads: &AtomicUsize,
+) -> Result<Option<Vec<u8>>, Error> {
     let mut len = [0u8; 4];
     match reader.read_exact(&mut len).await {
         Ok(_) => {}
@@ -181,7 +243,12 @@ async fn read_frame(reader: &mut (impl AsyncReadExt + Unpin)) -> Result<Option<V
         Err(e) => return Err(Error::Sandbox(format!("control socket: {e}"))),
     }
     let len = u32::from_le_bytes(len) as usize;
-    if len > protocol::MAX_FRAME {
+    let limit = if big_reads.load(Ordering::SeqCst) > 0 {
+        protocol::MAX_FRAME
+    } else {
+        SMALL_FRAME
+    };
+    if len > limit {
         return Err(Error::Sandbox(format!(
             "sandbox agent sent a {len}-byte frame"
         )));

@@ -54,7 +54,8 @@ fn request(live: &Live, exec: Exec, stream: bool) -> Result<(u64, Request), Erro
 fn result(reply: ExecReply, oom_before: Option<u64>, oom_after: Option<u64>) -> ExecResult {
     let (exit_code, timed_out) = match reply.outcome {
         Outcome::Exited(code) => (Some(code), false),
-        Outcome::Signaled(signal) => (Some(128 + signal), false),
+        // A hostile agent picks the number: keep it a signal number.
+        Outcome::Signaled(signal) => (Some(128 + signal.clamp(0, 127)), false),
         Outcome::TimedOut => (None, true),
         Outcome::SpawnFailed => (None, false),
     };
@@ -133,7 +134,9 @@ impl Runtime {
                     }
                 };
                 let last = matches!(event, StreamEvent::Failed(_));
-                if tx.send(event).await.is_err() || last {
+                // A reader that takes nothing for 30 s is gone.
+                let sent = tokio::time::timeout(Duration::from_secs(30), tx.send(event)).await;
+                if !matches!(sent, Ok(Ok(()))) || last {
                     live.control.forget(request_id);
                     return;
                 }

@@ -52,6 +52,8 @@ const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes kept of a command's stdout and of its stderr.
 pub const MAX_OUTPUT: u32 = 1 << 20;
+/// Commands and file transfers running at once in one sandbox.
+pub const MAX_IN_FLIGHT: usize = 8;
 /// Largest file moved into or out of a workspace in one call.
 pub const MAX_FILE: u32 = 32 << 20;
 
@@ -366,6 +368,9 @@ impl Runtime {
             .arg(&self.state_root)
             .arg(container)
             .arg(&bundle)
+            // The helper (and the init until it runs the agent) gets
+            // nothing of the worker's environment.
+            .env_clear()
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -458,10 +463,18 @@ impl Runtime {
     }
 
     /// The sandbox, counted busy until the guard drops.
+    /// At most [`MAX_IN_FLIGHT`] at once per sandbox: each holds buffers
+    /// of up to a few MiB in the worker.
     fn enter(&self, id: &str) -> Result<(Arc<Live>, Busy), Error> {
         let live = self.get(id)?;
-        live.busy.fetch_add(1, Ordering::SeqCst);
-        Ok((live.clone(), Busy(live)))
+        let previous = live.busy.fetch_add(1, Ordering::SeqCst);
+        let busy = Busy(live.clone());
+        if previous >= MAX_IN_FLIGHT {
+            return Err(Error::Limits(format!(
+                "at most {MAX_IN_FLIGHT} commands and transfers at once per sandbox"
+            )));
+        }
+        Ok((live, busy))
     }
 
     fn get(&self, id: &str) -> Result<Arc<Live>, Error> {
@@ -578,12 +591,8 @@ impl Runtime {
             live.proxy.abort();
         }
         let (container_dir, bundle) = (self.state_root.join(id), self.bundles.join(id));
-        let pid = live.as_ref().map(|l| l.pid);
         let result = blocking(move || {
             let outcome = remove_container(&container_dir);
-            if let Some(pid) = pid {
-                reap(pid);
-            }
             let _ = std::fs::remove_dir_all(&bundle);
             outcome
         })
@@ -666,20 +675,6 @@ fn remove_container(dir: &Path) -> Result<(), libcontainer::error::LibcontainerE
         let _ = container.kill(Signal::from(nix::sys::signal::Signal::SIGKILL), true);
     }
     container.delete(true)
-}
-
-/// Collects the exit of a sandbox's init if it was reparented to us.
-fn reap(pid: i32) {
-    use nix::sys::wait::{WaitPidFlag, waitpid};
-    use nix::unistd::Pid;
-    for _ in 0..100 {
-        match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
-            Ok(nix::sys::wait::WaitStatus::StillAlive) => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            _ => return,
-        }
-    }
 }
 
 /// Removes every container and bundle under the worker's state: called at

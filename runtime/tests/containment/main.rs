@@ -390,6 +390,23 @@ async fn forbidden_system_calls_fail() {
             text(&r.stderr)
         );
     }
+    // The agent (PID 1, the same user as every command) cannot be read or
+    // rewritten through /proc: commands must not be able to forge what the
+    // worker hears from it.
+    for attack in [
+        "cat /proc/1/environ",
+        "head -c 1 /proc/1/mem",
+        "echo x | dd of=/proc/1/mem bs=1 seek=4194304 conv=notrunc",
+        "readlink /proc/1/fd/0",
+    ] {
+        let r = sh(&w, "sys", &format!("{attack} 2>&1")).await;
+        assert_ne!(
+            r.exit_code,
+            Some(0),
+            "{attack} must fail: {}",
+            text(&r.stdout)
+        );
+    }
     // The same through ordinary tools, and the host is unchanged.
     let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let host_time = std::time::SystemTime::now();
