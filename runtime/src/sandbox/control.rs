@@ -120,15 +120,15 @@ impl Control {
                     // pipes fill up.
                     // A reader that takes nothing for 30 s loses its stream
                     // rather than wedging the sandbox.
-                    Some(Waiter::Stream(tx)) => {
-                        if tokio::time::timeout(STALL, tx.send(reply)).await.is_err() {
-                            task_pending
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .remove(&id);
-                        }
+                    Some(Waiter::Stream(tx))
+                        if tokio::time::timeout(STALL, tx.send(reply)).await.is_err() =>
+                    {
+                        task_pending
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .remove(&id);
                     }
-                    None => {}
+                    Some(Waiter::Stream(_)) | None => {}
                 }
             }
             task_closed.store(true, Ordering::SeqCst);
