@@ -146,6 +146,8 @@ pub struct SandboxService {
     /// Offered images already unpacked: reference → root. A layout changed
     /// on disk is seen after a restart.
     images: std::sync::Mutex<std::collections::HashMap<String, PathBuf>>,
+    /// Held while an image is being prepared.
+    preparing: tokio::sync::Mutex<()>,
 }
 
 impl SandboxService {
@@ -203,6 +205,7 @@ impl SandboxService {
             config,
             service_addr: OnceLock::new(),
             images: std::sync::Mutex::default(),
+            preparing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -225,6 +228,25 @@ impl SandboxService {
         let _ = self.service_addr.set(addr);
     }
 
+    /// The worker (shared), or 503 with the reason.
+    pub fn runtime_arc(&self) -> Result<Arc<Runtime>, Error> {
+        self.runtime.clone().map_err(Error::Unavailable)
+    }
+
+    /// 422 for an image this server does not offer (nothing is prepared).
+    pub fn check_offered(&self, reference: &str) -> Result<(), Error> {
+        if reference == "builtin" || self.config.images.contains_key(reference) {
+            return Ok(());
+        }
+        let offered: Vec<&str> = std::iter::once("builtin")
+            .chain(self.config.images.keys().map(String::as_str))
+            .collect();
+        Err(Error::Invalid {
+            field: "image",
+            message: format!("this server offers these images: {}", offered.join(", ")),
+        })
+    }
+
     /// The worker, or 503 with the reason.
     pub fn runtime(&self) -> Result<&Runtime, Error> {
         self.runtime
@@ -239,15 +261,13 @@ impl SandboxService {
             return Ok(None);
         }
         let runtime = self.runtime()?;
+        self.check_offered(reference)?;
         let Some(layout) = self.config.images.get(reference) else {
-            let offered: Vec<&str> = std::iter::once("builtin")
-                .chain(self.config.images.keys().map(String::as_str))
-                .collect();
-            return Err(Error::Invalid {
-                field: "image",
-                message: format!("this server offers these images: {}", offered.join(", ")),
-            });
+            return Ok(None);
         };
+        // One preparation at a time: concurrent first uses of an image wait
+        // for the first one instead of each unpacking their own copy.
+        let _preparing = self.preparing.lock().await;
         let known = self
             .images
             .lock()

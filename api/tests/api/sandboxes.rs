@@ -651,3 +651,52 @@ async fn exec_output_can_stream_as_server_sent_events() {
         .unwrap();
     assert_problem(res, 400, "invalid_query").await;
 }
+
+#[tokio::test]
+async fn a_sandbox_still_starting_cannot_be_deleted_under_its_creation() {
+    let app = spawn_app_with(with_sandboxes).await;
+    let t = app.create_tenant("Acme").await;
+    // A record in the state a create leaves it in while the container is
+    // being made.
+    let tenant = carapace_api::ids::TenantId::parse(&t.id).unwrap();
+    let starting = carapace_api::db::TenantScope::new(&app.db, &tenant)
+        .create_sandbox(
+            carapace_api::db::NewSandbox {
+                image: "builtin".into(),
+                egress_allow: vec![],
+                limits: carapace_runtime::Limits::default(),
+                worker: "elsewhere".into(),
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    let res = app
+        .request(
+            Method::DELETE,
+            &format!("/v1/sandboxes/{}", starting.id),
+            &t.key,
+        )
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(res, 409, "conflict").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("still starting"),
+        "{problem}"
+    );
+    let res = app
+        .request(
+            Method::POST,
+            &format!("/v1/sandboxes/{}/exec", starting.id),
+            &t.key,
+        )
+        .json(&json!({"command": ["true"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 409, "conflict").await;
+}

@@ -252,48 +252,77 @@ pub async fn create_sandbox(
     let image = validate::image(body.image.as_deref().unwrap_or("builtin"))?;
     let egress_allow = validate::hosts(body.egress_allow.unwrap_or_default())?;
     let limits = limits(body.limits)?;
-    let service = &state.sandboxes;
-    let runtime = service.runtime()?;
-    let rootfs = service.image(&image).await?;
+    let service = state.sandboxes.clone();
+    let runtime = service.runtime_arc()?;
+    service.check_offered(&image)?;
     let scope = caller.scope(&state.db);
     let new = NewSandbox {
-        image,
+        image: image.clone(),
         egress_allow,
         limits,
         worker: service.worker().to_owned(),
     };
-    let max = service.config().max_per_tenant;
-    let sandbox = scope.create_sandbox(new, max).await?;
-    let started = Instant::now();
-    let spec = service.spec(sandbox.limits, &sandbox.egress_allow, rootfs);
-    if let Err(e) = runtime.create(sandbox.id.as_str(), spec).await {
-        tracing::error!(sandbox = %sandbox.id, error = %e, "sandbox failed to start");
-        let event = caller
-            .actor()
-            .event("sandbox.create", Outcome::Failed)
-            .reason("the container failed to start");
-        scope.delete_sandbox(&sandbox.id, Some(event)).await?;
-        return Err(match e {
-            carapace_runtime::Error::Full => {
-                Error::Unavailable("this server runs as many sandboxes as it can".into())
-            }
-            _ => Error::Unavailable("the sandbox could not be started".into()),
-        });
-    }
-    scope
-        .sandbox_started(
-            &sandbox.id,
-            caller.actor().event("sandbox.create", Outcome::Success),
-        )
+    // The record first: the quota holds before anything is prepared.
+    let sandbox = scope
+        .create_sandbox(new, service.config().max_per_tenant)
         .await?;
-    tracing::info!(sandbox = %sandbox.id, tenant = %caller.tenant_id(), ms = started.elapsed().as_millis() as u64, "sandbox started");
+    // The rest runs to its end even if the client goes away, so that the
+    // record always ends running or deleted and nothing is left half made.
+    let (db, tenant, actor) = (
+        state.db.clone(),
+        caller.tenant_id().clone(),
+        caller.actor().clone(),
+    );
+    let id = sandbox.id.clone();
+    let (limits, egress) = (sandbox.limits, sandbox.egress_allow.clone());
+    let started = tokio::spawn(async move {
+        let scope = crate::db::TenantScope::new(&db, &tenant);
+        let begun = Instant::now();
+        let result = match service.image(&image).await {
+            Ok(rootfs) => runtime
+                .create(id.as_str(), service.spec(limits, &egress, rootfs))
+                .await
+                .map_err(|e| {
+                    tracing::error!(sandbox = %id, error = %e, "sandbox failed to start");
+                    match e {
+                        carapace_runtime::Error::Full => Error::Unavailable(
+                            "this server runs as many sandboxes as it can".into(),
+                        ),
+                        _ => Error::Unavailable("the sandbox could not be started".into()),
+                    }
+                }),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                scope
+                    .sandbox_started(&id, actor.event("sandbox.create", Outcome::Success))
+                    .await?;
+                tracing::info!(sandbox = %id, tenant = %tenant, ms = begun.elapsed().as_millis() as u64, "sandbox started");
+                Ok(())
+            }
+            Err(e) => {
+                let event = actor
+                    .event("sandbox.create", Outcome::Failed)
+                    .reason("the sandbox could not be started");
+                scope.delete_sandbox(&id, Some(event)).await?;
+                Err(e)
+            }
+        }
+    });
+    started
+        .await
+        .map_err(|e| Error::Unexpected(anyhow::anyhow!("sandbox start task: {e}")))??;
     let sandbox = Sandbox {
         state: SandboxState::Running,
         ..sandbox
     };
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/v1/sandboxes/{}", sandbox.id)))
-        .json(SandboxView::new(sandbox, service.config().idle_timeout)))
+        .json(SandboxView::new(
+            sandbox,
+            state.sandboxes.config().idle_timeout,
+        )))
 }
 
 /// List the tenant's sandboxes.
@@ -349,8 +378,13 @@ pub async fn delete_sandbox(
 ) -> Result<HttpResponse, Error> {
     let id = sandbox_id(&id)?;
     let scope = caller.scope(&state.db);
-    // Only a sandbox of this tenant is touched on the worker.
-    scope.sandbox(&id).await?;
+    // Only a sandbox of this tenant is touched on the worker, and only
+    // once its creation has finished one way or the other.
+    if scope.sandbox(&id).await?.state == SandboxState::Starting {
+        return Err(Error::Conflict(
+            "the sandbox is still starting; delete it once it runs".into(),
+        ));
+    }
     state.sandboxes.remove(&id).await;
     let event = caller.actor().event("sandbox.delete", Outcome::Success);
     if !scope.delete_sandbox(&id, Some(event)).await? {
