@@ -37,6 +37,12 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
 }
 
 fn is_public_v6(ip: Ipv6Addr) -> bool {
+    // The local-use NAT64 prefix 64:ff9b:1::/48 carries its IPv4 address
+    // wherever the operator's translator says (RFC 8215): refused whole.
+    let s = ip.segments();
+    if s[0] == 0x0064 && s[1] == 0xff9b && s[2] == 0x0001 {
+        return false;
+    }
     if let Some(v4) = embedded_v4(ip) {
         return is_public_v4(v4);
     }
@@ -65,8 +71,9 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     if s[..6] == [0, 0, 0, 0, 0, 0] && !ip.is_loopback() && !ip.is_unspecified() {
         return Some(tail());
     }
-    // NAT64: the well-known prefix and the local-use 64:ff9b:1::/48.
-    if s[0] == 0x0064 && s[1] == 0xff9b && (s[2..6] == [0, 0, 0, 0] || s[2] == 0x0001) {
+    // NAT64, the well-known prefix 64:ff9b::/96 (the local-use /48 is
+    // refused by `is_public_v6` before this is asked).
+    if s[0] == 0x0064 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
         return Some(tail());
     }
     // SIIT: ::ffff:0:a.b.c.d.
@@ -90,6 +97,22 @@ mod tests {
 
     fn public(s: &str) -> bool {
         is_public(s.parse().unwrap())
+    }
+
+    #[test]
+    fn the_local_use_nat64_prefix_is_refused_whole() {
+        for ip in [
+            "64:ff9b:1:a00:0:100:808:808",
+            "64:ff9b:1::8.8.8.8",
+            "64:ff9b:1:ffff::1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+            assert!(!is_public(ip), "{ip}");
+        }
+        let well_known: IpAddr = "64:ff9b::8.8.8.8"
+            .parse()
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert!(is_public(well_known));
     }
 
     #[test]
