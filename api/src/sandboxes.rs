@@ -265,16 +265,22 @@ impl SandboxService {
         let Some(layout) = self.config.images.get(reference) else {
             return Ok(None);
         };
+        let known = || {
+            self.images
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(reference)
+                .cloned()
+                .filter(|root| root.is_dir())
+        };
+        if let Some(root) = known() {
+            return Ok(Some(root));
+        }
         // One preparation at a time: concurrent first uses of an image wait
-        // for the first one instead of each unpacking their own copy.
+        // for the first one instead of each unpacking their own copy (an
+        // image already prepared is served above, without waiting).
         let _preparing = self.preparing.lock().await;
-        let known = self
-            .images
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(reference)
-            .cloned();
-        if let Some(root) = known.filter(|root| root.is_dir()) {
+        if let Some(root) = known() {
             return Ok(Some(root));
         }
         let name = reference.to_owned();
