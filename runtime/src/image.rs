@@ -39,43 +39,13 @@ const MOUNT_POINTS: &[&str] = &["proc", "sys", "dev", "tmp", "workspace", "run",
 pub fn ensure_builtin(cache: &Path, busybox: &Path) -> Result<PathBuf, Error> {
     let busybox_bytes = fs::read(busybox)
         .map_err(|e| Error::Image(format!("cannot read busybox at {}: {e}", busybox.display())))?;
-    let mut digest = Sha256::new();
-    for part in [LAYOUT_VERSION, AGENT, &busybox_bytes] {
-        digest.update((part.len() as u64).to_le_bytes());
-        digest.update(part);
-    }
-    let digest = digest
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>();
-    let images = cache.to_path_buf();
-    let root = images.join(format!("sha256-{digest}"));
-    fs::create_dir_all(&images).map_err(io("create the image cache"))?;
-    searchable_by_sandboxes(&images)?;
-    if root.join("sbin/carapace-agent").exists() {
-        return Ok(root);
-    }
-    static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let build_no = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = images.join(format!(
-        ".build-{}-{build_no}-{}",
-        std::process::id(),
-        &digest[..12]
-    ));
-    let _ = fs::remove_dir_all(&tmp);
-    build(&tmp, &busybox_bytes, busybox)?;
-    match fs::rename(&tmp, &root) {
-        Ok(()) => Ok(root),
-        // Another worker built it first: theirs is identical.
-        Err(_) if root.join("sbin/carapace-agent").exists() => {
-            let _ = fs::remove_dir_all(&tmp);
-            Ok(root)
-        }
-        Err(e) => Err(Error::Image(format!(
-            "cannot install the built-in image: {e}"
-        ))),
-    }
+    let digest = digest_of(&[LAYOUT_VERSION, AGENT, &busybox_bytes]);
+    install(
+        cache,
+        &format!("sha256-{digest}"),
+        "sbin/carapace-agent",
+        |tmp| build(tmp, &busybox_bytes, busybox),
+    )
 }
 
 /// Refuses an image cache that a sandbox's unprivileged root could not
@@ -153,47 +123,62 @@ fn ensure_oci_dir(
     progress: crate::oci::Progress<'_>,
 ) -> Result<PathBuf, Error> {
     let manifest = crate::oci::manifest_digest(layout, reference)?;
+    let digest = digest_of(&[LAYOUT_VERSION, AGENT, manifest.as_bytes()]);
+    let agent = OCI_AGENT_PATH.trim_start_matches('/');
+    install(cache, &format!("oci-{digest}"), agent, |tmp| {
+        let totals = crate::oci::unpack_image(layout, reference, tmp, limits, progress)?;
+        if totals.skipped > 0 {
+            tracing::info!(
+                skipped = totals.skipped,
+                "device nodes and FIFOs in the image were skipped"
+            );
+        }
+        finish_oci(tmp)
+    })
+}
+
+/// The hex SHA-256 of length-prefixed parts.
+fn digest_of(parts: &[&[u8]]) -> String {
     let mut digest = Sha256::new();
-    for part in [LAYOUT_VERSION, AGENT, manifest.as_bytes()] {
+    for part in parts {
         digest.update((part.len() as u64).to_le_bytes());
         digest.update(part);
     }
-    let digest = digest
+    digest
         .finalize()
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect::<String>();
+        .collect()
+}
+
+/// `cache/name`, built by `build` into a temporary directory and renamed
+/// into place unless it is there already (its `marker` file exists): a
+/// crash never leaves a half-built image under a final name, and two
+/// builders of the same image both end with the one that landed.
+fn install(
+    cache: &Path,
+    name: &str,
+    marker: &str,
+    build: impl FnOnce(&Path) -> Result<(), Error>,
+) -> Result<PathBuf, Error> {
     fs::create_dir_all(cache).map_err(io("create the image cache"))?;
     searchable_by_sandboxes(cache)?;
-    let root = cache.join(format!("oci-{digest}"));
-    if root.join(OCI_AGENT_PATH.trim_start_matches('/')).exists() {
+    let root = cache.join(name);
+    if root.join(marker).exists() {
         return Ok(root);
     }
     static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let build_no = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = cache.join(format!(
-        ".build-{}-{build_no}-{}",
-        std::process::id(),
-        &digest[..12]
-    ));
+    let short = name.get(..20).unwrap_or(name);
+    let tmp = cache.join(format!(".build-{}-{build_no}-{short}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
-    let built =
-        crate::oci::unpack_image(layout, reference, &tmp, limits, progress).and_then(|totals| {
-            if totals.skipped > 0 {
-                tracing::info!(
-                    skipped = totals.skipped,
-                    "device nodes and FIFOs in the image were skipped"
-                );
-            }
-            finish_oci(&tmp)
-        });
-    if let Err(e) = built {
+    if let Err(e) = build(&tmp) {
         let _ = fs::remove_dir_all(&tmp);
         return Err(e);
     }
     match fs::rename(&tmp, &root) {
         Ok(()) => Ok(root),
-        Err(_) if root.join(OCI_AGENT_PATH.trim_start_matches('/')).exists() => {
+        Err(_) if root.join(marker).exists() => {
             let _ = fs::remove_dir_all(&tmp);
             Ok(root)
         }

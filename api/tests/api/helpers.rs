@@ -188,6 +188,15 @@ impl TestApp {
         (status, res.json().await.unwrap_or(Value::Null))
     }
 
+    /// `POST path` with a JSON body.
+    pub async fn post(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
+        self.request(Method::POST, path, key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// The caller's audit records, newest first.
     pub async fn audit(&self, key: &str, query: &str) -> Vec<Value> {
         let res = self

@@ -8,23 +8,15 @@ use serde_json::{Value, json};
 use crate::helpers::{TestApp, assert_problem, spawn_app, spawn_app_with, with_sandboxes};
 
 async fn create(app: &TestApp, key: &str, body: Value) -> Value {
-    let res = app
-        .request(Method::POST, "/v1/sandboxes", key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let res = app.post("/v1/sandboxes", key, &body).await;
     assert_eq!(res.status(), 201);
     res.json().await.unwrap()
 }
 
 async fn exec(app: &TestApp, key: &str, id: &str, body: Value) -> Value {
     let res = app
-        .request(Method::POST, &format!("/v1/sandboxes/{id}/exec"), key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+        .post(&format!("/v1/sandboxes/{id}/exec"), key, &body)
+        .await;
     assert_eq!(res.status(), 200);
     res.json().await.unwrap()
 }
@@ -129,11 +121,12 @@ async fn a_sandbox_runs_commands_and_keeps_files_until_it_is_deleted() {
         .unwrap();
     assert_eq!(res.status(), 204);
     let res = app
-        .request(Method::POST, &format!("/v1/sandboxes/{id}/exec"), &t.key)
-        .json(&json!({"command": ["true"]}))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            &format!("/v1/sandboxes/{id}/exec"),
+            &t.key,
+            &json!({"command": ["true"]}),
+        )
+        .await;
     assert_problem(res, 404, "not_found").await;
     let actions: Vec<String> = app
         .audit(&t.key, "?action=sandbox.create")
@@ -173,21 +166,17 @@ async fn bad_sandbox_requests_get_clear_errors() {
             "egress_allow",
         ),
     ] {
-        let res = app
-            .request(Method::POST, "/v1/sandboxes", &t.key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let res = app.post("/v1/sandboxes", &t.key, &body).await;
         let problem = assert_problem(res, 422, "invalid_field").await;
         assert_eq!(problem["field"], field, "{body}: {problem}");
     }
     let res = app
-        .request(Method::POST, "/v1/sandboxes", &t.key)
-        .json(&json!({"limits": {"swap_mib": 10}}))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            "/v1/sandboxes",
+            &t.key,
+            &json!({"limits": {"swap_mib": 10}}),
+        )
+        .await;
     assert_problem(res, 422, "unexpected_json").await;
 
     let sandbox = create(&app, &t.key, json!({})).await;
@@ -208,11 +197,8 @@ async fn bad_sandbox_requests_get_clear_errors() {
         ),
     ] {
         let res = app
-            .request(Method::POST, &format!("/v1/sandboxes/{id}/exec"), &t.key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+            .post(&format!("/v1/sandboxes/{id}/exec"), &t.key, &body)
+            .await;
         let problem = assert_problem(res, 422, "invalid_field").await;
         assert_eq!(problem["field"], field, "{problem}");
     }
@@ -268,12 +254,7 @@ async fn a_tenant_has_a_sandbox_quota() {
     let other = app.create_tenant("Other").await;
     create(&app, &t.key, json!({})).await;
     create(&app, &t.key, json!({})).await;
-    let res = app
-        .request(Method::POST, "/v1/sandboxes", &t.key)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
+    let res = app.post("/v1/sandboxes", &t.key, &json!({})).await;
     let problem = assert_problem(res, 409, "limit_reached").await;
     assert!(
         problem["detail"].as_str().unwrap().contains("at most 2"),
@@ -287,12 +268,7 @@ async fn a_tenant_has_a_sandbox_quota() {
 async fn without_sandboxes_the_api_says_so() {
     let app = spawn_app().await;
     let t = app.create_tenant("Acme").await;
-    let res = app
-        .request(Method::POST, "/v1/sandboxes", &t.key)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
+    let res = app.post("/v1/sandboxes", &t.key, &json!({})).await;
     let problem = assert_problem(res, 503, "unavailable").await;
     assert!(
         problem["detail"].as_str().unwrap().contains("turned off"),
@@ -570,11 +546,12 @@ async fn a_sandbox_runs_an_image_the_server_offers_and_no_other() {
     .await;
     assert_ne!(out["exit_code"], 0, "{out}");
     let res = app
-        .request(Method::POST, "/v1/sandboxes", &t.key)
-        .json(&json!({"image": "example.com/other:2"}))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            "/v1/sandboxes",
+            &t.key,
+            &json!({"image": "example.com/other:2"}),
+        )
+        .await;
     let problem = assert_problem(res, 422, "invalid_field").await;
     assert!(
         problem["detail"]
@@ -592,12 +569,7 @@ async fn exec_output_can_stream_as_server_sent_events() {
     let sandbox = create(&app, &t.key, json!({})).await;
     let id = sandbox["id"].as_str().unwrap();
     let started = Instant::now();
-    let mut res = app
-        .request(Method::POST, &format!("/v1/sandboxes/{id}/exec?stream=true"), &t.key)
-        .json(&json!({"command": ["sh", "-c", "for i in 1 2 3; do echo line $i; sleep 0.3; done; printf '\u{20ac}' >&2; exit 2"]}))
-        .send()
-        .await
-        .unwrap();
+    let mut res = app.post(&format!("/v1/sandboxes/{id}/exec?stream=true"), &t.key, &json!({"command": ["sh", "-c", "for i in 1 2 3; do echo line $i; sleep 0.3; done; printf '\u{20ac}' >&2; exit 2"]})).await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["content-type"], "text/event-stream");
     let (mut body, mut first) = (String::new(), None);
