@@ -25,7 +25,7 @@ pub fn init_with_writer<W>(filter: &str, json: bool, writer: W)
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = env_filter(filter);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
@@ -46,10 +46,23 @@ where
     drop(result);
 }
 
+/// The filter `spec`, with youki's libraries quietened (libcgroups warns
+/// about every controller this host lacks at each container deletion)
+/// unless `spec` names them itself.
+fn env_filter(spec: &str) -> EnvFilter {
+    let spec = if spec.contains("libcgroups") || spec.contains("libcontainer") {
+        spec.to_owned()
+    } else {
+        format!("{spec},libcgroups=error,libcontainer=error")
+    };
+    EnvFilter::try_new(&spec)
+        .unwrap_or_else(|_| EnvFilter::new("info,libcgroups=error,libcontainer=error"))
+}
+
 /// Installs a text subscriber on standard error, for commands whose
 /// standard output is their result.
 pub fn init_stderr(filter: &str) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = env_filter(filter);
     let result = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
