@@ -84,6 +84,8 @@ impl Control {
         let big_reads = Arc::new(AtomicUsize::new(0));
         let (task_pending, task_closed, task_big) =
             (pending.clone(), closed.clone(), big_reads.clone());
+        // Runs on the runtime of the caller: the worker makes sure that is
+        // its own (see `Runtime::handle`).
         tokio::spawn(async move {
             loop {
                 let reply = match read_frame(&mut reader, &task_big).await {

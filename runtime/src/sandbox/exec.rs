@@ -111,7 +111,7 @@ impl Runtime {
         let mut replies = live.control.call_stream(request_id, &request).await?;
         let (tx, rx) = mpsc::channel(16);
         let (tag, container) = (self.tag.clone(), live.container.clone());
-        tokio::spawn(async move {
+        self.handle.spawn(async move {
             let _busy = busy;
             let deadline = tokio::time::Instant::now() + timeout + GRACE;
             loop {

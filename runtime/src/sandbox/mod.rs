@@ -140,6 +140,9 @@ pub struct Runtime {
     slots: Mutex<Vec<bool>>,
     live: Mutex<HashMap<String, Arc<Live>>>,
     pool: pool::Pool,
+    /// The tokio runtime the worker was started on: every task of a
+    /// sandbox (control reader, proxy, streams) runs there, whoever asked.
+    handle: tokio::runtime::Handle,
 }
 
 /// Egress counters of one sandbox.
@@ -208,9 +211,17 @@ impl Runtime {
             slots: Mutex::new(vec![false; MAX_SANDBOXES]),
             live: Mutex::default(),
             pool: pool::Pool::default(),
+            handle: tokio::runtime::Handle::current(),
         });
         pool::spawn_refill(&runtime);
         Ok(runtime)
+    }
+
+    /// The tokio runtime the worker runs its tasks on. Callers on another
+    /// runtime (an HTTP worker thread's) should run [`Runtime::create`] on
+    /// this one, so that the sandbox's sockets and tasks live here.
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
     }
 
     /// This worker's tag: a digest of its state directory, the same across
@@ -428,7 +439,7 @@ impl Runtime {
         let listener = tokio::net::TcpListener::from_std(prepared.listener)
             .map_err(|e| Error::Io(e.to_string()))?;
         let counters = Arc::new(Counters::default());
-        let proxy = tokio::spawn(egress::serve(
+        let proxy = self.handle.spawn(egress::serve(
             listener,
             Arc::new(egress),
             counters.clone(),

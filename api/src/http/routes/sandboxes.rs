@@ -275,7 +275,10 @@ pub async fn create_sandbox(
     );
     let id = sandbox.id.clone();
     let (limits, egress) = (sandbox.limits, sandbox.egress_allow.clone());
-    let started = tokio::spawn(async move {
+    // On the worker's runtime: the sandbox's sockets and tasks belong there,
+    // not to this HTTP worker thread.
+    let handle = runtime.handle().clone();
+    let started = handle.spawn(async move {
         let scope = crate::db::TenantScope::new(&db, &tenant);
         let begun = Instant::now();
         let result = match service.image(&image).await {
