@@ -40,7 +40,8 @@ pub enum Command {
 pub enum ImageCommand {
     /// Unpack an OCI image layout directory into the image cache ahead of
     /// use, showing progress, every blob checked against its digest. Prints
-    /// the unpacked root directory.
+    /// the directories a sandbox's root stacks, top first: the agent's
+    /// layer, then the image's layers (shared with other images).
     Unpack {
         /// The OCI image layout directory (e.g. from `skopeo copy ... oci:DIR`).
         layout: PathBuf,

@@ -174,7 +174,10 @@ fn print_deleted(tenant: &TenantId, report: &bootstrap::TenantDeletion) {
     );
 }
 
-#[allow(clippy::print_stdout, reason = "the path is the command's output")]
-fn print_image(root: &std::path::Path) {
-    println!("{}", root.display());
+#[allow(clippy::print_stdout, reason = "the paths are the command's output")]
+fn print_image(layers: &[std::path::PathBuf]) {
+    // The directories an overlay of the image stacks, top first.
+    for layer in layers {
+        println!("{}", layer.display());
+    }
 }

@@ -145,7 +145,7 @@ pub struct SandboxService {
     service_addr: OnceLock<SocketAddr>,
     /// Offered images already unpacked: reference → root. A layout changed
     /// on disk is seen after a restart.
-    images: std::sync::Mutex<std::collections::HashMap<String, PathBuf>>,
+    images: std::sync::Mutex<std::collections::HashMap<String, Vec<PathBuf>>>,
     /// Held while an image is being prepared.
     preparing: tokio::sync::Mutex<()>,
 }
@@ -254,9 +254,9 @@ impl SandboxService {
             .map_err(|reason| Error::Unavailable(reason.clone()))
     }
 
-    /// The root of image `reference` (`None` for `builtin`), unpacked on
-    /// first use; 422 for an image this server does not offer.
-    pub async fn image(&self, reference: &str) -> Result<Option<PathBuf>, Error> {
+    /// The layers of image `reference` to mount (`None` for `builtin`),
+    /// unpacked on first use; 422 for an image this server does not offer.
+    pub async fn image(&self, reference: &str) -> Result<Option<Vec<PathBuf>>, Error> {
         if reference == "builtin" {
             return Ok(None);
         }
@@ -271,7 +271,7 @@ impl SandboxService {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .get(reference)
                 .cloned()
-                .filter(|root| root.is_dir())
+                .filter(|lower| lower.iter().all(|dir| dir.is_dir()))
         };
         if let Some(root) = known() {
             return Ok(Some(root));
@@ -307,7 +307,7 @@ impl SandboxService {
         &self,
         limits: carapace_runtime::Limits,
         egress_allow: &[String],
-        image: Option<PathBuf>,
+        image: Option<Vec<PathBuf>>,
     ) -> SandboxSpec {
         let services = self
             .service_addr

@@ -73,17 +73,17 @@ fn searchable_by_sandboxes(dir: &Path) -> Result<(), Error> {
 
 /// Makes sure the image `reference` (or the only image) of the OCI image
 /// layout `layout` (a directory, or a tar file of one) is unpacked in
-/// `cache`, with the agent added
-/// at [`OCI_AGENT_PATH`] and the sandbox's mount points created; its root
-/// directory. Cached by manifest digest (and the agent): a second call
-/// costs reading `index.json` and the manifest.
+/// `cache` (its layers under `layers/`, shared with other images); the
+/// directories of an overlayfs of it, top first: the agent's layer, then
+/// the image's layers. A layer already unpacked costs nothing more than
+/// reading `index.json` and the manifest.
 pub fn ensure_oci(
     cache: &Path,
     layout: &Path,
     reference: Option<&str>,
     limits: &crate::oci::Limits,
     progress: crate::oci::Progress<'_>,
-) -> Result<PathBuf, Error> {
+) -> Result<Vec<PathBuf>, Error> {
     // A layout shipped as a tar file is extracted first (strictly: files
     // and directories only), and removed afterwards.
     let extracted = if layout.is_file() {
@@ -121,20 +121,46 @@ fn ensure_oci_dir(
     reference: Option<&str>,
     limits: &crate::oci::Limits,
     progress: crate::oci::Progress<'_>,
-) -> Result<PathBuf, Error> {
-    let manifest = crate::oci::manifest_digest(layout, reference)?;
-    let digest = digest_of(&[LAYOUT_VERSION, AGENT, manifest.as_bytes()]);
-    let agent = OCI_AGENT_PATH.trim_start_matches('/');
-    install(cache, &format!("oci-{digest}"), agent, |tmp| {
-        let totals = crate::oci::unpack_image(layout, reference, tmp, limits, progress)?;
-        if totals.skipped > 0 {
-            tracing::info!(
-                skipped = totals.skipped,
-                "device nodes and FIFOs in the image were skipped"
-            );
-        }
-        finish_oci(tmp)
-    })
+) -> Result<Vec<PathBuf>, Error> {
+    fs::create_dir_all(cache).map_err(io("create the image cache"))?;
+    searchable_by_sandboxes(cache)?;
+    let (layers, totals) =
+        crate::oci::unpack_layers(layout, reference, &cache.join("layers"), limits, progress)?;
+    if totals.skipped > 0 {
+        tracing::info!(
+            skipped = totals.skipped,
+            "device nodes and FIFOs in the image were skipped"
+        );
+    }
+    let mut lower = vec![agent_layer(cache)?];
+    lower.extend(layers.into_iter().rev());
+    Ok(lower)
+}
+
+/// The layer laid over every OCI image: the agent at [`OCI_AGENT_PATH`]
+/// and the sandbox's mount points as directories (hiding whatever an image
+/// has at those names). Built by the worker, never from image content.
+fn agent_layer(cache: &Path) -> Result<PathBuf, Error> {
+    let digest = digest_of(&[LAYOUT_VERSION, AGENT]);
+    install(
+        cache,
+        &format!("agent-{digest}"),
+        OCI_AGENT_PATH.trim_start_matches('/'),
+        |tmp| {
+            for dir in MOUNT_POINTS.iter().chain(&[".carapace"]) {
+                fs::create_dir_all(tmp.join(dir)).map_err(io("create a mount point"))?;
+                fs::set_permissions(tmp.join(dir), fs::Permissions::from_mode(0o755))
+                    .map_err(io("set a directory mode"))?;
+            }
+            write(
+                &tmp.join(OCI_AGENT_PATH.trim_start_matches('/')),
+                AGENT,
+                0o755,
+            )?;
+            fs::set_permissions(tmp, fs::Permissions::from_mode(0o755))
+                .map_err(io("set a directory mode"))
+        },
+    )
 }
 
 /// The hex SHA-256 of length-prefixed parts.
@@ -184,55 +210,6 @@ fn install(
         }
         Err(e) => Err(Error::Image(format!("cannot install the image: {e}"))),
     }
-}
-
-/// Adds the agent and the mount points (replacing whatever non-directory
-/// an image has at those names) to an unpacked image.
-fn finish_oci(root: &Path) -> Result<(), Error> {
-    for dir in MOUNT_POINTS.iter().chain(&[".carapace"]) {
-        let path = root.join(dir);
-        match fs::symlink_metadata(&path) {
-            Ok(meta) if meta.is_dir() => {}
-            Ok(_) => {
-                fs::remove_file(&path).map_err(io("replace a mount point"))?;
-                fs::create_dir(&path).map_err(io("create a mount point"))?;
-            }
-            Err(_) => fs::create_dir(&path).map_err(io("create a mount point"))?,
-        }
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
-            .map_err(io("set a directory mode"))?;
-    }
-    // Whatever the image put at the agent's name goes first, and the agent
-    // is created new without following links: a layer that plants
-    // `.carapace/carapace-agent -> /host/path` must not make the worker
-    // write the host's file.
-    let agent = root.join(OCI_AGENT_PATH.trim_start_matches('/'));
-    match fs::symlink_metadata(&agent) {
-        Ok(meta) if meta.is_dir() => fs::remove_dir_all(&agent).map_err(io("replace the agent"))?,
-        Ok(_) => fs::remove_file(&agent).map_err(io("replace the agent"))?,
-        Err(_) => {}
-    }
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc_o_nofollow())
-            .mode(0o755)
-            .open(&agent)
-            .map_err(io("write the agent"))?;
-        file.write_all(AGENT).map_err(io("write the agent"))?;
-        file.set_permissions(fs::Permissions::from_mode(0o755))
-            .map_err(io("write the agent"))?;
-    }
-    fs::set_permissions(root, fs::Permissions::from_mode(0o755))
-        .map_err(io("set a directory mode"))?;
-    Ok(())
-}
-
-/// `O_NOFOLLOW` (x86_64 and aarch64 Linux).
-fn libc_o_nofollow() -> i32 {
-    nix::fcntl::OFlag::O_NOFOLLOW.bits()
 }
 
 fn io(what: &'static str) -> impl Fn(std::io::Error) -> Error {

@@ -140,7 +140,23 @@ fn unpack(
     root: &Path,
     limits: &Limits,
 ) -> Result<oci::unpack::Totals, carapace_runtime::Error> {
-    oci::unpack_image(layout, None, root, limits, &mut |_, _, _, _| {})
+    oci::unpack_layers(layout, None, root, limits, &mut |_, _, _, _| {}).map(|(_, totals)| totals)
+}
+
+/// The one layer directory unpacked under `layers`.
+fn only_layer(layers: &Path) -> PathBuf {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(layers)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("sha256-"))
+        })
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs[0].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,13 +176,13 @@ async fn a_layered_image_runs_in_a_sandbox() {
         link("bin/ls", tar::EntryType::Symlink, "busybox"),
         link("bin/stat", tar::EntryType::Symlink, "busybox"),
         file("etc/greeting", b"hello from layer 1\n"),
+        link("etc/greeting2", tar::EntryType::Link, "etc/greeting"),
         file("etc/old", b"to be whited out\n"),
         suid,
         private,
     ]);
     let top = tar_of(vec![
         file("etc/.wh.old", b""),
-        link("etc/greeting2", tar::EntryType::Link, "etc/greeting"),
         file("/abs/path", b"absolute made relative\n"),
     ]);
     let layout = layout(dir.path(), vec![(false, base), (true, top)]);
@@ -241,7 +257,18 @@ async fn a_layered_image_runs_in_a_sandbox() {
         "the whiteout removed etc/old: {out}"
     );
     assert!(out.trim_end().ends_with("755"), "setuid cleared: {out}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mnt = dir.path().join("images/mnt");
+    assert!(
+        mounts.contains(&mnt.display().to_string()),
+        "the image is mounted while the sandbox runs"
+    );
     runtime.shutdown().await;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    assert!(
+        !mounts.contains(&mnt.display().to_string()),
+        "deleting the sandbox unmounts its image"
+    );
 }
 
 #[test]
@@ -354,7 +381,8 @@ fn malicious_layers_are_refused_and_nothing_is_written_outside() {
         !outside.join("overwritten").exists(),
         "the worker wrote through the planted link"
     );
-    let agent = std::fs::symlink_metadata(root.join(".carapace/carapace-agent"))
+    // The agent's own layer, laid over the image's, holds the real agent.
+    let agent = std::fs::symlink_metadata(root[0].join(".carapace/carapace-agent"))
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         agent.is_file() && agent.len() > 100_000,
@@ -373,8 +401,9 @@ fn malicious_layers_are_refused_and_nothing_is_written_outside() {
     let totals =
         unpack(&layout_dir, &case_dir.join("root"), &limits).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(totals.skipped, 1);
-    assert!(!case_dir.join("root/dev/mem").exists());
-    assert!(case_dir.join("root/ok").exists());
+    let layer = only_layer(&case_dir.join("root"));
+    assert!(!layer.join("dev/mem").exists());
+    assert!(layer.join("ok").exists());
 }
 
 #[test]
@@ -530,11 +559,11 @@ fn a_layout_shipped_as_a_tar_file_is_used_and_links_in_it_are_refused() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
-        std::fs::read_to_string(root.join("etc/motd")).unwrap_or_default(),
+        std::fs::read_to_string(root[1].join("etc/motd")).unwrap_or_default(),
         "from a tar\n"
     );
     assert!(
-        root.join(".carapace/carapace-agent").exists(),
+        root[0].join(".carapace/carapace-agent").exists(),
         "the agent is added"
     );
     // Nothing of the extraction is left behind.
@@ -567,4 +596,70 @@ fn a_layout_shipped_as_a_tar_file_is_used_and_links_in_it_are_refused() {
     .map(|e| e.to_string())
     .unwrap_or_default();
     assert!(e.contains("not a file or directory"), "{e}");
+}
+
+#[test]
+fn images_share_the_layers_they_have_in_common_and_whiteouts_become_overlay_markers() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let base = tar_of(vec![
+        file("etc/base", b"shared\n"),
+        file("etc/gone", b"x"),
+        file("opaque/old", b"x"),
+    ]);
+    let top_a = tar_of(vec![
+        file("etc/a", b"a\n"),
+        file("etc/.wh.gone", b""),
+        file("opaque/.wh..wh..opq", b""),
+    ]);
+    let top_b = tar_of(vec![file("etc/b", b"b\n")]);
+    let a = layout(
+        &dir.path().join("a").tap_mkdir(),
+        vec![(true, base.clone()), (false, top_a)],
+    );
+    let b = layout(
+        &dir.path().join("b").tap_mkdir(),
+        vec![(true, base), (false, top_b)],
+    );
+    let cache = dir.path().join("cache");
+    let limits = Limits::default();
+    let lower_a =
+        carapace_runtime::image::ensure_oci(&cache, &a, None, &limits, &mut |_, _, _, _| {})
+            .unwrap_or_else(|e| panic!("{e}"));
+    let lower_b =
+        carapace_runtime::image::ensure_oci(&cache, &b, None, &limits, &mut |_, _, _, _| {})
+            .unwrap_or_else(|e| panic!("{e}"));
+    // Agent layer, top layer, base layer; the base and agent layers are
+    // the same directories for both images.
+    assert_eq!((lower_a.len(), lower_b.len()), (3, 3));
+    assert_eq!(lower_a[0], lower_b[0]);
+    assert_eq!(lower_a[2], lower_b[2]);
+    assert_ne!(lower_a[1], lower_b[1]);
+    let layers = std::fs::read_dir(cache.join("layers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .count();
+    assert_eq!(layers, 3, "three distinct layers unpacked once each");
+    // The whiteout is a 0/0 character device, the opaque directory marked.
+    use std::os::unix::fs::FileTypeExt;
+    let gone =
+        std::fs::symlink_metadata(lower_a[1].join("etc/gone")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(gone.file_type().is_char_device());
+    let opaque = rustix::fs::getxattr(
+        lower_a[1].join("opaque"),
+        "trusted.overlay.opaque",
+        &mut [0u8; 4],
+    );
+    assert_eq!(opaque.ok(), Some(1));
+}
+
+trait TapMkdir {
+    fn tap_mkdir(self) -> PathBuf;
+}
+
+impl TapMkdir for PathBuf {
+    fn tap_mkdir(self) -> PathBuf {
+        std::fs::create_dir_all(&self).unwrap_or_else(|e| panic!("{e}"));
+        self
+    }
 }

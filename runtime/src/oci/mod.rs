@@ -1,11 +1,9 @@
 //! OCI images from image layouts on disk (a directory, or a tar of one):
 //! the index, the manifest (through a multi-platform index if need be:
 //! linux/amd64 is chosen), the layers, each blob checked against its
-//! digest and size before use, and unpacked by [`unpack`] into one
-//! read-only root filesystem directory.
-//!
-//! Images are unpacked flat (all layers into one directory) and cached by
-//! manifest digest; layers are not shared between images yet.
+//! digest and size, and unpacked by [`unpack`], each layer into a
+//! directory of its own, named by its digest: images share the layers they
+//! have in common, and a sandbox's root is an overlayfs of them.
 
 pub mod unpack;
 
@@ -201,15 +199,17 @@ fn select_manifest(layout: &Path, reference: Option<&str>) -> Result<Descriptor,
     Ok(chosen)
 }
 
-/// Unpacks the image `reference` of the layout at `layout` into `root`
-/// (which must not exist yet), checking every blob.
-pub fn unpack_image(
+/// The layers of image `reference` of the layout at `layout`, each
+/// unpacked (once: the cache is content-addressed, so images share the
+/// layers they have in common) into `layers/sha256-<digest>`, every blob
+/// checked; their directories, bottom layer first.
+pub fn unpack_layers(
     layout: &Path,
     reference: Option<&str>,
-    root: &Path,
+    layers: &Path,
     limits: &Limits,
     progress: Progress<'_>,
-) -> Result<unpack::Totals, Error> {
+) -> Result<(Vec<PathBuf>, unpack::Totals), Error> {
     let descriptor = select_manifest(layout, reference)?;
     let manifest: Manifest = serde_json::from_slice(&read_json_blob(layout, &descriptor)?)
         .map_err(|e| bad(format!("manifest: {e}")))?;
@@ -219,8 +219,9 @@ pub fn unpack_image(
             limits.max_layers
         )));
     }
-    fs::create_dir(root).map_err(|e| bad(format!("create {}: {e}", root.display())))?;
+    fs::create_dir_all(layers).map_err(|e| bad(format!("create {}: {e}", layers.display())))?;
     let mut totals = unpack::Totals::default();
+    let mut dirs = Vec::new();
     let count = manifest.layers.len();
     for (i, layer) in manifest.layers.iter().enumerate() {
         if layer.size > limits.max_layer_bytes {
@@ -230,50 +231,99 @@ pub fn unpack_image(
             )));
         }
         let path = blob_path(layout, &layer.digest)?;
-        let file = fs::File::open(&path)
-            .map_err(|e| bad(format!("layer {} missing: {e}", layer.digest)))?;
-        progress(i + 1, count, 0, layer.size);
-        let mut hashing = Hashing {
-            inner: file,
-            hasher: Sha256::new(),
-            read: 0,
-            limit: layer.size,
-            layer: (i + 1, count),
-            progress: &mut *progress,
-            reported: 0,
-        };
-        let gzip = layer.media_type.ends_with("+gzip") || layer.media_type.ends_with(".gzip");
-        if layer.media_type.ends_with("+zstd") {
-            return Err(bad("zstd-compressed layers are not supported"));
+        let hex = layer.digest.trim_start_matches("sha256:");
+        let dir = layers.join(format!("sha256-{hex}"));
+        if dir.is_dir() {
+            progress(i + 1, count, layer.size, layer.size);
+            dirs.push(dir);
+            continue;
         }
-        // Everything a layer decompresses to is counted, headers and
-        // skipped entries included, so a decompression bomb stops at the
-        // image's budget (plus slack for metadata).
-        let budget = (limits.max_unpacked_bytes + limits.max_metadata_bytes)
-            .saturating_sub(totals.decompressed);
-        if gzip {
-            let mut reader = Budget {
-                inner: flate2::read::GzDecoder::new(&mut hashing),
-                left: budget,
-            };
-            unpack::apply_layer(root, &mut reader, limits, &mut totals)?;
-            totals.decompressed += budget - reader.left;
-        } else {
-            let mut reader = Budget {
-                inner: &mut hashing,
-                left: budget,
-            };
-            unpack::apply_layer(root, &mut reader, limits, &mut totals)?;
-            totals.decompressed += budget - reader.left;
+        static UNPACKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = UNPACKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = layers.join(format!(".layer-{}-{n}-{}", std::process::id(), &hex[..12]));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir(&tmp).map_err(|e| bad(format!("create {}: {e}", tmp.display())))?;
+        let unpacked = unpack_one(
+            &path,
+            layer,
+            &tmp,
+            limits,
+            &mut totals,
+            (i + 1, count),
+            &mut *progress,
+        );
+        if let Err(e) = unpacked {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
         }
-        // The tar reader may stop at the end-of-archive marker: read the
-        // rest so that the digest covers the whole blob.
-        io::copy(&mut hashing, &mut io::sink())
-            .map_err(|e| bad(format!("layer {}: {e}", layer.digest)))?;
-        let read = hashing.read;
-        let digest = hashing.hasher.finalize();
-        check(&layer.digest, layer.size, read, &digest)?;
+        match fs::rename(&tmp, &dir) {
+            Ok(()) => {}
+            // Another unpacker landed the same layer first.
+            Err(_) if dir.is_dir() => {
+                let _ = fs::remove_dir_all(&tmp);
+            }
+            Err(e) => return Err(bad(format!("cannot install layer {}: {e}", layer.digest))),
+        }
         progress(i + 1, count, layer.size, layer.size);
+        dirs.push(dir);
     }
-    Ok(totals)
+    Ok((dirs, totals))
+}
+
+/// Unpacks one layer blob into `dir`, checking its digest and size.
+fn unpack_one(
+    path: &Path,
+    layer: &Descriptor,
+    dir: &Path,
+    limits: &Limits,
+    totals: &mut unpack::Totals,
+    position: (usize, usize),
+    progress: Progress<'_>,
+) -> Result<(), Error> {
+    let file =
+        fs::File::open(path).map_err(|e| bad(format!("layer {} missing: {e}", layer.digest)))?;
+    if !file.metadata().map(|m| m.is_file()).unwrap_or(false) {
+        return Err(bad(format!("layer {} is not a regular file", layer.digest)));
+    }
+    progress(position.0, position.1, 0, layer.size);
+    let mut hashing = Hashing {
+        inner: file,
+        hasher: Sha256::new(),
+        read: 0,
+        limit: layer.size,
+        layer: position,
+        progress,
+        reported: 0,
+    };
+    let gzip = layer.media_type.ends_with("+gzip") || layer.media_type.ends_with(".gzip");
+    if layer.media_type.ends_with("+zstd") {
+        return Err(bad("zstd-compressed layers are not supported"));
+    }
+    // Everything a layer decompresses to is counted, headers and skipped
+    // entries included, so a decompression bomb stops at the image's
+    // budget (plus slack for metadata).
+    let budget =
+        (limits.max_unpacked_bytes + limits.max_metadata_bytes).saturating_sub(totals.decompressed);
+    if gzip {
+        let mut reader = Budget {
+            inner: flate2::read::GzDecoder::new(&mut hashing),
+            left: budget,
+        };
+        unpack::apply_layer(dir, &mut reader, limits, totals)?;
+        totals.decompressed += budget - reader.left;
+    } else {
+        let mut reader = Budget {
+            inner: &mut hashing,
+            left: budget,
+        };
+        unpack::apply_layer(dir, &mut reader, limits, totals)?;
+        totals.decompressed += budget - reader.left;
+    }
+    // The tar reader may stop at the end-of-archive marker: read the rest
+    // so that the digest covers the whole blob.
+    io::copy(&mut hashing, &mut io::sink())
+        .map_err(|e| bad(format!("layer {}: {e}", layer.digest)))?;
+    let read = hashing.read;
+    let digest = hashing.hasher.finalize();
+    check(&layer.digest, layer.size, read, &digest)
 }

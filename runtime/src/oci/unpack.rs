@@ -6,9 +6,10 @@
 //!   link (a layer that plants `etc -> /etc` and then writes `etc/passwd`
 //!   must not write the host's);
 //! - types: files, directories, symbolic links (stored as they are: they
-//!   resolve inside the sandbox), hard links (to a path checked like any
-//!   other), and OCI whiteouts (`.wh.NAME`, `.wh..wh..opq`); devices and
-//!   FIFOs are skipped;
+//!   resolve inside the sandbox), hard links (to a file of the same layer,
+//!   checked like any other path), and OCI whiteouts (`.wh.NAME`,
+//!   `.wh..wh..opq`, turned into overlayfs's markers); devices and FIFOs
+//!   are skipped;
 //! - modes: setuid, setgid and sticky bits are cleared; owners are not
 //!   kept (everything belongs to the worker, and appears as `nobody` in the
 //!   sandbox), so read (and, if the owner had it, execute) permission is
@@ -130,7 +131,9 @@ fn remove(path: &Path) -> Result<(), Error> {
     .map_err(|e| bad(format!("remove {}: {e}", path.display())))
 }
 
-/// Applies one layer (an uncompressed tar stream) on top of `root`.
+/// Unpacks one layer (an uncompressed tar stream) into its own directory
+/// `root`, whiteouts as overlayfs markers (a `0/0` character device for a
+/// hidden name, `trusted.overlay.opaque=y` on an opaque directory).
 pub fn apply_layer(
     root: &Path,
     layer: impl Read,
@@ -165,14 +168,17 @@ pub fn apply_layer(
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         // OCI whiteouts: delete from the layers below.
+        // Whiteouts become overlayfs's own markers: the layers stay apart
+        // and the kernel hides what they hide.
         if name == ".wh..wh..opq" {
             let dir = target.parent().unwrap_or(root);
-            for child in fs::read_dir(dir)
-                .map_err(|e| bad(format!("opaque whiteout: {e}")))?
-                .flatten()
-            {
-                remove(&child.path())?;
-            }
+            rustix::fs::setxattr(
+                dir,
+                "trusted.overlay.opaque",
+                b"y",
+                rustix::fs::XattrFlags::empty(),
+            )
+            .map_err(|e| bad(format!("opaque whiteout {}: {e}", rel.display())))?;
             continue;
         }
         if let Some(hidden) = name.strip_prefix(".wh.") {
@@ -184,7 +190,15 @@ pub fn apply_layer(
                     rel.display()
                 )));
             }
-            remove(&target.with_file_name(hidden))?;
+            let hidden = target.with_file_name(hidden);
+            remove(&hidden)?;
+            nix::sys::stat::mknod(
+                &hidden,
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::Mode::empty(),
+                nix::sys::stat::makedev(0, 0),
+            )
+            .map_err(|e| bad(format!("whiteout {}: {e}", rel.display())))?;
             continue;
         }
         let header = entry.header();
@@ -239,8 +253,12 @@ pub fn apply_layer(
             let source_rel = relative(&link)?;
             no_links_on_the_way(root, &source_rel)?;
             let source = root.join(&source_rel);
-            let meta = fs::symlink_metadata(&source)
-                .map_err(|_| bad(format!("hard link {} to a missing file", rel.display())))?;
+            let meta = fs::symlink_metadata(&source).map_err(|_| {
+                bad(format!(
+                    "hard link {} to a missing file (links reach only files of their own layer)",
+                    rel.display()
+                ))
+            })?;
             if !meta.is_file() {
                 return Err(bad(format!(
                     "hard link {} to something not a file",

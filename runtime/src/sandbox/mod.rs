@@ -13,6 +13,7 @@ pub mod control;
 mod exec;
 pub mod helper;
 pub mod pool;
+mod rootfs;
 pub mod seccomp;
 pub mod spec;
 
@@ -112,7 +113,7 @@ pub struct SandboxSpec {
     pub egress: Policy,
     /// The root of an unpacked OCI image ([`Runtime::ensure_image`]); the
     /// built-in image when `None`.
-    pub image: Option<PathBuf>,
+    pub image: Option<Vec<PathBuf>>,
 }
 
 struct Live {
@@ -143,6 +144,8 @@ pub struct Runtime {
     /// The tokio runtime the worker was started on: every task of a
     /// sandbox (control reader, proxy, streams) runs there, whoever asked.
     handle: tokio::runtime::Handle,
+    /// Where OCI images are mounted for this worker's sandboxes.
+    mounts: PathBuf,
 }
 
 /// Egress counters of one sandbox.
@@ -184,10 +187,17 @@ impl Runtime {
             .collect::<String>();
         let band = u32::from_le_bytes([digest[4], digest[5], digest[6], digest[7]]) % BANDS;
         let id_base = HOST_ID_BASE + band * (MAX_SANDBOXES as u32) * spec::ID_RANGE;
-        let (root, bundle_dir, worker) = (state_root.clone(), bundles.clone(), tag.clone());
-        let removed = tokio::task::spawn_blocking(move || reconcile(&root, &bundle_dir, &worker))
-            .await
-            .map_err(|e| Error::Io(e.to_string()))?;
+        let mounts = config.image_dir.join("mnt").join(&tag);
+        let (root, bundle_dir, mount_dir, worker) = (
+            state_root.clone(),
+            bundles.clone(),
+            mounts.clone(),
+            tag.clone(),
+        );
+        let removed =
+            tokio::task::spawn_blocking(move || reconcile(&root, &bundle_dir, &mount_dir, &worker))
+                .await
+                .map_err(|e| Error::Io(e.to_string()))?;
         let swap_in_use =
             std::fs::read_to_string("/proc/swaps").is_ok_and(|s| s.lines().count() > 1);
         if swap_in_use && !crate::cgroups::accounts_swap() {
@@ -212,6 +222,7 @@ impl Runtime {
             live: Mutex::default(),
             pool: pool::Pool::default(),
             handle: tokio::runtime::Handle::current(),
+            mounts,
         });
         pool::spawn_refill(&runtime);
         Ok(runtime)
@@ -240,7 +251,7 @@ impl Runtime {
         layout: PathBuf,
         reference: Option<String>,
         mut progress: impl FnMut(usize, usize, u64, u64) + Send + 'static,
-    ) -> Result<PathBuf, Error> {
+    ) -> Result<Vec<PathBuf>, Error> {
         let cache = self.config.image_dir.clone();
         tokio::task::spawn_blocking(move || {
             image::ensure_oci(
@@ -350,15 +361,26 @@ impl Runtime {
         container: &str,
         slot: usize,
         limits: Limits,
-        image: Option<&Path>,
+        image: Option<&[PathBuf]>,
     ) -> Result<pool::Prepared, Error> {
         let bundle = self.bundles.join(container);
         std::fs::create_dir_all(&bundle).map_err(|e| Error::Io(format!("create bundle: {e}")))?;
+        let mounted = self.mounts.join(container);
+        if let Some(lower) = image {
+            let (target, lower) = (mounted.clone(), lower.to_vec());
+            tokio::task::spawn_blocking(move || rootfs::mount_overlay(&target, &lower))
+                .await
+                .map_err(|e| Error::Io(e.to_string()))??;
+        }
         let host_id_base = self.id_base + u32::try_from(slot).unwrap_or(0) * spec::ID_RANGE;
         let config = spec::build(&spec::SpecInput {
             id: container,
             worker: &self.tag,
-            rootfs: image.unwrap_or(&self.image),
+            rootfs: if image.is_some() {
+                &mounted
+            } else {
+                &self.image
+            },
             host_id_base,
             limits,
             init: if image.is_some() {
@@ -602,9 +624,11 @@ impl Runtime {
             live.proxy.abort();
         }
         let (container_dir, bundle) = (self.state_root.join(id), self.bundles.join(id));
+        let mounted = self.mounts.join(id);
         let result = blocking(move || {
             let outcome = remove_container(&container_dir);
             let _ = std::fs::remove_dir_all(&bundle);
+            rootfs::unmount(&mounted);
             outcome
         })
         .await;
@@ -691,7 +715,7 @@ fn remove_container(dir: &Path) -> Result<(), libcontainer::error::LibcontainerE
 /// Removes every container and bundle under the worker's state: called at
 /// start, when nothing there can belong to a live sandbox. Returns how many
 /// containers were removed.
-fn reconcile(state_root: &Path, bundles: &Path, worker: &str) -> usize {
+fn reconcile(state_root: &Path, bundles: &Path, mounts: &Path, worker: &str) -> usize {
     let mut removed = 0;
     if let Ok(entries) = std::fs::read_dir(state_root) {
         for entry in entries.flatten() {
@@ -710,6 +734,7 @@ fn reconcile(state_root: &Path, bundles: &Path, worker: &str) -> usize {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
+    rootfs::unmount_all(mounts);
     removed += crate::cgroups::remove_leftovers(worker);
     removed
 }
