@@ -143,7 +143,7 @@ pub struct SandboxService {
     /// Where sandboxes reach Carapace through their proxy; set once the
     /// listener is bound.
     service_addr: OnceLock<SocketAddr>,
-    /// Offered images already unpacked: reference → root. A layout changed
+    /// Offered images already unpacked: reference → layer directories. A layout changed
     /// on disk is seen after a restart.
     images: std::sync::Mutex<std::collections::HashMap<String, Vec<PathBuf>>>,
     /// Held while an image is being prepared.

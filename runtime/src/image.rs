@@ -133,7 +133,14 @@ fn ensure_oci_dir(
         );
     }
     let mut lower = vec![agent_layer(cache)?];
-    lower.extend(layers.into_iter().rev());
+    // A layer can appear twice in a manifest (empty layers often do), and
+    // overlayfs refuses a directory twice: the topmost occurrence is kept,
+    // which the lower copies of the same content cannot change.
+    for layer in layers.into_iter().rev() {
+        if !lower.contains(&layer) {
+            lower.push(layer);
+        }
+    }
     Ok(lower)
 }
 

@@ -640,6 +640,26 @@ fn images_share_the_layers_they_have_in_common_and_whiteouts_become_overlay_mark
         .flatten()
         .count();
     assert_eq!(layers, 3, "three distinct layers unpacked once each");
+    // A layer listed twice (empty layers often are) is stacked once, at
+    // its topmost place: overlayfs refuses a directory twice.
+    let twice = tar_of(vec![file("etc/twice", b"t\n")]);
+    let c = layout(
+        &dir.path().join("c").tap_mkdir(),
+        vec![
+            (false, twice.clone()),
+            (false, tar_of(vec![file("etc/c", b"c\n")])),
+            (false, twice),
+        ],
+    );
+    let lower_c =
+        carapace_runtime::image::ensure_oci(&cache, &c, None, &limits, &mut |_, _, _, _| {})
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        lower_c.len(),
+        3,
+        "agent, the repeated layer once (on top), the middle one: {lower_c:?}"
+    );
+    assert!(lower_c[1].join("etc/twice").exists() && lower_c[2].join("etc/c").exists());
     // The whiteout is a 0/0 character device, the opaque directory marked.
     use std::os::unix::fs::FileTypeExt;
     let gone =

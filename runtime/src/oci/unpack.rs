@@ -1,4 +1,4 @@
-//! Applies image layers (tar streams) to a root filesystem directory, as
+//! Unpacks an image layer (a tar stream) into a directory of its own, as
 //! hostile input.
 //!
 //! - paths: a leading `/` is dropped (layers are relative to the root);
@@ -167,7 +167,7 @@ pub fn apply_layer(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        // OCI whiteouts: delete from the layers below.
+        // OCI whiteouts, kept as overlayfs markers (see below).
         // Whiteouts become overlayfs's own markers: the layers stay apart
         // and the kernel hides what they hide.
         if name == ".wh..wh..opq" {

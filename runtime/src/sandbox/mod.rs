@@ -111,8 +111,8 @@ pub struct ExecResult {
 pub struct SandboxSpec {
     pub limits: Limits,
     pub egress: Policy,
-    /// The root of an unpacked OCI image ([`Runtime::ensure_image`]); the
-    /// built-in image when `None`.
+    /// The layer directories of an OCI image, top first
+    /// ([`Runtime::ensure_image`]); the built-in image when `None`.
     pub image: Option<Vec<PathBuf>>,
 }
 

@@ -37,6 +37,12 @@ pub fn mount_overlay(target: &Path, lower: &[PathBuf]) -> Result<(), Error> {
     }
     std::fs::create_dir_all(target)
         .map_err(|e| Error::Io(format!("create {}: {e}", target.display())))?;
+    // The sandbox's root reaches its root filesystem through these, as an
+    // unprivileged user: whatever the umask, they must be searchable.
+    for dir in target.ancestors().take(3) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+    }
     mount(
         Some("overlay"),
         target,
