@@ -3,7 +3,9 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::routes::{agents, api_keys, audit, memory, ops, providers, sandboxes, tenant, usage};
+use super::routes::{
+    agents, api_keys, audit, memory, ops, providers, sandbox_exec, sandboxes, tenant, usage,
+};
 
 /// The whole API.
 #[derive(OpenApi)]
@@ -40,7 +42,7 @@ use super::routes::{agents, api_keys, audit, memory, ops, providers, sandboxes, 
         sandboxes::list_sandboxes,
         sandboxes::get_sandbox,
         sandboxes::delete_sandbox,
-        sandboxes::exec,
+        sandbox_exec::exec,
         sandboxes::upload,
         sandboxes::download,
         crate::gateway::proxy::chat_completions,

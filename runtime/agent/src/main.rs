@@ -134,6 +134,9 @@ impl Reaper {
 
 type Out = Arc<Mutex<io::Stdout>>;
 
+/// Why a request could not be served: no thread or process could be had.
+const NO_ROOM: &str = "the sandbox is at its process limit (pids); nothing more could be started";
+
 fn send(out: &Out, reply: &Reply) {
     let mut out = out.lock().unwrap_or_else(PoisonError::into_inner);
     // A broken control socket means the worker is gone; the read loop sees
@@ -244,11 +247,20 @@ fn exec(reaper: &Reaper, req: ExecRequest, out: &Out) -> ExecReply {
     let max = req.max_output as usize;
     let (mut stdin, stdout, stderr) = (child.stdin, child.stdout, child.stderr);
     let input = req.stdin;
-    let writer = thread::spawn(move || {
+    // A sandbox at its pids limit may refuse a thread: the command is then
+    // stopped and reported, never left running unwatched.
+    let no_room = |mut reply: ExecReply| {
+        kill_group(pid);
+        reply.error = NO_ROOM.into();
+        reply
+    };
+    let Ok(writer) = thread::Builder::new().spawn(move || {
         if let Some(pipe) = stdin.as_mut() {
             let _ = pipe.write_all(&input);
         }
-    });
+    }) else {
+        return no_room(reply);
+    };
     let out_kept = Arc::new(Mutex::new((Vec::new(), false)));
     let err_kept = Arc::new(Mutex::new((Vec::new(), false)));
     let (done_tx, done_rx) = mpsc::channel::<()>();
@@ -270,12 +282,15 @@ fn exec(reaper: &Reaper, req: ExecRequest, out: &Out) -> ExecReply {
             id: req.id,
             fd,
         });
-        thread::spawn(move || {
+        let drainer = thread::Builder::new().spawn(move || {
             if let Some(pipe) = pipe {
                 drain(pipe, max, kept, stream);
             }
             let _ = done.send(());
         });
+        if drainer.is_err() {
+            return no_room(reply);
+        }
     }
     drop(done_tx);
     let deadline = started + Duration::from_millis(req.timeout_ms);
@@ -361,7 +376,9 @@ fn main() {
     });
     {
         let reaper = reaper.clone();
-        thread::spawn(move || reaper.run());
+        if thread::Builder::new().spawn(move || reaper.run()).is_err() {
+            std::process::exit(3);
+        }
     }
     let mut input = io::stdin().lock();
     loop {
@@ -375,7 +392,26 @@ fn main() {
             std::process::exit(2);
         };
         let (out, reaper) = (out.clone(), reaper.clone());
-        thread::spawn(move || {
+        // What to answer if no thread can be had for the request (the
+        // sandbox is at its pids limit): the agent must not die of it.
+        let refused = match &request {
+            Request::Exec(req) => Reply::Exec(ExecReply {
+                id: req.id,
+                outcome: Outcome::SpawnFailed,
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+                stdout_truncated: false,
+                stderr_truncated: false,
+                error: NO_ROOM.into(),
+            }),
+            Request::WriteFile { id, .. } | Request::ReadFile { id, .. } => Reply::File {
+                id: *id,
+                result: Err(NO_ROOM.into()),
+            },
+        };
+        let worker_out = out.clone();
+        let spawned = thread::Builder::new().spawn(move || {
+            let out = worker_out;
             let reply = match request {
                 Request::Exec(req) => Reply::Exec(exec(&reaper, req, &out)),
                 Request::WriteFile { id, path, data } => Reply::File {
@@ -389,5 +425,8 @@ fn main() {
             };
             send(&out, &reply);
         });
+        if spawned.is_err() {
+            send(&out, &refused);
+        }
     }
 }

@@ -9,8 +9,11 @@
 //! file transfers go over the sandbox's control socket ([`control`]), so
 //! an exec costs a message, not a container operation.
 
+mod cleanup;
 pub mod control;
+mod create;
 mod exec;
+mod files;
 pub mod helper;
 pub mod pool;
 mod rootfs;
@@ -19,24 +22,20 @@ pub mod spec;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use carapace_agent::protocol::{Reply, Request};
-use libcontainer::container::Container;
-use libcontainer::signal::Signal;
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
+use cleanup::reconcile;
 pub use exec::StreamEvent;
 pub use spec::Limits;
 
-use crate::egress::{self, Counters, Policy};
-use crate::{Error, image, netns};
+use crate::egress::{Counters, Policy};
+use crate::{Error, image};
 
 /// Port of the egress proxy on the sandbox's loopback.
 pub const PROXY_PORT: u16 = 3128;
@@ -289,195 +288,6 @@ impl Runtime {
         }
     }
 
-    /// Creates and starts a sandbox named `id` (letters, digits, `-`, `_`);
-    /// returns once its agent has announced itself. A sandbox with the
-    /// default limits starts from the pool when one is ready there.
-    pub async fn create(&self, id: &str, spec: SandboxSpec) -> Result<(), Error> {
-        if id.is_empty()
-            || id.len() > 64
-            || id.starts_with("pool-")
-            || !id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(Error::Sandbox(format!("invalid sandbox id {id:?}")));
-        }
-        if let Some((field, lo, hi)) = spec.limits.out_of_bounds() {
-            return Err(Error::Limits(format!(
-                "{field} must be between {lo} and {hi}"
-            )));
-        }
-        if spec.limits == Limits::default()
-            && spec.image.is_none()
-            && let Some(prepared) = self.pool.take()
-        {
-            let (container, slot) = (prepared.container.clone(), prepared.slot);
-            match self.start_prepared(id, prepared, spec.egress.clone()).await {
-                Ok(live) => {
-                    self.insert(id, live);
-                    return Ok(());
-                }
-                Err(e) => {
-                    // A pooled container that cannot start is discarded;
-                    // the sandbox is made from scratch instead.
-                    tracing::warn!(container, error = %e, "a pooled container failed to start");
-                    self.destroy(&container, None).await;
-                    self.free_slot(slot);
-                }
-            }
-        }
-        let slot = self.take_slot()?;
-        let started = match self
-            .prepare(id, slot, spec.limits, spec.image.as_deref())
-            .await
-        {
-            Ok(prepared) => self.start_prepared(id, prepared, spec.egress).await,
-            Err(e) => Err(e),
-        };
-        match started {
-            Ok(live) => {
-                self.insert(id, live);
-                Ok(())
-            }
-            Err(e) => {
-                self.destroy(id, None).await;
-                self.free_slot(slot);
-                Err(e)
-            }
-        }
-    }
-
-    fn insert(&self, id: &str, live: Live) {
-        self.live
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id.to_owned(), Arc::new(live));
-    }
-
-    /// Creates container `container` (not started) in `slot`, with its
-    /// control socket and its egress proxy socket.
-    async fn prepare(
-        &self,
-        container: &str,
-        slot: usize,
-        limits: Limits,
-        image: Option<&[PathBuf]>,
-    ) -> Result<pool::Prepared, Error> {
-        let bundle = self.bundles.join(container);
-        std::fs::create_dir_all(&bundle).map_err(|e| Error::Io(format!("create bundle: {e}")))?;
-        let mounted = self.mounts.join(container);
-        if let Some(lower) = image {
-            let (target, lower) = (mounted.clone(), lower.to_vec());
-            tokio::task::spawn_blocking(move || rootfs::mount_overlay(&target, &lower))
-                .await
-                .map_err(|e| Error::Io(e.to_string()))??;
-        }
-        let host_id_base = self.id_base + u32::try_from(slot).unwrap_or(0) * spec::ID_RANGE;
-        let config = spec::build(&spec::SpecInput {
-            id: container,
-            worker: &self.tag,
-            rootfs: if image.is_some() {
-                &mounted
-            } else {
-                &self.image
-            },
-            host_id_base,
-            limits,
-            init: if image.is_some() {
-                image::OCI_AGENT_PATH
-            } else {
-                image::AGENT_PATH
-            },
-            limit_swap: crate::cgroups::accounts_swap(),
-        });
-        std::fs::write(bundle.join("config.json"), config.to_string())
-            .map_err(|e| Error::Io(format!("write config.json: {e}")))?;
-
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
-            .map_err(|e| Error::Io(format!("control socket: {e}")))?;
-        let output = tokio::process::Command::new(&self.config.helper)
-            .args(&self.config.helper_args)
-            .arg("create")
-            .arg(&self.state_root)
-            .arg(container)
-            .arg(&bundle)
-            // The helper (and the init until it runs the agent) gets
-            // nothing of the worker's environment.
-            .env_clear()
-            .stdin(Stdio::from(OwnedFd::from(theirs)))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .output();
-        let output = tokio::time::timeout(HELPER_TIMEOUT, output)
-            .await
-            .map_err(|_| Error::Sandbox("creating the container timed out".into()))?
-            .map_err(|e| Error::Sandbox(format!("cannot run the container helper: {e}")))?;
-        if !output.status.success() {
-            let message = String::from_utf8_lossy(&output.stderr[..output.stderr.len().min(2000)])
-                .trim()
-                .to_owned();
-            return Err(Error::Sandbox(format!(
-                "container helper failed: {message}"
-            )));
-        }
-        let pid = serde_json::from_slice::<serde_json::Value>(&output.stdout)
-            .ok()
-            .and_then(|v| v["pid"].as_i64())
-            .and_then(|p| i32::try_from(p).ok())
-            .ok_or_else(|| Error::Sandbox("the container helper printed no pid".into()))?;
-        // The network namespace exists from creation on: bind the proxy now.
-        let listener = tokio::task::spawn_blocking(move || netns::bind_loopback(pid, PROXY_PORT))
-            .await
-            .map_err(|e| Error::Io(e.to_string()))??;
-        Ok(pool::Prepared {
-            container: container.to_owned(),
-            slot,
-            pid,
-            control: ours,
-            listener,
-        })
-    }
-
-    /// Starts a prepared container as sandbox `id`: signals its init, waits
-    /// for the agent's `Ready`, serves its proxy with `egress`.
-    async fn start_prepared(
-        &self,
-        id: &str,
-        prepared: pool::Prepared,
-        egress: Policy,
-    ) -> Result<Live, Error> {
-        let dir = self.state_root.join(&prepared.container);
-        tokio::task::spawn_blocking(move || pool::signal_start(&dir))
-            .await
-            .map_err(|e| Error::Io(e.to_string()))??;
-        prepared
-            .control
-            .set_nonblocking(true)
-            .map_err(|e| Error::Io(e.to_string()))?;
-        let stream = tokio::net::UnixStream::from_std(prepared.control)
-            .map_err(|e| Error::Io(e.to_string()))?;
-        let control = control::Control::connect(stream, READY_TIMEOUT).await?;
-        let listener = tokio::net::TcpListener::from_std(prepared.listener)
-            .map_err(|e| Error::Io(e.to_string()))?;
-        let counters = Arc::new(Counters::default());
-        let proxy = self.handle.spawn(egress::serve(
-            listener,
-            Arc::new(egress),
-            counters.clone(),
-            id.to_owned(),
-        ));
-        Ok(Live {
-            container: prepared.container,
-            pid: prepared.pid,
-            slot: prepared.slot,
-            busy: AtomicUsize::new(0),
-            control,
-            proxy,
-            counters,
-        })
-    }
-
     /// Whether a request is running in the sandbox (an idle timeout must
     /// not take it away under a long command).
     pub fn is_busy(&self, id: &str) -> bool {
@@ -543,62 +353,6 @@ impl Runtime {
         })
     }
 
-    /// Writes `data` to `path` (relative, inside `/workspace`).
-    pub async fn write_file(&self, id: &str, path: &str, data: Vec<u8>) -> Result<(), Error> {
-        let (live, _busy) = self.enter(id)?;
-        let path = workspace_path(path)?;
-        if data.len() > MAX_FILE as usize {
-            return Err(Error::Limits(format!(
-                "files are limited to {MAX_FILE} bytes"
-            )));
-        }
-        let request_id = live.control.next_id();
-        let request = Request::WriteFile {
-            id: request_id,
-            path: path.into_bytes(),
-            data,
-        };
-        match live
-            .control
-            .call(request_id, &request, Duration::from_secs(60))
-            .await?
-        {
-            Reply::File { result: Ok(_), .. } => Ok(()),
-            Reply::File { result: Err(e), .. } => Err(Error::File(e)),
-            _ => Err(Error::Sandbox(
-                "the sandbox agent answered the wrong request".into(),
-            )),
-        }
-    }
-
-    /// Reads `path` (relative, inside `/workspace`).
-    pub async fn read_file(&self, id: &str, path: &str) -> Result<Vec<u8>, Error> {
-        let (live, _busy) = self.enter(id)?;
-        let path = workspace_path(path)?;
-        let request_id = live.control.next_id();
-        let request = Request::ReadFile {
-            id: request_id,
-            path: path.into_bytes(),
-            max: MAX_FILE,
-        };
-        match live
-            .control
-            .call(request_id, &request, Duration::from_secs(60))
-            .await?
-        {
-            Reply::File {
-                result: Ok(data), ..
-            } if data.len() <= MAX_FILE as usize => Ok(data),
-            Reply::File { result: Ok(_), .. } => {
-                Err(Error::Sandbox("the sandbox agent sent too much".into()))
-            }
-            Reply::File { result: Err(e), .. } => Err(Error::File(e)),
-            _ => Err(Error::Sandbox(
-                "the sandbox agent answered the wrong request".into(),
-            )),
-        }
-    }
-
     /// Kills and removes a sandbox and everything it had on this host.
     /// Deleting one that is not here is not an error.
     pub async fn delete(&self, id: &str) -> Result<(), Error> {
@@ -616,25 +370,6 @@ impl Runtime {
             self.free_slot(slot);
         }
         Ok(())
-    }
-
-    /// Kills and removes container `id` (a container name) and its bundle.
-    async fn destroy(&self, id: &str, live: Option<Arc<Live>>) {
-        if let Some(live) = &live {
-            live.proxy.abort();
-        }
-        let (container_dir, bundle) = (self.state_root.join(id), self.bundles.join(id));
-        let mounted = self.mounts.join(id);
-        let result = blocking(move || {
-            let outcome = remove_container(&container_dir);
-            let _ = std::fs::remove_dir_all(&bundle);
-            rootfs::unmount(&mounted);
-            outcome
-        })
-        .await;
-        if let Err(e) = result {
-            tracing::warn!(sandbox = id, error = %e, "sandbox removal incomplete");
-        }
     }
 
     /// Deletes every sandbox of this worker and empties the pool (on
@@ -671,98 +406,5 @@ struct Busy(Arc<Live>);
 impl Drop for Busy {
     fn drop(&mut self) {
         self.0.busy.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// `/workspace/<path>` for a relative path without `..`, or an error.
-fn workspace_path(path: &str) -> Result<String, Error> {
-    let trimmed = path.trim_start_matches('/');
-    let ok = !trimmed.is_empty()
-        && trimmed.len() <= 1024
-        && !trimmed.contains('\0')
-        && trimmed
-            .split('/')
-            .all(|part| !part.is_empty() && part != "." && part != "..");
-    if !ok {
-        return Err(Error::File(format!(
-            "{path:?} is not a path inside the workspace"
-        )));
-    }
-    Ok(format!("/workspace/{trimmed}"))
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, libcontainer::error::LibcontainerError> + Send + 'static,
-) -> Result<T, Error> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Io(e.to_string()))?
-        .map_err(|e| Error::Sandbox(format!("container: {e}")))
-}
-
-/// Kills every process of a container and deletes it (cgroups and state).
-fn remove_container(dir: &Path) -> Result<(), libcontainer::error::LibcontainerError> {
-    if !dir.exists() {
-        return Ok(());
-    }
-    let mut container = Container::load(dir.to_path_buf())?;
-    if container.can_kill() {
-        let _ = container.kill(Signal::from(nix::sys::signal::Signal::SIGKILL), true);
-    }
-    container.delete(true)
-}
-
-/// Removes every container and bundle under the worker's state: called at
-/// start, when nothing there can belong to a live sandbox. Returns how many
-/// containers were removed.
-fn reconcile(state_root: &Path, bundles: &Path, mounts: &Path, worker: &str) -> usize {
-    let mut removed = 0;
-    if let Ok(entries) = std::fs::read_dir(state_root) {
-        for entry in entries.flatten() {
-            let dir = entry.path();
-            match remove_container(&dir) {
-                Ok(()) => removed += 1,
-                Err(e) => {
-                    tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a leftover container");
-                    let _ = std::fs::remove_dir_all(&dir);
-                }
-            }
-        }
-    }
-    if let Ok(entries) = std::fs::read_dir(bundles) {
-        for entry in entries.flatten() {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-    rootfs::unmount_all(mounts);
-    removed += crate::cgroups::remove_leftovers(worker);
-    removed
-}
-
-#[cfg(test)]
-mod tests {
-    use super::workspace_path;
-
-    #[test]
-    fn workspace_paths_stay_in_the_workspace() {
-        assert_eq!(
-            workspace_path("a/b.txt").ok().as_deref(),
-            Some("/workspace/a/b.txt")
-        );
-        assert_eq!(workspace_path("/a").ok().as_deref(), Some("/workspace/a"));
-        for bad in [
-            "",
-            "/",
-            "..",
-            "../x",
-            "a/../../x",
-            "a//b",
-            "./a",
-            "a/.",
-            "a\0b",
-        ] {
-            assert!(workspace_path(bad).is_err(), "{bad:?}");
-        }
-        assert!(workspace_path(&"a/".repeat(600)).is_err());
     }
 }

@@ -465,7 +465,14 @@ async fn fork_and_memory_bombs_and_a_full_disk_stay_inside() {
 
     let started = Instant::now();
     let r = sh_with(&w, "bomb", "b() { b | b & }; b", Duration::from_secs(3)).await;
-    assert!(r.timed_out || r.exit_code.is_some(), "the bomb returns");
+    // It ends at its deadline, or sooner when the agent finds no room to
+    // watch it (and stops it): either way it is reported.
+    assert!(
+        r.timed_out
+            || r.exit_code.is_some()
+            || r.error.as_deref().is_some_and(|e| e.contains("pids")),
+        "the bomb returns: {r:?}"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "the bomb is stopped at its deadline"
@@ -476,13 +483,20 @@ async fn fork_and_memory_bombs_and_a_full_disk_stay_inside() {
         host_fork.is_ok_and(|s| s.success()),
         "the host can still fork"
     );
-    let r = sh(
-        &w,
-        "bomb",
-        "cat /sys/fs/cgroup/pids.max 2>/dev/null || echo no-cgroup-view",
-    )
-    .await;
-    assert_eq!(r.exit_code, Some(0), "the sandbox itself survives its bomb");
+    // The sandbox itself survives its bomb: once the bomb's processes are
+    // gone (killed, then reaped by the agent) it runs commands again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = sh(&w, "bomb", "echo recovered").await;
+        if r.exit_code == Some(0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sandbox survives its bomb: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     w.runtime
         .delete("bomb")
         .await

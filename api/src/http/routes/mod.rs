@@ -8,6 +8,7 @@ pub mod docs;
 pub mod memory;
 pub mod ops;
 pub mod providers;
+pub mod sandbox_exec;
 pub mod sandbox_stream;
 pub mod sandboxes;
 pub mod tenant;

@@ -3,7 +3,6 @@
 //! a tenant's sandboxes, commands run in them and files moved in and out of
 //! their `/workspace`.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use actix_web::http::header;
@@ -22,16 +21,6 @@ use crate::http::validate;
 use crate::ids::SandboxId;
 use crate::state::AppState;
 
-/// Largest exec request body (the command, its environment and stdin).
-const MAX_EXEC_BODY: usize = 2 << 20;
-/// Largest stdin of one exec.
-const MAX_STDIN: usize = 1 << 20;
-const MAX_ARGS: usize = 256;
-const MAX_ARGV_BYTES: usize = 256 * 1024;
-const MAX_ENV: usize = 100;
-/// Exec timeout when the request names none.
-const DEFAULT_TIMEOUT_S: u64 = 30;
-
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -48,8 +37,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .service(
         web::resource("/v1/sandboxes/{id}/exec")
-            .app_data(problem::json_config(MAX_EXEC_BODY))
-            .route(web::post().to(exec))
+            .app_data(problem::json_config(super::sandbox_exec::MAX_EXEC_BODY))
+            .route(web::post().to(super::sandbox_exec::exec))
             .default_service(web::to(method_not_allowed)),
     )
     .service(
@@ -148,64 +137,11 @@ pub struct SandboxList {
     data: Vec<SandboxView>,
 }
 
-/// A command to run in the sandbox's `/workspace`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ExecBody {
-    /// The program and its arguments (no shell: use `["sh", "-c", "..."]`).
-    command: Vec<String>,
-    /// Standard input, at most 1 MiB. [default: empty]
-    #[serde(default)]
-    stdin: Option<String>,
-    /// Extra environment variables. `PATH`, `HOME` and the proxy variables
-    /// are set already.
-    #[serde(default)]
-    env: Option<BTreeMap<String, String>>,
-    /// Seconds before the command and everything it started are killed.
-    /// [default: 30; at most the server's `max_exec_timeout_secs`]
-    #[serde(default)]
-    timeout_s: Option<f64>,
-}
-
-/// Options of an exec.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct ExecQuery {
-    /// Stream the output as server-sent events while the command runs
-    /// (`stdout`, `stderr`, then `exit` or `error`) instead of answering
-    /// once it has ended. [default: false]
-    stream: Option<bool>,
-}
-
-/// How a command ended.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ExecView {
-    /// Exit code (128+N if killed by signal N, e.g. 137 for the OOM
-    /// killer); null if it timed out or could not start.
-    exit_code: Option<i32>,
-    /// Standard output (UTF-8, invalid bytes replaced), at most 1 MiB.
-    stdout: String,
-    /// Standard error, likewise.
-    stderr: String,
-    /// Output beyond 1 MiB was dropped.
-    stdout_truncated: bool,
-    stderr_truncated: bool,
-    /// Killed at its timeout.
-    timed_out: bool,
-    /// Why it could not start, if it could not.
-    error: Option<String>,
-    /// The kernel's OOM killer killed a process of the sandbox while the
-    /// command ran: the sandbox needs more `memory_mib`.
-    oom_killed: bool,
-    /// Wall-clock time of the run.
-    duration_ms: u64,
-}
-
-fn sandbox_id(raw: &str) -> Result<SandboxId, Error> {
+pub(super) fn sandbox_id(raw: &str) -> Result<SandboxId, Error> {
     SandboxId::parse(raw).map_err(|_| Error::NotFound)
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> Error {
+pub(super) fn invalid(field: &'static str, message: impl Into<String>) -> Error {
     Error::Invalid {
         field,
         message: message.into(),
@@ -397,7 +333,7 @@ pub async fn delete_sandbox(
 }
 
 /// The tenant's running sandbox `raw`, ready for a command or a transfer.
-async fn running(
+pub(super) async fn running(
     caller: &Caller<UseSandboxes>,
     state: &AppState,
     raw: &str,
@@ -423,7 +359,7 @@ async fn running(
 
 /// Maps a worker error on a running sandbox to the answer, recording a
 /// sandbox whose agent has gone as lost.
-async fn worker_error(
+pub(super) async fn worker_error(
     caller: &Caller<UseSandboxes>,
     state: &AppState,
     id: &SandboxId,
@@ -444,108 +380,6 @@ async fn worker_error(
             Error::Unavailable("the sandbox did not answer".into())
         }
     }
-}
-
-fn exec_request(body: ExecBody, max_timeout: Duration) -> Result<carapace_runtime::Exec, Error> {
-    if body.command.is_empty() || body.command[0].is_empty() {
-        return Err(invalid("command", "must name a program"));
-    }
-    if body.command.len() > MAX_ARGS
-        || body.command.iter().map(String::len).sum::<usize>() > MAX_ARGV_BYTES
-    {
-        return Err(invalid(
-            "command",
-            format!("at most {MAX_ARGS} arguments and {MAX_ARGV_BYTES} bytes"),
-        ));
-    }
-    if body.command.iter().any(|a| a.contains('\0')) {
-        return Err(invalid("command", "arguments cannot contain NUL"));
-    }
-    let env = body.env.unwrap_or_default();
-    if env.len() > MAX_ENV {
-        return Err(invalid("env", format!("at most {MAX_ENV} variables")));
-    }
-    for (key, value) in &env {
-        let name_ok = !key.is_empty()
-            && key.len() <= 256
-            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            && !key.as_bytes()[0].is_ascii_digit();
-        if !name_ok || value.contains('\0') || value.len() > 64 * 1024 {
-            return Err(invalid("env", format!("`{key}` is not a valid variable")));
-        }
-    }
-    let stdin = body.stdin.unwrap_or_default();
-    if stdin.len() > MAX_STDIN {
-        return Err(invalid("stdin", format!("at most {MAX_STDIN} bytes")));
-    }
-    let timeout_s = body.timeout_s.unwrap_or(DEFAULT_TIMEOUT_S as f64);
-    if !timeout_s.is_finite() || timeout_s <= 0.0 || timeout_s > max_timeout.as_secs_f64() {
-        return Err(invalid(
-            "timeout_s",
-            format!("must be more than 0 and at most {}", max_timeout.as_secs()),
-        ));
-    }
-    Ok(carapace_runtime::Exec {
-        argv: body.command,
-        env: env.into_iter().collect(),
-        stdin: stdin.into_bytes(),
-        timeout: Duration::from_secs_f64(timeout_s),
-    })
-}
-
-/// Run a command in the sandbox and wait for it (or stream its output with
-/// `?stream=true`).
-#[utoipa::path(post, path = "/v1/sandboxes/{id}/exec", tag = "sandboxes",
-    params(("id" = String, Path, description = "Sandbox id"), ExecQuery),
-    request_body = ExecBody,
-    responses(
-        (status = 200, description = "The command ran (whatever its exit code); with `stream=true`, `text/event-stream` events `stdout`/`stderr` (`{\"text\"}`), then `exit` (as this body without stdout and stderr) or `error`", body = ExecView),
-        (status = 404, description = "No such sandbox in this tenant", body = crate::http::problem::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The sandbox is not running", body = crate::http::problem::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid field", body = crate::http::problem::Problem, content_type = "application/problem+json"),
-    ),
-    security(("api_key" = [])))]
-pub async fn exec(
-    caller: Caller<UseSandboxes>,
-    state: web::Data<AppState>,
-    id: web::Path<String>,
-    query: web::Query<ExecQuery>,
-    body: web::Json<ExecBody>,
-) -> Result<HttpResponse, Error> {
-    let service = &state.sandboxes;
-    let request = exec_request(body.into_inner(), service.config().max_exec_timeout)?;
-    let runtime = service.runtime()?;
-    let id = running(&caller, &state, &id).await?;
-    if query.stream.unwrap_or(false) {
-        let events = match runtime.exec_stream(id.as_str(), request).await {
-            Ok(events) => events,
-            Err(e) => return Err(worker_error(&caller, &state, &id, e).await),
-        };
-        let body =
-            super::sandbox_stream::body(events, state.db.clone(), caller.tenant_id().clone(), id);
-        return Ok(HttpResponse::Ok()
-            .content_type("text/event-stream")
-            .insert_header((header::CACHE_CONTROL, "no-cache"))
-            .streaming(body));
-    }
-    let started = Instant::now();
-    let result = match runtime.exec(id.as_str(), request).await {
-        Ok(result) => result,
-        Err(e) => return Err(worker_error(&caller, &state, &id, e).await),
-    };
-    // The idle timeout counts from the end of the last command.
-    caller.scope(&state.db).touch_sandbox(&id).await?;
-    Ok(HttpResponse::Ok().json(ExecView {
-        exit_code: result.exit_code,
-        stdout: String::from_utf8_lossy(&result.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&result.stderr).into_owned(),
-        stdout_truncated: result.stdout_truncated,
-        stderr_truncated: result.stderr_truncated,
-        timed_out: result.timed_out,
-        error: result.error,
-        oom_killed: result.oom_killed,
-        duration_ms: started.elapsed().as_millis() as u64,
-    }))
 }
 
 /// Write a file into the sandbox's `/workspace` (the body, raw bytes, at
