@@ -41,6 +41,8 @@ pub fn remove_leftovers(worker: &str) -> usize {
             }
             remove(&cgroup);
         }
+        // The worker's own level goes too; it is made again when needed.
+        let _ = fs::remove_dir(&parent);
     }
     names.len()
 }

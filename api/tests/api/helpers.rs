@@ -58,6 +58,21 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// Whatever sandboxes a test server ran are removed when the test ends
+/// (the server's threads outlive the test, so its own clean-up may never
+/// run): containers, mounts and cgroups.
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let state = self.data_dir.join("sandboxes");
+        if state.exists() {
+            carapace_runtime::sandbox::clean_up(
+                &state,
+                std::path::Path::new("/var/lib/carapace/images"),
+            );
+        }
+    }
+}
+
 /// Settings adjustment that runs sandboxes, with the real `carapace` binary
 /// as the container helper (the test binary cannot be one).
 pub fn with_sandboxes(args: &mut SettingsArgs) {

@@ -176,15 +176,7 @@ impl Runtime {
         let image = tokio::task::spawn_blocking(move || image::ensure_builtin(&cache, &busybox))
             .await
             .map_err(|e| Error::Io(e.to_string()))??;
-        let canonical =
-            std::fs::canonicalize(&config.state_dir).map_err(|e| Error::Io(e.to_string()))?;
-        let digest = Sha256::digest(canonical.as_os_str().as_encoded_bytes());
-        let tag = digest
-            .iter()
-            .take(4)
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>();
-        let band = u32::from_le_bytes([digest[4], digest[5], digest[6], digest[7]]) % BANDS;
+        let (tag, band) = tag_of(&config.state_dir)?;
         let id_base = HOST_ID_BASE + band * (MAX_SANDBOXES as u32) * spec::ID_RANGE;
         let mounts = config.image_dir.join("mnt").join(&tag);
         let (root, bundle_dir, mount_dir, worker) = (
@@ -402,6 +394,50 @@ impl Runtime {
 
 /// Marks a sandbox busy while it lives.
 struct Busy(Arc<Live>);
+
+/// The worker's tag (names its cgroups and mounts) and id band, both from
+/// a digest of its state directory.
+fn tag_of(state_dir: &Path) -> Result<(String, u32), Error> {
+    let canonical = std::fs::canonicalize(state_dir).map_err(|e| Error::Io(e.to_string()))?;
+    let digest = Sha256::digest(canonical.as_os_str().as_encoded_bytes());
+    let tag = digest
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    let band = u32::from_le_bytes([digest[4], digest[5], digest[6], digest[7]]) % BANDS;
+    Ok((tag, band))
+}
+
+/// Removes every sandbox a worker on `state_dir` (with image cache
+/// `image_dir`) has or had: containers, bundles, mounts, cgroups. What a
+/// restarted worker does at start, for tools and tests that end a worker
+/// without its `shutdown`. Blocking.
+pub fn clean_up(state_dir: &Path, image_dir: &Path) -> usize {
+    let Ok((tag, _)) = tag_of(state_dir) else {
+        return 0;
+    };
+    reconcile(
+        &state_dir.join("containers"),
+        &state_dir.join("bundles"),
+        &image_dir.join("mnt").join(&tag),
+        &tag,
+    )
+}
+
+/// A worker dropped without `shutdown` (a test's, or one torn down by a
+/// panic) leaves nothing running behind it.
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        // Sockets first (agents see their end), then everything on disk
+        // and in the cgroup trees, as a restart would.
+        drop(std::mem::take(
+            &mut *self.live.lock().unwrap_or_else(PoisonError::into_inner),
+        ));
+        drop(self.pool.close());
+        reconcile(&self.state_root, &self.bundles, &self.mounts, &self.tag);
+    }
+}
 
 impl Drop for Busy {
     fn drop(&mut self) {
