@@ -353,7 +353,8 @@ pub(super) async fn running(
             ));
         }
     }
-    scope.touch_sandbox(&id).await?;
+    // The idle timeout cannot take it while the request runs (the worker
+    // counts it busy); its clock restarts when the request ends.
     Ok(id)
 }
 
@@ -414,7 +415,10 @@ pub async fn upload(
         data.extend_from_slice(&chunk);
     }
     match runtime.write_file(id.as_str(), &file, data).await {
-        Ok(()) => Ok(HttpResponse::NoContent().finish()),
+        Ok(()) => {
+            caller.scope(&state.db).touch_sandbox(&id).await?;
+            Ok(HttpResponse::NoContent().finish())
+        }
         Err(e) => Err(worker_error(&caller, &state, &id, e).await),
     }
 }
@@ -437,9 +441,12 @@ pub async fn download(
     let runtime = state.sandboxes.runtime()?;
     let id = running(&caller, &state, &raw_id).await?;
     match runtime.read_file(id.as_str(), &file).await {
-        Ok(data) => Ok(HttpResponse::Ok()
-            .content_type("application/octet-stream")
-            .body(Bytes::from(data))),
+        Ok(data) => {
+            caller.scope(&state.db).touch_sandbox(&id).await?;
+            Ok(HttpResponse::Ok()
+                .content_type("application/octet-stream")
+                .body(Bytes::from(data)))
+        }
         Err(e) => Err(worker_error(&caller, &state, &id, e).await),
     }
 }
