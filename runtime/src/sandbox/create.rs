@@ -115,7 +115,7 @@ impl Runtime {
             } else {
                 image::AGENT_PATH
             },
-            limit_swap: crate::cgroups::accounts_swap(),
+            limit_swap: self.limit_swap,
         });
         std::fs::write(bundle.join("config.json"), config.to_string())
             .map_err(|e| Error::Io(format!("write config.json: {e}")))?;

@@ -145,6 +145,8 @@ pub struct Runtime {
     handle: tokio::runtime::Handle,
     /// Where OCI images are mounted for this worker's sandboxes.
     mounts: PathBuf,
+    /// Whether memory plus swap can be limited (see `cgroups::accounts_swap`).
+    limit_swap: bool,
 }
 
 /// Egress counters of one sandbox.
@@ -191,7 +193,9 @@ impl Runtime {
                 .map_err(|e| Error::Io(e.to_string()))?;
         let swap_in_use =
             std::fs::read_to_string("/proc/swaps").is_ok_and(|s| s.lines().count() > 1);
-        if swap_in_use && !crate::cgroups::accounts_swap() {
+        // Probed once: whether the host accounts swap does not change.
+        let limit_swap = crate::cgroups::accounts_swap();
+        if swap_in_use && !limit_swap {
             tracing::warn!(
                 "this host has swap but no swap accounting: sandboxes may swap beyond their memory limit"
             );
@@ -214,6 +218,7 @@ impl Runtime {
             pool: pool::Pool::default(),
             handle: tokio::runtime::Handle::current(),
             mounts,
+            limit_swap,
         });
         pool::spawn_refill(&runtime);
         Ok(runtime)
@@ -255,11 +260,6 @@ impl Runtime {
         })
         .await
         .map_err(|e| Error::Io(e.to_string()))?
-    }
-
-    /// The built-in image's root directory.
-    pub fn builtin_image(&self) -> &Path {
-        &self.image
     }
 
     fn take_slot(&self) -> Result<usize, Error> {
