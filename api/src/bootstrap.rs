@@ -29,6 +29,8 @@ pub struct Application {
     ledger_task: tokio::task::JoinHandle<()>,
     limit_sync: tokio::task::JoinHandle<()>,
     idle_reaper: tokio::task::JoinHandle<()>,
+    fleet_loops: tokio::task::JoinHandle<()>,
+    local_worker: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -57,6 +59,8 @@ impl Application {
         let sandboxes =
             std::sync::Arc::new(SandboxService::start(settings.sandbox.clone(), &db).await?);
         let idle_reaper = tokio::spawn(sandboxes.clone().reap_idle(db.clone()));
+        let fleet = crate::fleet::Fleet::new(db.clone(), settings.scheduler.clone());
+        let fleet_loops = tokio::spawn(fleet.clone().run());
         let state = web::Data::new(AppState {
             auth: Authenticator::new(db.clone(), settings.auth_cache_ttl),
             db,
@@ -67,11 +71,28 @@ impl Application {
             metrics_token: settings.metrics_token.clone(),
             gateway,
             sandboxes,
+            fleet,
+            admin_token: settings.admin_token.clone(),
         });
         let (server, port) = http::serve(settings, state.clone())?;
         state
             .sandboxes
             .set_service_addr(std::net::SocketAddr::new(settings.listen.ip(), port));
+        let local_worker = match (
+            &state.sandboxes.runtime_arc(),
+            settings.scheduler.local_worker,
+        ) {
+            (Ok(runtime), true) => Some(
+                crate::fleet::start_local_worker(
+                    state.fleet.clone(),
+                    runtime.clone(),
+                    settings.sandbox.images.clone().into_iter().collect(),
+                    state.sandboxes.service_addr(),
+                )
+                .await?,
+            ),
+            _ => None,
+        };
         tracing::info!(address = %settings.listen.ip(), port, "listening");
         Ok(Self {
             server,
@@ -80,6 +101,8 @@ impl Application {
             ledger_task,
             limit_sync,
             idle_reaper,
+            fleet_loops,
+            local_worker,
         })
     }
 
@@ -112,6 +135,10 @@ impl Application {
         // Counts not yet shared are at most one sync interval's worth.
         self.limit_sync.abort();
         self.idle_reaper.abort();
+        self.fleet_loops.abort();
+        if let Some(worker) = &self.local_worker {
+            worker.abort();
+        }
         // Sandboxes do not outlive the server that runs them.
         self.state.sandboxes.shutdown().await;
         // The last senders go with the state; the writer then drains its

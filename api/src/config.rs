@@ -99,6 +99,28 @@ pub struct SettingsArgs {
     )]
     pub metrics_token: Option<String>,
 
+    /// The operator's token: `/v1/admin/...` (workers, draining) answer
+    /// only `Authorization: Bearer <token>`. Never logged. [default: unset,
+    /// the operator endpoints are off]
+    #[arg(
+        long,
+        env = "CARAPACE_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+
+    /// Whether `carapace serve` runs a worker in-process (placed runs then
+    /// execute on this host when it can run sandboxes). [default: true]
+    #[arg(long, env = "CARAPACE_LOCAL_WORKER", value_name = "BOOL")]
+    pub local_worker: Option<bool>,
+
+    /// The scheduler's quotas and timings: the `[scheduler]` table of the
+    /// settings file only (see `fleet::SchedulerArgs`).
+    #[arg(skip)]
+    #[serde(default)]
+    pub scheduler: Option<crate::fleet::SchedulerArgs>,
+
     /// The model gateway's providers, aliases, prices and limits: the
     /// `[gateway]` table of the settings file only (see `gateway::config`).
     #[arg(skip)]
@@ -171,6 +193,10 @@ pub struct Settings {
     pub gateway: crate::gateway::GatewayConfig,
     /// Sandboxes.
     pub sandbox: crate::sandboxes::SandboxConfig,
+    /// Operator token, if any.
+    pub admin_token: Option<Secret<String>>,
+    /// The scheduler.
+    pub scheduler: crate::fleet::SchedulerConfig,
 }
 
 /// The limit above which a revocation would take too long to apply.
@@ -221,6 +247,9 @@ impl SettingsArgs {
             http_workers: self.http_workers.or(lower.http_workers),
             auth_cache_ttl_ms: self.auth_cache_ttl_ms.or(lower.auth_cache_ttl_ms),
             metrics_token: self.metrics_token.or(lower.metrics_token),
+            admin_token: self.admin_token.or(lower.admin_token),
+            local_worker: self.local_worker.or(lower.local_worker),
+            scheduler: self.scheduler.or(lower.scheduler),
             gateway: self.gateway.or(lower.gateway),
             sandboxes: self.sandboxes.or(lower.sandboxes),
             sandbox: self.sandbox.or(lower.sandbox),
@@ -271,7 +300,17 @@ impl SettingsArgs {
                 .unwrap_or(crate::sandboxes::SandboxMode::Auto),
             &data_dir,
         )?;
+        let mut scheduler = self.scheduler.unwrap_or_default();
+        if self.local_worker.is_some() {
+            scheduler.local_worker = self.local_worker;
+        }
+        let scheduler = scheduler.resolve()?;
+        if self.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            bail!("admin_token must be at least 16 characters");
+        }
         Ok(Settings {
+            scheduler,
+            admin_token: self.admin_token.map(Secret::new),
             listen: self
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),

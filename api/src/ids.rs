@@ -88,6 +88,15 @@ define_id!(
     SandboxId, "sbx"
 );
 
+define_id!(
+    /// A run: one command in a fresh sandbox, placed by the scheduler.
+    RunId, "run"
+);
+define_id!(
+    /// A worker node.
+    WorkerId, "wrk"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

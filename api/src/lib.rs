@@ -22,6 +22,7 @@ pub mod crypto;
 pub mod db;
 pub mod email;
 pub mod error;
+pub mod fleet;
 pub mod gateway;
 pub mod http;
 pub mod ids;

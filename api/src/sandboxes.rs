@@ -228,6 +228,15 @@ impl SandboxService {
         let _ = self.service_addr.set(addr);
     }
 
+    /// Where sandboxes reach this server (loopback:8080 before the
+    /// listener is bound).
+    pub fn service_addr(&self) -> SocketAddr {
+        self.service_addr
+            .get()
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)))
+    }
+
     /// The worker (shared), or 503 with the reason.
     pub fn runtime_arc(&self) -> Result<Arc<Runtime>, Error> {
         self.runtime.clone().map_err(Error::Unavailable)
@@ -390,7 +399,11 @@ impl SandboxService {
         };
         let known: std::collections::HashSet<String> =
             records.into_iter().map(|(_, id)| id.to_string()).collect();
-        for id in containers.into_iter().filter(|id| !known.contains(id)) {
+        // Runs' containers (`run_…`) belong to the worker's runs, not here.
+        let sandboxes = containers
+            .into_iter()
+            .filter(|id| id.starts_with(crate::ids::SandboxId::PREFIX));
+        for id in sandboxes.filter(|id| !known.contains(id)) {
             tracing::warn!(sandbox = %id, "removing a sandbox whose record is gone");
             let _ = runtime.delete(&id).await;
         }

@@ -30,4 +30,9 @@ pub struct AppState {
     pub gateway: crate::gateway::Gateway,
     /// Sandboxes (the local worker, or why there is none).
     pub sandboxes: std::sync::Arc<crate::sandboxes::SandboxService>,
+    /// The workers connected to this replica and the scheduler's loops.
+    pub fleet: Arc<crate::fleet::Fleet>,
+    /// If set, the operator endpoints (`/v1/admin/...`) answer
+    /// `Authorization: Bearer <this>`; otherwise they are off.
+    pub admin_token: Option<Secret<String>>,
 }

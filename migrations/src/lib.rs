@@ -17,6 +17,7 @@ mod m0005_agents;
 mod m0006_usage_agent;
 mod m0007_memory_heads;
 mod m0008_sandboxes;
+mod m0009_scheduler;
 
 /// Every migration, in the order it is applied.
 pub struct Migrator;
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0006_usage_agent::Migration),
             Box::new(m0007_memory_heads::Migration),
             Box::new(m0008_sandboxes::Migration),
+            Box::new(m0009_scheduler::Migration),
         ]
     }
 }

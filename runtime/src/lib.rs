@@ -27,6 +27,7 @@ pub mod image;
 pub mod netns;
 pub mod oci;
 pub mod sandbox;
+pub mod worker;
 
 pub use capacity::{Capacity, CapacityError};
 pub use sandbox::{Exec, ExecResult, Limits, Runtime, RuntimeConfig, SandboxSpec};

@@ -74,6 +74,10 @@ permission!(
     UseSandboxes, "sandbox.use", Scope::Api, Role::Member
 );
 permission!(
+    /// Start, see and cancel the tenant's runs.
+    UseRuns, "run.use", Scope::Api, Role::Member
+);
+permission!(
     /// Read the tenant's usage ledger.
     ReadUsage, "usage.read", Scope::Api, Role::Member
 );

@@ -15,6 +15,7 @@ mod agents;
 mod entities;
 pub mod platform;
 mod records;
+mod runs;
 mod sandboxes;
 mod tenant_scope;
 mod tenant_secrets;
@@ -29,6 +30,7 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbB
 use crate::secret::Secret;
 pub use agents::{Agent, AgentSpec};
 pub use records::{ApiKey, NewApiKey, Tenant, TenantWithOwner};
+pub use runs::store_error;
 pub use sandboxes::{NewSandbox, Sandbox, SandboxState, sandboxes_of_worker};
 pub use tenant_scope::TenantScope;
 pub use tenant_secrets::StoredProvider;

@@ -57,5 +57,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(routes::agents::configure)
         .configure(routes::memory::configure)
         .configure(routes::sandboxes::configure)
+        .configure(routes::runs::configure)
+        .configure(routes::workers::configure)
+        .configure(routes::admin::configure)
         .configure(crate::gateway::configure);
 }

@@ -95,6 +95,52 @@ pub fn hosts(hosts: Vec<String>) -> Result<Vec<String>, Error> {
         .collect()
 }
 
+const MAX_ARGS: usize = 256;
+const MAX_ARGV_BYTES: usize = 256 * 1024;
+const MAX_ENV: usize = 100;
+
+/// A command line: a program, at most 256 arguments and 256 KiB, no NUL.
+pub fn command(argv: &[String]) -> Result<(), Error> {
+    let invalid = |message: String| Error::Invalid {
+        field: "command",
+        message,
+    };
+    if argv.first().is_none_or(String::is_empty) {
+        return Err(invalid("must name a program".into()));
+    }
+    if argv.len() > MAX_ARGS || argv.iter().map(String::len).sum::<usize>() > MAX_ARGV_BYTES {
+        return Err(invalid(format!(
+            "at most {MAX_ARGS} arguments and {MAX_ARGV_BYTES} bytes"
+        )));
+    }
+    if argv.iter().any(|a| a.contains('\0')) {
+        return Err(invalid("arguments cannot contain NUL".into()));
+    }
+    Ok(())
+}
+
+/// Environment variables: at most 100, names of letters, digits and `_`
+/// not starting with a digit, values without NUL of at most 64 KiB.
+pub fn env(env: &std::collections::BTreeMap<String, String>) -> Result<(), Error> {
+    let invalid = |message: String| Error::Invalid {
+        field: "env",
+        message,
+    };
+    if env.len() > MAX_ENV {
+        return Err(invalid(format!("at most {MAX_ENV} variables")));
+    }
+    for (key, value) in env {
+        let name_ok = !key.is_empty()
+            && key.len() <= 256
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !key.as_bytes()[0].is_ascii_digit();
+        if !name_ok || value.contains('\0') || value.len() > 64 * 1024 {
+            return Err(invalid(format!("`{key}` is not a valid variable")));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! One module per resource, each with a `configure` that registers its
 //! routes.
 
+pub mod admin;
 pub mod agents;
 pub mod api_keys;
 pub mod audit;
@@ -8,8 +9,10 @@ pub mod docs;
 pub mod memory;
 pub mod ops;
 pub mod providers;
+pub mod runs;
 pub mod sandbox_exec;
 pub mod sandbox_stream;
 pub mod sandboxes;
 pub mod tenant;
 pub mod usage;
+pub mod workers;

@@ -17,9 +17,6 @@ use crate::state::AppState;
 pub(super) const MAX_EXEC_BODY: usize = 2 << 20;
 /// Largest stdin of one exec.
 const MAX_STDIN: usize = 1 << 20;
-const MAX_ARGS: usize = 256;
-const MAX_ARGV_BYTES: usize = 256 * 1024;
-const MAX_ENV: usize = 100;
 /// Exec timeout when the request names none.
 const DEFAULT_TIMEOUT_S: u64 = 30;
 
@@ -76,33 +73,9 @@ pub struct ExecView {
     duration_ms: u64,
 }
 fn exec_request(body: ExecBody, max_timeout: Duration) -> Result<carapace_runtime::Exec, Error> {
-    if body.command.is_empty() || body.command[0].is_empty() {
-        return Err(invalid("command", "must name a program"));
-    }
-    if body.command.len() > MAX_ARGS
-        || body.command.iter().map(String::len).sum::<usize>() > MAX_ARGV_BYTES
-    {
-        return Err(invalid(
-            "command",
-            format!("at most {MAX_ARGS} arguments and {MAX_ARGV_BYTES} bytes"),
-        ));
-    }
-    if body.command.iter().any(|a| a.contains('\0')) {
-        return Err(invalid("command", "arguments cannot contain NUL"));
-    }
+    crate::http::validate::command(&body.command)?;
     let env = body.env.unwrap_or_default();
-    if env.len() > MAX_ENV {
-        return Err(invalid("env", format!("at most {MAX_ENV} variables")));
-    }
-    for (key, value) in &env {
-        let name_ok = !key.is_empty()
-            && key.len() <= 256
-            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            && !key.as_bytes()[0].is_ascii_digit();
-        if !name_ok || value.contains('\0') || value.len() > 64 * 1024 {
-            return Err(invalid("env", format!("`{key}` is not a valid variable")));
-        }
-    }
+    crate::http::validate::env(&env)?;
     let stdin = body.stdin.unwrap_or_default();
     if stdin.len() > MAX_STDIN {
         return Err(invalid("stdin", format!("at most {MAX_STDIN} bytes")));

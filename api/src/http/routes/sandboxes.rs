@@ -92,6 +92,18 @@ pub struct LimitsView {
     tmp_mib: u32,
 }
 
+impl From<carapace_runtime::Limits> for LimitsView {
+    fn from(l: carapace_runtime::Limits) -> Self {
+        LimitsView {
+            memory_mib: l.memory_mib,
+            cpu_millis: l.cpu_millis,
+            pids: l.pids,
+            workspace_mib: l.workspace_mib,
+            tmp_mib: l.tmp_mib,
+        }
+    }
+}
+
 /// A sandbox.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SandboxView {
@@ -115,13 +127,7 @@ impl SandboxView {
             id: s.id.to_string(),
             image: s.image,
             egress_allow: s.egress_allow,
-            limits: LimitsView {
-                memory_mib: s.limits.memory_mib,
-                cpu_millis: s.limits.cpu_millis,
-                pids: s.limits.pids,
-                workspace_mib: s.limits.workspace_mib,
-                tmp_mib: s.limits.tmp_mib,
-            },
+            limits: LimitsView::from(s.limits),
             state: s.state.as_str().to_owned(),
             created_at: s.created_at,
             last_used_at: s.last_used_at,
@@ -148,7 +154,7 @@ pub(super) fn invalid(field: &'static str, message: impl Into<String>) -> Error 
     }
 }
 
-fn limits(body: Option<LimitsBody>) -> Result<carapace_runtime::Limits, Error> {
+pub(super) fn limits(body: Option<LimitsBody>) -> Result<carapace_runtime::Limits, Error> {
     let body = body.unwrap_or_default();
     let d = carapace_runtime::Limits::default();
     let limits = carapace_runtime::Limits {

@@ -1,0 +1,157 @@
+//! One worker's session with this replica: hello and welcome, then
+//! heartbeats and reports until the link breaks, the worker falls silent or
+//! a newer connection of the same worker replaces it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use carapace_runtime::worker::link::ControlEnd;
+use carapace_scheduler::protocol::{ControlMessage, VERSION, WorkerMessage};
+use carapace_scheduler::store::{self, ReportOutcome};
+
+use super::Fleet;
+
+/// How long a new connection may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Fleet {
+    /// Serves the worker `worker` (already authenticated) over `end` until
+    /// the session ends.
+    pub async fn serve(self: Arc<Self>, worker: String, mut end: ControlEnd) {
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, end.rx.recv()).await {
+            Ok(Some(hello)) => hello,
+            _ => {
+                tracing::warn!(worker, "worker connected but said no hello");
+                return;
+            }
+        };
+        let WorkerMessage::Hello {
+            version,
+            capacity,
+            images,
+            runs,
+        } = hello
+        else {
+            tracing::warn!(worker, "worker's first message was not a hello");
+            return;
+        };
+        if version != VERSION {
+            tracing::warn!(worker, version, "worker speaks another protocol version");
+            return;
+        }
+        let outcome = match store::hello(&self.db, &worker, capacity, &images, &runs).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::warn!(worker, error = %e, "worker hello refused");
+                return;
+            }
+        };
+        for (lease, state) in &outcome.recovered {
+            tracing::warn!(worker, run = %lease.run, now = ?state.map(|s| s.as_str()), "worker came back without a run it had started");
+        }
+        let generation = self.register(&worker, end.tx.clone());
+        let welcome = ControlMessage::Welcome {
+            worker: worker.clone(),
+            heartbeat_ms: u64::try_from(self.config.heartbeat_interval.as_millis()).unwrap_or(2000),
+            keep: outcome.keep.clone(),
+        };
+        if end.tx.send(welcome).await.is_err() {
+            self.disconnect(&worker, Some(generation));
+            return;
+        }
+        tracing::info!(
+            worker,
+            slots = capacity.slots,
+            kept = outcome.keep.len(),
+            resent = outcome.start.len(),
+            "worker connected"
+        );
+        for (lease, spec) in outcome.start {
+            if end
+                .tx
+                .send(ControlMessage::Start { lease, spec })
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        self.wake();
+        let reason = self.converse(&worker, generation, &mut end).await;
+        tracing::info!(worker, reason, "worker session ended");
+        self.disconnect(&worker, Some(generation));
+    }
+
+    async fn converse(&self, worker: &str, generation: u64, end: &mut ControlEnd) -> &'static str {
+        let silence = self.config.worker_timeout;
+        loop {
+            let message = match tokio::time::timeout(silence, end.rx.recv()).await {
+                Err(_) => return "silent",
+                Ok(None) => return "disconnected",
+                Ok(Some(message)) => message,
+            };
+            if !self.is_current(worker, generation) {
+                return "replaced or declared lost";
+            }
+            match message {
+                WorkerMessage::Hello { .. } => return "a second hello",
+                WorkerMessage::Heartbeat { runs } => match store::heartbeat(&self.db, worker).await
+                {
+                    Ok(true) => {
+                        let _ = end.tx.send(ControlMessage::HeartbeatAck).await;
+                        let grace = self.config.heartbeat_interval * 2;
+                        match store::workers::reconcile(&self.db, worker, &runs, grace).await {
+                            Ok(found) => {
+                                if !found.recovered.is_empty() {
+                                    tracing::warn!(
+                                        worker,
+                                        runs = found.recovered.len(),
+                                        "runs the worker no longer holds recovered"
+                                    );
+                                    self.wake();
+                                }
+                                for (lease, spec) in found.restart {
+                                    let _ =
+                                        end.tx.send(ControlMessage::Start { lease, spec }).await;
+                                }
+                            }
+                            Err(e) => tracing::warn!(worker, error = %e, "heartbeat check failed"),
+                        }
+                    }
+                    Ok(false) => return "declared lost; it must say hello again",
+                    Err(e) => tracing::warn!(worker, error = %e, "heartbeat not recorded"),
+                },
+                WorkerMessage::Report { lease, event } => {
+                    match store::apply_report(&self.db, worker, &lease, &event).await {
+                        Ok(ReportOutcome::Applied(state)) => {
+                            tracing::info!(worker, run = %lease.run, state = state.as_str(), "run report");
+                            if state.is_terminal() {
+                                self.wake();
+                            }
+                        }
+                        Ok(ReportOutcome::Unchanged) => {}
+                        Ok(ReportOutcome::Refused(reason)) => {
+                            tracing::warn!(worker, run = %lease.run, epoch = lease.epoch, reason, "report refused (fenced)");
+                            let refused = ControlMessage::Refused { lease, reason };
+                            let _ = end.tx.send(refused).await;
+                        }
+                        Err(e) => {
+                            // Not applied: the worker's next connection
+                            // sorts the run out at its hello.
+                            tracing::warn!(worker, run = %lease.run, error = %e, "report not recorded");
+                            return "a report could not be recorded";
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_current(&self, worker: &str, generation: u64) -> bool {
+        self.connected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(worker)
+            .is_some_and(|c| c.generation == generation)
+    }
+}

@@ -1,0 +1,164 @@
+//! Operator endpoints: `GET /v1/admin/workers` (the fleet and its load),
+//! `POST /v1/admin/workers/{id}/drain`. They answer only the operator's
+//! `admin_token` — no tenant's key, whatever its role — and are off (403)
+//! when no token is configured.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use carapace_scheduler::store::{self, WorkerInfo};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+
+use crate::db::store_error;
+use crate::error::Error;
+use crate::http::problem::method_not_allowed;
+use crate::ids::WorkerId;
+use crate::state::AppState;
+
+/// Registers the routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/admin/workers")
+            .route(web::get().to(list_workers))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/admin/workers/{id}/drain")
+            .route(web::post().to(drain_worker))
+            .default_service(web::to(method_not_allowed)),
+    );
+}
+
+/// CPU, memory and sandbox slots.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ResourcesView {
+    cpu_millis: u64,
+    memory_mib: u64,
+    slots: u64,
+}
+
+/// A worker and its load.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WorkerView {
+    /// Worker id.
+    #[schema(example = "wrk_0193a6b2c3d47e8f9a0b1c2d3e4f5a6b")]
+    id: String,
+    name: String,
+    /// `active`, `draining` (no new runs) or `lost` (missed heartbeats).
+    state: String,
+    /// Connected to the replica that answered.
+    connected_here: bool,
+    capacity: ResourcesView,
+    /// Taken by its placed, starting and running runs.
+    used: ResourcesView,
+    images: Vec<String>,
+    last_heartbeat_at: Option<DateTime<Utc>>,
+    connected_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+}
+
+/// The fleet.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WorkerList {
+    /// By name.
+    data: Vec<WorkerView>,
+}
+
+fn view(w: WorkerInfo, here: &[String]) -> WorkerView {
+    let r = |r: carapace_scheduler::protocol::Resources| ResourcesView {
+        cpu_millis: r.cpu_millis,
+        memory_mib: r.memory_mib,
+        slots: r.slots,
+    };
+    WorkerView {
+        connected_here: here.contains(&w.id),
+        id: w.id,
+        name: w.name,
+        state: w.state.as_str().to_owned(),
+        capacity: r(w.capacity),
+        used: r(w.used),
+        images: w.images,
+        last_heartbeat_at: w.last_heartbeat_at,
+        connected_at: w.connected_at,
+        created_at: w.created_at,
+    }
+}
+
+/// 403 unless the request carries the operator's token.
+fn operator(req: &HttpRequest, state: &AppState) -> Result<(), Error> {
+    let Some(expected) = &state.admin_token else {
+        return Err(Error::Forbidden(
+            "operator endpoints are off: no admin_token is configured".into(),
+        ));
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let matches: bool = presented
+        .as_bytes()
+        .ct_eq(expected.expose().as_bytes())
+        .into();
+    if matches {
+        Ok(())
+    } else {
+        tracing::warn!("operator endpoint refused: wrong or missing admin token");
+        Err(Error::Forbidden(
+            "the operator's admin token is required".into(),
+        ))
+    }
+}
+
+/// The workers and their load (operator only).
+#[utoipa::path(get, path = "/v1/admin/workers", tag = "operations",
+    responses(
+        (status = 200, description = "The fleet", body = WorkerList),
+        (status = 403, description = "Not the operator", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("admin_token" = [])))]
+pub async fn list_workers(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Error> {
+    operator(&req, &state)?;
+    let here = state.fleet.connected();
+    let workers = store::list_workers(&state.db).await.map_err(store_error)?;
+    Ok(HttpResponse::Ok().json(WorkerList {
+        data: workers.into_iter().map(|w| view(w, &here)).collect(),
+    }))
+}
+
+/// Drain a worker: it gets no new runs; those it holds go on (operator
+/// only).
+#[utoipa::path(post, path = "/v1/admin/workers/{id}/drain", tag = "operations",
+    params(("id" = String, Path, description = "Worker id")),
+    responses(
+        (status = 202, description = "Draining", body = WorkerView),
+        (status = 403, description = "Not the operator", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such worker", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("admin_token" = [])))]
+pub async fn drain_worker(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    operator(&req, &state)?;
+    let id = WorkerId::parse(&id).map_err(|_| Error::NotFound)?;
+    store::drain(&state.db, id.as_str())
+        .await
+        .map_err(store_error)?;
+    state.fleet.tell_drained(id.as_str()).await;
+    tracing::info!(worker = %id, "worker drained by the operator");
+    let here = state.fleet.connected();
+    let worker = store::list_workers(&state.db)
+        .await
+        .map_err(store_error)?
+        .into_iter()
+        .find(|w| w.id == id.as_str())
+        .ok_or(Error::NotFound)?;
+    Ok(HttpResponse::Accepted().json(view(worker, &here)))
+}

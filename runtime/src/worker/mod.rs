@@ -1,0 +1,286 @@
+//! The worker: runs what the control plane places here, each in a fresh
+//! sandbox, and reports what happened under the run's lease.
+//!
+//! A [`Worker`] outlives its connections. [`Worker::session`] speaks the
+//! protocol of [`carapace_scheduler::protocol`] over one [`Link`] (a
+//! WebSocket from [`link::connect`], or in-process channels) until it
+//! breaks; [`Worker::serve_remote`] reconnects with backoff for as long as
+//! the process lives. Runs go on while the control plane is away; their
+//! reports wait, in order, in an outbox and are sent after the next hello.
+//!
+//! The worker holds exactly the sandboxes of the runs it holds leases for:
+//! a run the control plane no longer grants (not kept at hello, a report
+//! refused) is stopped and its sandbox deleted.
+
+pub mod link;
+mod run;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use carapace_scheduler::protocol::{
+    ControlMessage, Lease, Resources, RunSpec, VERSION, WorkerMessage,
+};
+use tokio::sync::{Notify, oneshot};
+
+pub use link::Link;
+
+use crate::Runtime;
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// What it offers to runs in total.
+    pub capacity: Resources,
+    /// Images it offers besides `builtin`: reference → OCI image layout.
+    pub images: HashMap<String, PathBuf>,
+    /// Services its sandboxes reach through the egress proxy (the control
+    /// plane as `carapace.internal`).
+    pub services: Vec<(String, u16, SocketAddr)>,
+}
+
+/// Why a run is being stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The control plane cancelled it: report `cancelled`.
+    Cancel,
+    /// The lease is no longer ours: stop without a report.
+    Fenced,
+}
+
+struct Held {
+    epoch: i64,
+    stop: Option<oneshot::Sender<Stop>>,
+}
+
+/// A worker node's runs and its link to the control plane.
+pub struct Worker {
+    runtime: Arc<Runtime>,
+    config: WorkerConfig,
+    held: Mutex<HashMap<String, Held>>,
+    outbox: Mutex<VecDeque<WorkerMessage>>,
+    outbox_ready: Notify,
+}
+
+/// How a session ended.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// The link closed or failed.
+    Disconnected(String),
+    /// The control plane did not answer in time.
+    Silent,
+}
+
+/// How long to wait for the welcome, and for anything after it.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Worker {
+    /// A worker running sandboxes on `runtime`.
+    pub fn new(runtime: Arc<Runtime>, config: WorkerConfig) -> Arc<Self> {
+        Arc::new(Worker {
+            runtime,
+            config,
+            held: Mutex::default(),
+            outbox: Mutex::default(),
+            outbox_ready: Notify::new(),
+        })
+    }
+
+    /// The sandbox runtime.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// The leases of the runs it holds.
+    pub fn leases(&self) -> Vec<Lease> {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(run, held)| Lease {
+                run: run.clone(),
+                epoch: held.epoch,
+            })
+            .collect()
+    }
+
+    fn images(&self) -> Vec<String> {
+        let mut images: Vec<String> = std::iter::once("builtin".to_owned())
+            .chain(self.config.images.keys().cloned())
+            .collect();
+        images.sort();
+        images
+    }
+
+    /// Queues a report; it is sent, in order, on the current or next link.
+    fn report(&self, message: WorkerMessage) {
+        self.outbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back(message);
+        self.outbox_ready.notify_one();
+    }
+
+    /// Speaks the protocol over `link` until it breaks.
+    pub async fn session(self: &Arc<Self>, mut link: Link) -> SessionEnd {
+        let hello = WorkerMessage::Hello {
+            version: VERSION,
+            capacity: self.config.capacity,
+            images: self.images(),
+            runs: self.leases(),
+        };
+        if link.tx.send(hello).await.is_err() {
+            return SessionEnd::Disconnected("the link closed before the hello".into());
+        }
+        let welcome = match tokio::time::timeout(WELCOME_TIMEOUT, link.rx.recv()).await {
+            Err(_) => return SessionEnd::Silent,
+            Ok(None) => return SessionEnd::Disconnected("closed instead of welcoming".into()),
+            Ok(Some(message)) => message,
+        };
+        let ControlMessage::Welcome {
+            worker,
+            heartbeat_ms,
+            keep,
+        } = welcome
+        else {
+            return SessionEnd::Disconnected("the first message was not a welcome".into());
+        };
+        tracing::info!(worker, kept = keep.len(), "connected to the control plane");
+        self.stop_all_but(&keep);
+        let every = Duration::from_millis(heartbeat_ms.clamp(100, 60_000));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let silence = every * 4 + Duration::from_secs(2);
+        let mut last_heard = tokio::time::Instant::now();
+        loop {
+            // Everything waiting goes out first, in order.
+            while let Some(message) = self.next_report() {
+                if link.tx.send(message.clone()).await.is_err() {
+                    self.unsend(message);
+                    return SessionEnd::Disconnected("the link closed".into());
+                }
+            }
+            tokio::select! {
+                message = link.rx.recv() => {
+                    let Some(message) = message else {
+                        return SessionEnd::Disconnected("the control plane closed the link".into());
+                    };
+                    last_heard = tokio::time::Instant::now();
+                    self.handle(message);
+                }
+                _ = tick.tick() => {
+                    if last_heard.elapsed() > silence {
+                        return SessionEnd::Silent;
+                    }
+                    let beat = WorkerMessage::Heartbeat { runs: self.leases() };
+                    if link.tx.send(beat).await.is_err() {
+                        return SessionEnd::Disconnected("the link closed".into());
+                    }
+                }
+                () = self.outbox_ready.notified() => {}
+            }
+        }
+    }
+
+    fn next_report(&self) -> Option<WorkerMessage> {
+        self.outbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front()
+    }
+
+    fn unsend(&self, message: WorkerMessage) {
+        self.outbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_front(message);
+    }
+
+    fn handle(self: &Arc<Self>, message: ControlMessage) {
+        match message {
+            ControlMessage::Start { lease, spec } => self.start(lease, spec),
+            ControlMessage::Cancel { lease } => self.stop(&lease, Stop::Cancel),
+            ControlMessage::Refused { lease, reason } => {
+                tracing::warn!(run = %lease.run, epoch = lease.epoch, reason, "report refused: stopping the run");
+                self.stop(&lease, Stop::Fenced);
+            }
+            ControlMessage::Drain => tracing::info!("drained: no new runs will come"),
+            ControlMessage::HeartbeatAck => {}
+            ControlMessage::Welcome { .. } => {
+                tracing::warn!("unexpected second welcome ignored");
+            }
+        }
+    }
+
+    /// Stops every held run whose lease is not in `keep`.
+    fn stop_all_but(&self, keep: &[Lease]) {
+        for lease in self.leases() {
+            if !keep.contains(&lease) {
+                tracing::warn!(run = %lease.run, "no longer leased to this worker: stopping it");
+                self.stop(&lease, Stop::Fenced);
+            }
+        }
+    }
+
+    fn stop(&self, lease: &Lease, how: Stop) {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(run) = held.get_mut(&lease.run)
+            && run.epoch == lease.epoch
+            && let Some(stop) = run.stop.take()
+        {
+            let _ = stop.send(how);
+        }
+    }
+
+    fn start(self: &Arc<Self>, lease: Lease, spec: RunSpec) {
+        let (stop, stopped) = oneshot::channel();
+        {
+            let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+            if held.contains_key(&lease.run) {
+                // Sent again after a reconnection: it is already under way.
+                return;
+            }
+            held.insert(
+                lease.run.clone(),
+                Held {
+                    epoch: lease.epoch,
+                    stop: Some(stop),
+                },
+            );
+        }
+        let worker = self.clone();
+        self.runtime.handle().spawn(async move {
+            worker.execute(lease, spec, stopped).await;
+        });
+    }
+
+    fn release(&self, run: &str) {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(run);
+    }
+
+    /// Connects to the control plane at `url` with `credential` and keeps
+    /// reconnecting (1 s, doubling to 10 s between attempts) forever.
+    pub async fn serve_remote(self: Arc<Self>, url: String, credential: String) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            match link::connect(&url, &credential).await {
+                Ok(link) => {
+                    backoff = Duration::from_secs(1);
+                    let end = self.session(link).await;
+                    tracing::warn!(?end, "control plane connection ended; reconnecting");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot reach the control plane");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! The worker protocol: what a worker and the control plane say to each
+//! other over the worker's one long-lived connection.
+//!
+//! The worker opens the connection (so it works from behind NAT) and speaks
+//! first: [`WorkerMessage::Hello`] with its capacity and the runs it still
+//! holds; the control plane answers [`ControlMessage::Welcome`] with the
+//! leases it still grants, and the worker stops every run not among them.
+//! From then on the worker sends heartbeats and reports; the control plane
+//! sends runs to start and runs to cancel.
+//!
+//! Every report names a [`Lease`]: the run and the fencing epoch it was
+//! placed with. A report whose epoch is no longer the run's is refused
+//! ([`ControlMessage::Refused`]), so a worker that comes back from a
+//! partition cannot overwrite what happened to the run meanwhile.
+//!
+//! Messages are JSON objects tagged by `type`, one per WebSocket text
+//! frame, each at most [`MAX_MESSAGE_BYTES`]. The same types travel over an
+//! in-process channel for the worker `carapace serve` runs itself.
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::Limits;
+
+/// The protocol version a worker announces in its hello.
+pub const VERSION: u32 = 1;
+/// The largest message either side accepts.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+/// The most of a run's standard output or error a worker reports (and the
+/// control plane keeps).
+pub const MAX_OUTPUT_BYTES: usize = 64 << 10;
+
+/// What a worker can give to runs, or what a run needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Resources {
+    /// CPU time, thousandths of a core.
+    pub cpu_millis: u64,
+    /// Memory, MiB.
+    pub memory_mib: u64,
+    /// Sandboxes at once.
+    pub slots: u64,
+}
+
+impl Resources {
+    /// What a run with `limits` takes from its worker: its CPU and memory
+    /// limits and one sandbox slot.
+    pub fn of(limits: &Limits) -> Self {
+        Resources {
+            cpu_millis: u64::from(limits.cpu_millis),
+            memory_mib: u64::from(limits.memory_mib),
+            slots: 1,
+        }
+    }
+
+    /// Whether `need` fits in `self`.
+    pub fn fits(&self, need: &Resources) -> bool {
+        self.cpu_millis >= need.cpu_millis
+            && self.memory_mib >= need.memory_mib
+            && self.slots >= need.slots
+    }
+
+    /// `self` minus `other`, never below zero.
+    pub fn minus(&self, other: &Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis.saturating_sub(other.cpu_millis),
+            memory_mib: self.memory_mib.saturating_sub(other.memory_mib),
+            slots: self.slots.saturating_sub(other.slots),
+        }
+    }
+}
+
+/// A worker's claim on a run: the run and the epoch it was placed with.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Lease {
+    /// The run's id (`run_…`).
+    pub run: String,
+    /// The placement's fencing epoch.
+    pub epoch: i64,
+}
+
+/// What a run executes: a command in a fresh sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    /// `builtin` or an image the worker offers.
+    pub image: String,
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    /// Environment variables.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// Seconds the command may run.
+    pub timeout_s: u32,
+    /// The sandbox's limits.
+    pub limits: Limits,
+    /// Host names the sandbox may reach through its egress proxy.
+    #[serde(default)]
+    pub egress_allow: Vec<String>,
+}
+
+/// What happened to a run on its worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RunEvent {
+    /// The worker is preparing the sandbox.
+    Starting,
+    /// The command is about to be given to the sandbox.
+    Running,
+    /// The command ended (or timed out).
+    Exited {
+        /// Its exit code; `None` if it timed out or could not start.
+        exit_code: Option<i32>,
+        /// Whether it ran out of time.
+        timed_out: bool,
+        /// Standard output, at most [`MAX_OUTPUT_BYTES`] (lossy UTF-8).
+        stdout: String,
+        /// Standard error, at most [`MAX_OUTPUT_BYTES`] (lossy UTF-8).
+        stderr: String,
+    },
+    /// The run could not be carried out (e.g. its image is not here).
+    Failed {
+        /// Why, for the run's owner.
+        reason: String,
+    },
+    /// The run was stopped because the control plane cancelled it.
+    Cancelled,
+}
+
+/// From a worker to the control plane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum WorkerMessage {
+    /// First message on every connection.
+    Hello {
+        /// [`VERSION`].
+        version: u32,
+        /// What the worker can give to runs in total.
+        capacity: Resources,
+        /// Images it has ready (`builtin` included), for placement.
+        images: Vec<String>,
+        /// The runs it holds sandboxes for.
+        runs: Vec<Lease>,
+    },
+    /// I am alive; these are the runs I hold.
+    Heartbeat {
+        /// The runs it holds sandboxes for.
+        runs: Vec<Lease>,
+    },
+    /// Something happened to a run.
+    Report {
+        /// Which run, under which lease.
+        lease: Lease,
+        /// What.
+        event: RunEvent,
+    },
+}
+
+/// From the control plane to a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ControlMessage {
+    /// Answer to a hello.
+    Welcome {
+        /// The worker's id (`wrk_…`).
+        worker: String,
+        /// How often to send heartbeats, milliseconds.
+        heartbeat_ms: u64,
+        /// The leases among those the worker announced that are still its
+        /// own; it must stop every other run it holds.
+        keep: Vec<Lease>,
+    },
+    /// Answer to a heartbeat.
+    HeartbeatAck,
+    /// Run this.
+    Start {
+        /// The run and its epoch: every report about it names this lease.
+        lease: Lease,
+        /// What to run.
+        spec: RunSpec,
+    },
+    /// Stop this run (kill its sandbox) and report it cancelled.
+    Cancel {
+        /// The run.
+        lease: Lease,
+    },
+    /// A report was refused: the lease is no longer the worker's (or the
+    /// run cannot move that way). The worker stops the run.
+    Refused {
+        /// The lease the report named.
+        lease: Lease,
+        /// Why.
+        reason: String,
+    },
+    /// An operator drains this worker: no new runs will come; the runs it
+    /// holds go on.
+    Drain,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_tagged_json() {
+        let report = WorkerMessage::Report {
+            lease: Lease {
+                run: "run_1".into(),
+                epoch: 3,
+            },
+            event: RunEvent::Failed {
+                reason: "no image".into(),
+            },
+        };
+        let text = serde_json::to_string(&report).unwrap();
+        assert_eq!(
+            text,
+            r#"{"type":"report","lease":{"run":"run_1","epoch":3},"event":{"kind":"failed","reason":"no image"}}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<WorkerMessage>(&text).unwrap(),
+            report
+        );
+    }
+
+    #[test]
+    fn unknown_or_malformed_messages_are_errors() {
+        for bad in [
+            r#"{"type":"shutdown_the_control_plane"}"#,
+            r#"{"type":"heartbeat","runs":[],"extra":1}"#,
+            r#"{"type":"report","lease":{"run":"r","epoch":"x"},"event":{"kind":"running"}}"#,
+            r#"[1,2,3]"#,
+            "",
+        ] {
+            assert!(serde_json::from_str::<WorkerMessage>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn resources_fit_and_subtract() {
+        let free = Resources {
+            cpu_millis: 1000,
+            memory_mib: 512,
+            slots: 1,
+        };
+        let need = Resources::of(&Limits::default());
+        assert!(free.fits(&need));
+        let left = free.minus(&need);
+        assert_eq!(left.slots, 0);
+        assert!(!left.fits(&need));
+        assert_eq!(left.minus(&need).cpu_millis, 0);
+    }
+}
