@@ -33,6 +33,28 @@ pub enum Command {
     /// Manage sandbox images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Run a worker node that joins a control plane and runs what it
+    /// places here.
+    Worker(crate::worker_node::WorkerArgs),
+    /// Manage worker join tokens.
+    #[command(subcommand)]
+    WorkerToken(WorkerTokenCommand),
+}
+
+/// Worker join tokens.
+#[derive(Debug, Subcommand)]
+pub enum WorkerTokenCommand {
+    /// Create a one-time join token for a new worker node; prints it alone
+    /// on the last line. A worker spends it on its node credential with
+    /// `carapace worker --join-token`.
+    Create {
+        /// Seconds the token stays valid. [default: 3600]
+        #[arg(long, value_name = "SECS", default_value_t = 3600)]
+        ttl_secs: u64,
+        /// Settings (the database).
+        #[command(flatten)]
+        common: Common,
+    },
 }
 
 /// Sandbox image administration.

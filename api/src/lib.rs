@@ -33,3 +33,4 @@ pub mod secret;
 pub mod state;
 pub mod storage;
 pub mod telemetry;
+pub mod worker_node;

@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use carapace_api::audit::Actor;
 use carapace_api::bootstrap::{self, Application};
-use carapace_api::cli::{Cli, Command, ImageCommand, MasterKeyCommand, TenantCommand};
+use carapace_api::cli::{
+    Cli, Command, ImageCommand, MasterKeyCommand, TenantCommand, WorkerTokenCommand,
+};
 use carapace_api::ids::TenantId;
 use carapace_api::master_key::MasterKey;
 use carapace_api::memory::MemoryStore;
@@ -112,6 +114,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_image(&root);
             Ok(())
         }
+        Command::Worker(args) => {
+            telemetry::init(&args.log, carapace_api::config::LogFormat::Auto);
+            carapace_api::worker_node::run(args).await
+        }
+        Command::WorkerToken(WorkerTokenCommand::Create { ttl_secs, common }) => {
+            let settings = common.settings()?;
+            telemetry::init_stderr(&settings.log);
+            if !(60..=30 * 86_400).contains(&ttl_secs) {
+                anyhow::bail!("--ttl-secs must be between 60 and 2592000");
+            }
+            bootstrap::create_data_dir(&settings)?;
+            let db = bootstrap::open_database(&settings).await?;
+            let token = carapace_scheduler::store::create_join_token(
+                &db,
+                std::time::Duration::from_secs(ttl_secs),
+            )
+            .await?;
+            print_join_token(token.reveal(), ttl_secs);
+            Ok(())
+        }
         Command::MasterKey(MasterKeyCommand::Rotate {
             new_key_file,
             common,
@@ -141,6 +163,13 @@ fn print_created(created: &carapace_api::db::TenantWithOwner, key: &str) {
     println!("key id:  {}", created.key.id);
     println!("The API key below is shown once. Store it now:");
     println!("{key}");
+}
+
+#[allow(clippy::print_stdout, reason = "the token is the command's output")]
+fn print_join_token(token: &str, ttl_secs: u64) {
+    println!("A one-time worker join token, valid for {ttl_secs} s. Start the worker with");
+    println!("  carapace worker --control-plane URL --join-token TOKEN");
+    println!("{token}");
 }
 
 #[allow(clippy::print_stdout, reason = "the report is the command's output")]

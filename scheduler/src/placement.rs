@@ -5,7 +5,9 @@
 //! Rules, in order:
 //!
 //! 1. **Resources.** A run goes only to a worker whose free CPU, memory and
-//!    slots cover its limits.
+//!    slots cover its limits, and that offers the run's image (workers
+//!    cannot fetch images from registries yet, so having the image is a
+//!    requirement rather than a preference).
 //! 2. **Quota.** A tenant never has more than `max_active_per_tenant` runs
 //!    placed, starting or running at once.
 //! 3. **Fairness.** Tenants take turns, one run each per turn, the tenant
@@ -13,9 +15,9 @@
 //!    tenant that queued a thousand runs gets one per turn like everybody
 //!    else, and another tenant's single run is placed in the first round
 //!    that has room for it.
-//! 4. **Choice of worker.** Among the workers that fit, one that already has
-//!    the run's image, then the one with the most free slots (spreading the
-//!    load by capacity), then the lowest id (deterministic).
+//! 4. **Choice of worker.** Among the workers that fit, the one with the
+//!    most free slots (spreading the load by capacity), then the lowest id
+//!    (deterministic).
 //!
 //! A tenant whose next run fits nowhere is skipped for the rest of the round
 //! (its later, smaller runs do not overtake it).
@@ -128,12 +130,11 @@ fn best_worker(workers: &[WorkerView], candidate: &Candidate) -> Option<usize> {
     workers
         .iter()
         .enumerate()
-        .filter(|(_, w)| w.free.fits(&candidate.need))
+        .filter(|(_, w)| w.free.fits(&candidate.need) && w.images.contains(&candidate.image))
         .max_by(|(_, a), (_, b)| {
-            let cached = |w: &WorkerView| w.images.contains(&candidate.image);
-            cached(a)
-                .cmp(&cached(b))
-                .then(a.free.slots.cmp(&b.free.slots))
+            a.free
+                .slots
+                .cmp(&b.free.slots)
                 // Lower id wins a full tie: `max_by` keeps the last maximum,
                 // so compare reversed.
                 .then(b.id.cmp(&a.id))
@@ -233,14 +234,23 @@ mod tests {
     }
 
     #[test]
-    fn a_worker_with_the_image_is_preferred() {
+    fn a_run_goes_only_to_a_worker_offering_its_image() {
         let mut with_image = worker("w2", 1);
         with_image.images.push("tools:1".into());
         let mut workers = vec![worker("w1", 5), with_image];
-        let mut candidate = run("a-0", "a");
-        candidate.image = "tools:1".into();
-        let placed = plan(vec![candidate], &mut workers, &HashMap::new(), 100);
-        assert_eq!(placed[0].worker, "w2");
+        let mut first = run("a-0", "a");
+        first.image = "tools:1".into();
+        let mut second = run("a-1", "a");
+        second.image = "tools:1".into();
+        let placed = plan(vec![first, second], &mut workers, &HashMap::new(), 100);
+        // The second waits for w2's slot rather than going to w1.
+        assert_eq!(
+            placed,
+            [Assignment {
+                run: "a-0".into(),
+                worker: "w2".into()
+            }]
+        );
     }
 
     #[test]
@@ -252,7 +262,7 @@ mod tests {
                 memory_mib: 100_000,
                 slots: 100,
             },
-            images: vec![],
+            images: vec!["builtin".into()],
         }];
         let placed = plan(flood("a", 5), &mut workers, &HashMap::new(), 100);
         assert_eq!(placed.len(), 2);

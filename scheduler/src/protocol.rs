@@ -145,8 +145,11 @@ pub enum WorkerMessage {
         /// The runs it holds sandboxes for.
         runs: Vec<Lease>,
     },
-    /// Something happened to a run.
+    /// Something happened to a run. Kept by the worker, and sent again
+    /// after a reconnection, until acknowledged.
     Report {
+        /// The worker's sequence number of the report (increasing).
+        seq: u64,
         /// Which run, under which lease.
         lease: Lease,
         /// What.
@@ -170,6 +173,12 @@ pub enum ControlMessage {
     },
     /// Answer to a heartbeat.
     HeartbeatAck,
+    /// Every report up to this sequence number was processed (applied,
+    /// already known, or refused).
+    ReportAck {
+        /// The last processed report's `seq`.
+        seq: u64,
+    },
     /// Run this.
     Start {
         /// The run and its epoch: every report about it names this lease.
@@ -202,6 +211,7 @@ mod tests {
     #[test]
     fn messages_are_tagged_json() {
         let report = WorkerMessage::Report {
+            seq: 7,
             lease: Lease {
                 run: "run_1".into(),
                 epoch: 3,
@@ -213,7 +223,7 @@ mod tests {
         let text = serde_json::to_string(&report).unwrap();
         assert_eq!(
             text,
-            r#"{"type":"report","lease":{"run":"run_1","epoch":3},"event":{"kind":"failed","reason":"no image"}}"#
+            r#"{"type":"report","seq":7,"lease":{"run":"run_1","epoch":3},"event":{"kind":"failed","reason":"no image"}}"#
         );
         assert_eq!(
             serde_json::from_str::<WorkerMessage>(&text).unwrap(),

@@ -121,7 +121,7 @@ impl Fleet {
                     Ok(false) => return "declared lost; it must say hello again",
                     Err(e) => tracing::warn!(worker, error = %e, "heartbeat not recorded"),
                 },
-                WorkerMessage::Report { lease, event } => {
+                WorkerMessage::Report { seq, lease, event } => {
                     match store::apply_report(&self.db, worker, &lease, &event).await {
                         Ok(ReportOutcome::Applied(state)) => {
                             tracing::info!(worker, run = %lease.run, state = state.as_str(), "run report");
@@ -130,20 +130,43 @@ impl Fleet {
                             }
                         }
                         Ok(ReportOutcome::Unchanged) => {}
-                        Ok(ReportOutcome::Refused(reason)) => {
+                        Ok(ReportOutcome::Refused { reason, tenant }) => {
                             tracing::warn!(worker, run = %lease.run, epoch = lease.epoch, reason, "report refused (fenced)");
+                            self.audit_refusal(worker, &lease.run, tenant.as_deref(), &reason)
+                                .await;
                             let refused = ControlMessage::Refused { lease, reason };
                             let _ = end.tx.send(refused).await;
                         }
                         Err(e) => {
-                            // Not applied: the worker's next connection
-                            // sorts the run out at its hello.
+                            // Not applied nor acknowledged: the worker sends
+                            // it again on its next connection.
                             tracing::warn!(worker, run = %lease.run, error = %e, "report not recorded");
                             return "a report could not be recorded";
                         }
                     }
+                    let _ = end.tx.send(ControlMessage::ReportAck { seq }).await;
                 }
             }
+        }
+    }
+
+    /// Records a refused report in the run's tenant's audit log.
+    async fn audit_refusal(&self, worker: &str, run: &str, tenant: Option<&str>, reason: &str) {
+        let Some(tenant) = tenant.and_then(|t| crate::ids::TenantId::parse(t).ok()) else {
+            return;
+        };
+        let actor = crate::audit::Actor {
+            principal: format!("worker:{worker}"),
+            client_ip: None,
+            request_id: None,
+        };
+        let event = actor
+            .event("run.report", crate::audit::Outcome::Denied)
+            .reason(reason)
+            .in_tenant(&tenant)
+            .target(run);
+        if let Err(e) = crate::db::platform::record_audit(&self.db, event).await {
+            tracing::warn!(error = ?e, "refused report not audited");
         }
     }
 

@@ -21,7 +21,8 @@ enum Expect {
 /// One endpoint. In the path, `{key}` is replaced with the id of an API key
 /// of tenant B, `{provider}` with the name of one of B's providers and
 /// `{agent}` with one of B's agents (whose memory holds `notes.md`) and
-/// `{sandbox}` with one of B's sandboxes (whose workspace holds `notes.txt`).
+/// `{sandbox}` with one of B's sandboxes (whose workspace holds `notes.txt`)
+/// and `{run}` with one of B's runs.
 struct Case(Method, &'static str, Expect);
 
 const CASES: &[Case] = &[
@@ -76,6 +77,9 @@ const CASES: &[Case] = &[
     ),
     Case(Method::DELETE, "/v1/sandboxes/{sandbox}", Expect::NotFound),
     Case(Method::GET, "/v1/sandboxes", Expect::ListsNothingOfB),
+    Case(Method::GET, "/v1/runs/{run}", Expect::NotFound),
+    Case(Method::POST, "/v1/runs/{run}/cancel", Expect::NotFound),
+    Case(Method::GET, "/v1/runs", Expect::ListsNothingOfB),
     Case(Method::GET, "/v1/api-keys", Expect::ListsNothingOfB),
     Case(Method::GET, "/v1/audit", Expect::ListsNothingOfB),
     Case(Method::GET, "/v1/tenant", Expect::ListsNothingOfB),
@@ -97,6 +101,7 @@ struct Fixture {
     b_key_id: String,
     b_agent_id: String,
     b_sandbox_id: String,
+    b_run_id: String,
 }
 
 async fn fixture(app: &TestApp) -> Fixture {
@@ -179,7 +184,19 @@ async fn fixture(app: &TestApp) -> Fixture {
         .await
         .unwrap();
     assert_eq!(res.status(), 204);
+    let res = app
+        .request(Method::POST, "/v1/runs", &b.key)
+        .json(&json!({"command": ["sleep", "30"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let b_run_id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     Fixture {
+        b_run_id,
         b_sandbox_id,
         b_key_id: key["id"].as_str().unwrap().to_owned(),
         b_agent_id,
@@ -216,7 +233,8 @@ async fn a_tenant_never_sees_or_touches_another_tenants_resources() {
             .replace("{key}", &f.b_key_id)
             .replace("{provider}", "bravo-provider")
             .replace("{agent}", &f.b_agent_id)
-            .replace("{sandbox}", &f.b_sandbox_id);
+            .replace("{sandbox}", &f.b_sandbox_id)
+            .replace("{run}", &f.b_run_id);
         let res = probe(&app, method, &path, &a.key).await;
         let status = res.status().as_u16();
         let body = res.text().await.unwrap();
@@ -228,7 +246,8 @@ async fn a_tenant_never_sees_or_touches_another_tenants_resources() {
                     .replace("{key}", "key_00000000000000000000000000000000")
                     .replace("{provider}", "no-such-provider")
                     .replace("{agent}", "agt_00000000000000000000000000000000")
-                    .replace("{sandbox}", "sbx_00000000000000000000000000000000");
+                    .replace("{sandbox}", "sbx_00000000000000000000000000000000")
+                    .replace("{run}", "run_00000000000000000000000000000000");
                 let res = probe(&app, method, &missing, &a.key).await;
                 let missing_body: Value = res.json().await.unwrap();
                 let body: Value = serde_json::from_str(&body).unwrap();
@@ -254,6 +273,23 @@ async fn a_tenant_never_sees_or_touches_another_tenants_resources() {
         .find(|k| k["id"] == f.b_key_id.as_str())
         .unwrap();
     assert!(b_key["revoked_at"].is_null());
+    let res = app
+        .get(&format!("/v1/runs/{}", f.b_run_id), &f.b.key)
+        .send()
+        .await
+        .unwrap();
+    let run: Value = res.json().await.unwrap();
+    assert_eq!(run["cancel_requested"], false, "{run}");
+    let res = app
+        .request(
+            Method::POST,
+            &format!("/v1/runs/{}/cancel", f.b_run_id),
+            &f.b.key,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
     let res = app.get("/v1/providers", &f.b.key).send().await.unwrap();
     assert!(res.text().await.unwrap().contains("bravo-provider"));
     let note = app

@@ -16,3 +16,4 @@ mod memory;
 mod operations;
 mod repository;
 mod sandboxes;
+mod scheduler;

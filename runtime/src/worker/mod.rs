@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use carapace_scheduler::protocol::{
-    ControlMessage, Lease, Resources, RunSpec, VERSION, WorkerMessage,
+    ControlMessage, Lease, Resources, RunEvent, RunSpec, VERSION, WorkerMessage,
 };
 use tokio::sync::{Notify, oneshot};
 
@@ -61,8 +61,17 @@ pub struct Worker {
     runtime: Arc<Runtime>,
     config: WorkerConfig,
     held: Mutex<HashMap<String, Held>>,
-    outbox: Mutex<VecDeque<WorkerMessage>>,
+    outbox: Mutex<Outbox>,
     outbox_ready: Notify,
+}
+
+/// Reports on their way: not sent yet, or sent and not acknowledged (sent
+/// again, in order, after a reconnection).
+#[derive(Default)]
+struct Outbox {
+    next_seq: u64,
+    unsent: VecDeque<WorkerMessage>,
+    unacked: VecDeque<(u64, WorkerMessage)>,
 }
 
 /// How a session ended.
@@ -115,12 +124,19 @@ impl Worker {
         images
     }
 
-    /// Queues a report; it is sent, in order, on the current or next link.
-    fn report(&self, message: WorkerMessage) {
-        self.outbox
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push_back(message);
+    /// Queues a report; it is sent, in order, on the current or next link,
+    /// and again after a reconnection until the control plane acknowledges
+    /// it.
+    fn report(&self, lease: &Lease, event: RunEvent) {
+        let mut outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
+        outbox.next_seq += 1;
+        let seq = outbox.next_seq;
+        outbox.unsent.push_back(WorkerMessage::Report {
+            seq,
+            lease: lease.clone(),
+            event,
+        });
+        drop(outbox);
         self.outbox_ready.notify_one();
     }
 
@@ -149,6 +165,7 @@ impl Worker {
             return SessionEnd::Disconnected("the first message was not a welcome".into());
         };
         tracing::info!(worker, kept = keep.len(), "connected to the control plane");
+        self.resend_unacknowledged();
         self.stop_all_but(&keep);
         let every = Duration::from_millis(heartbeat_ms.clamp(100, 60_000));
         let mut tick = tokio::time::interval(every);
@@ -185,18 +202,43 @@ impl Worker {
         }
     }
 
+    /// The next report to send; it counts as unacknowledged from now on.
     fn next_report(&self) -> Option<WorkerMessage> {
-        self.outbox
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop_front()
+        let mut outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
+        let message = outbox.unsent.pop_front()?;
+        if let WorkerMessage::Report { seq, .. } = &message {
+            let seq = *seq;
+            outbox.unacked.push_back((seq, message.clone()));
+        }
+        Some(message)
     }
 
+    /// A report that could not be sent goes back to the front.
     fn unsend(&self, message: WorkerMessage) {
+        let mut outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
+        if let WorkerMessage::Report { seq, .. } = &message {
+            let seq = *seq;
+            outbox.unacked.retain(|(s, _)| *s != seq);
+        }
+        outbox.unsent.push_front(message);
+    }
+
+    /// Reports sent on a link that broke before their acknowledgement go
+    /// out again first, in order.
+    fn resend_unacknowledged(&self) {
+        let mut outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
+        let unacked: Vec<WorkerMessage> = outbox.unacked.drain(..).map(|(_, m)| m).collect();
+        for message in unacked.into_iter().rev() {
+            outbox.unsent.push_front(message);
+        }
+    }
+
+    fn acknowledge(&self, upto: u64) {
         self.outbox
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push_front(message);
+            .unacked
+            .retain(|(seq, _)| *seq > upto);
     }
 
     fn handle(self: &Arc<Self>, message: ControlMessage) {
@@ -209,6 +251,7 @@ impl Worker {
             }
             ControlMessage::Drain => tracing::info!("drained: no new runs will come"),
             ControlMessage::HeartbeatAck => {}
+            ControlMessage::ReportAck { seq } => self.acknowledge(seq),
             ControlMessage::Welcome { .. } => {
                 tracing::warn!("unexpected second welcome ignored");
             }

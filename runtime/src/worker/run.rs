@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use carapace_scheduler::protocol::{Lease, MAX_OUTPUT_BYTES, RunEvent, RunSpec, WorkerMessage};
+use carapace_scheduler::protocol::{Lease, MAX_OUTPUT_BYTES, RunEvent, RunSpec};
 use tokio::sync::oneshot;
 
 use super::{Stop, Worker};
@@ -19,12 +19,7 @@ impl Worker {
         spec: RunSpec,
         mut stopped: oneshot::Receiver<Stop>,
     ) {
-        let say = |event: RunEvent| {
-            self.report(WorkerMessage::Report {
-                lease: lease.clone(),
-                event,
-            })
-        };
+        let say = |event: RunEvent| self.report(&lease, event);
         say(RunEvent::Starting);
         let image = match self.image(&spec.image).await {
             Ok(image) => image,

@@ -10,6 +10,18 @@ use super::{Result, truncate};
 use crate::protocol::{Lease, MAX_OUTPUT_BYTES, RunEvent};
 use crate::run_state::RunState;
 
+/// How far along its placement a run is, for telling a repeated report
+/// from a wrong one.
+fn stage(state: RunState) -> u8 {
+    match state {
+        RunState::Queued | RunState::Lost => 0,
+        RunState::Placed => 1,
+        RunState::Starting => 2,
+        RunState::Running => 3,
+        RunState::Succeeded | RunState::Failed | RunState::Cancelled => 4,
+    }
+}
+
 /// Longest failure reason kept.
 const MAX_REASON: usize = 1000;
 
@@ -23,7 +35,12 @@ pub enum ReportOutcome {
     Unchanged,
     /// The report does not hold: the lease is not the run's current one, or
     /// the run cannot move that way. The worker must stop the run.
-    Refused(String),
+    Refused {
+        /// Why.
+        reason: String,
+        /// The run's tenant, if the run exists (for its audit log).
+        tenant: Option<String>,
+    },
 }
 
 /// Applies `event` to the run of `lease`, reported by `worker`: one
@@ -109,19 +126,31 @@ pub async fn apply_report(
         return Ok(ReportOutcome::Applied(target));
     }
     let Some(row) = run::Entity::find_by_id(lease.run.as_str()).one(db).await? else {
-        return Ok(ReportOutcome::Refused("no such run".into()));
+        return Ok(ReportOutcome::Refused {
+            reason: "no such run".into(),
+            tenant: None,
+        });
     };
     if row.epoch != lease.epoch || row.worker_id.as_deref() != Some(worker) {
-        return Ok(ReportOutcome::Refused(format!(
-            "stale lease: the run's current epoch is {}",
-            row.epoch
-        )));
+        return Ok(ReportOutcome::Refused {
+            reason: format!(
+                "stale lease: epoch {} reported, the run's current epoch is {}",
+                lease.epoch, row.epoch
+            ),
+            tenant: Some(row.tenant_id),
+        });
     }
-    if row.state == target.as_str() {
+    // Our own lease, and the run is already there or past it: a report sent
+    // again after a reconnection.
+    let current: RunState = row
+        .state
+        .parse()
+        .map_err(|_| super::Error::Corrupt(format!("run {}: state", row.id)))?;
+    if stage(target) <= stage(current) && stage(current) > 0 {
         return Ok(ReportOutcome::Unchanged);
     }
-    Ok(ReportOutcome::Refused(format!(
-        "the run is {}; it cannot become {target}",
-        row.state
-    )))
+    Ok(ReportOutcome::Refused {
+        reason: format!("the run is {}; it cannot become {target}", row.state),
+        tenant: Some(row.tenant_id),
+    })
 }

@@ -50,7 +50,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 pub struct CreateRun {
     /// The program and its arguments (no shell: use `["sh", "-c", "..."]`).
     command: Vec<String>,
-    /// `builtin` (the default) or an image the workers offer.
+    /// `builtin` (the default) or an image this control plane offers (its
+    /// `[sandbox] images`); the run goes only to a worker that has it.
     #[serde(default)]
     image: Option<String>,
     /// Environment variables.
@@ -185,6 +186,7 @@ pub async fn create_run(
     let image = validate::image(body.image.as_deref().unwrap_or("builtin"))?;
     let egress_allow = validate::hosts(body.egress_allow.unwrap_or_default())?;
     let limits = limits(body.limits)?;
+    state.sandboxes.check_offered(&image)?;
     let max_timeout = state.sandboxes.config().max_exec_timeout.as_secs();
     let timeout_s = body.timeout_s.unwrap_or(DEFAULT_TIMEOUT_S);
     if timeout_s == 0 || u64::from(timeout_s) > max_timeout {
