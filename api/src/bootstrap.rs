@@ -56,11 +56,10 @@ impl Application {
         let (ledger, ledger_task) = Ledger::start(db.clone());
         let gateway = Gateway::new(settings.gateway.clone(), ledger, metrics.registry())?;
         let limit_sync = tokio::spawn(gateway.limit_sync(db.clone()));
-        let sandboxes =
-            std::sync::Arc::new(SandboxService::start(settings.sandbox.clone(), &db).await?);
-        let idle_reaper = tokio::spawn(sandboxes.clone().reap_idle(db.clone()));
+        let sandboxes = std::sync::Arc::new(SandboxService::start(settings.sandbox.clone()).await?);
         let fleet = crate::fleet::Fleet::new(db.clone(), settings.scheduler.clone());
         let fleet_loops = tokio::spawn(fleet.clone().run());
+        let idle_reaper = tokio::spawn(sandboxes.clone().reap_idle(db.clone(), fleet.clone()));
         let state = web::Data::new(AppState {
             auth: Authenticator::new(db.clone(), settings.auth_cache_ttl),
             db,

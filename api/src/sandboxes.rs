@@ -1,31 +1,25 @@
-//! Tenants' sandboxes, the control plane's side: settings, the worker that
-//! runs them, and housekeeping (idle timeout, sandboxes lost to a restart).
+//! Tenants' sandboxes, the control plane's side: settings, this server's
+//! own sandbox runtime (which its in-process worker uses), and housekeeping
+//! (the idle timeout, records of sandboxes whose run ended).
 //!
-//! Until the scheduler lands, `carapace serve` drives one in-process worker
-//! (`carapace_runtime::Runtime`, named [`LOCAL_WORKER`]) directly; every
-//! call to it goes through [`SandboxService`], which is the seam the
-//! scheduler's placement will replace.
+//! A sandbox is an interactive run: the scheduler places it on a worker
+//! like any run, and the sandbox API's commands and file transfers reach it
+//! through that worker's connection (`crate::fleet`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use carapace_runtime::egress::Policy;
-use carapace_runtime::{Runtime, RuntimeConfig, SandboxSpec};
+use carapace_runtime::{Runtime, RuntimeConfig};
 use sea_orm::DatabaseConnection;
 use serde::Deserialize;
 
 use crate::audit::{Actor, Outcome};
-use crate::db::{self, SandboxState, TenantScope};
+use crate::db::{self, TenantScope};
 use crate::error::Error;
-use crate::ids::SandboxId;
+use crate::fleet::Fleet;
 
-/// Prefix of the name under which an in-process worker's sandboxes are
-/// recorded: `local-<tag>`, the tag naming its state directory, so that a
-/// restart on the same directory finds its own sandboxes and replicas with
-/// their own directories never touch each other's.
-const LOCAL_WORKER: &str = "local";
 /// The host name under which a sandbox reaches Carapace (gateway, memory)
 /// through its egress proxy: `http://carapace.internal/...`.
 pub const SERVICE_HOST: &str = "carapace.internal";
@@ -134,26 +128,19 @@ impl SandboxArgs {
     }
 }
 
-/// The sandboxes of this server, or why there are none.
+/// This server's sandbox settings and runtime (or why it has none).
 pub struct SandboxService {
     runtime: Result<Arc<Runtime>, String>,
-    /// The worker's name in sandbox records.
-    worker: String,
     config: SandboxConfig,
     /// Where sandboxes reach Carapace through their proxy; set once the
     /// listener is bound.
     service_addr: OnceLock<SocketAddr>,
-    /// Offered images already unpacked: reference → layer directories. A layout changed
-    /// on disk is seen after a restart.
-    images: std::sync::Mutex<std::collections::HashMap<String, Vec<PathBuf>>>,
-    /// Held while an image is being prepared.
-    preparing: tokio::sync::Mutex<()>,
 }
 
 impl SandboxService {
-    /// Starts the local worker (removing whatever a previous run left) and
-    /// records every sandbox the previous run had as lost.
-    pub async fn start(config: SandboxConfig, db: &DatabaseConnection) -> anyhow::Result<Self> {
+    /// Starts this server's sandbox runtime (removing whatever a previous
+    /// run left), unless sandboxes are off here.
+    pub async fn start(config: SandboxConfig) -> anyhow::Result<Self> {
         let runtime = match config.mode {
             SandboxMode::Off => Err("sandboxes are turned off on this server".to_owned()),
             SandboxMode::Auto | SandboxMode::On => {
@@ -180,43 +167,24 @@ impl SandboxService {
                 }
             }
         };
-        let worker = match &runtime {
-            Ok(runtime) => format!("{LOCAL_WORKER}-{}", runtime.tag()),
-            Err(_) => LOCAL_WORKER.to_owned(),
-        };
-        let lost = db::sandboxes_of_worker(db, &worker, None).await?;
-        for (tenant, id) in &lost {
-            TenantScope::new(db, tenant)
-                .set_sandbox_state(id, SandboxState::Lost)
-                .await?;
-        }
-        if !lost.is_empty() {
-            tracing::warn!(
-                count = lost.len(),
-                "sandboxes of the previous run recorded as lost"
-            );
-        }
         if runtime.is_ok() {
             tracing::info!(state_dir = %config.state_dir.display(), "sandboxes ready");
         }
         Ok(SandboxService {
             runtime,
-            worker,
             config,
             service_addr: OnceLock::new(),
-            images: std::sync::Mutex::default(),
-            preparing: tokio::sync::Mutex::new(()),
         })
-    }
-
-    /// The worker's name in sandbox records.
-    pub fn worker(&self) -> &str {
-        &self.worker
     }
 
     /// The settings.
     pub fn config(&self) -> &SandboxConfig {
         &self.config
+    }
+
+    /// Why this server runs no sandboxes itself, if it runs none.
+    pub fn local_unavailable(&self) -> Option<&str> {
+        self.runtime.as_ref().err().map(String::as_str)
     }
 
     /// Tells sandboxes where the server listens (loopback if it listens on
@@ -237,12 +205,12 @@ impl SandboxService {
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)))
     }
 
-    /// The worker (shared), or 503 with the reason.
+    /// This server's runtime (shared), or 503 with the reason.
     pub fn runtime_arc(&self) -> Result<Arc<Runtime>, Error> {
         self.runtime.clone().map_err(Error::Unavailable)
     }
 
-    /// 422 for an image this server does not offer (nothing is prepared).
+    /// 422 for an image this server does not offer.
     pub fn check_offered(&self, reference: &str) -> Result<(), Error> {
         if reference == "builtin" || self.config.images.contains_key(reference) {
             return Ok(());
@@ -256,126 +224,52 @@ impl SandboxService {
         })
     }
 
-    /// The worker, or 503 with the reason.
-    pub fn runtime(&self) -> Result<&Runtime, Error> {
-        self.runtime
-            .as_deref()
-            .map_err(|reason| Error::Unavailable(reason.clone()))
-    }
-
-    /// The layers of image `reference` to mount (`None` for `builtin`),
-    /// unpacked on first use; 422 for an image this server does not offer.
-    pub async fn image(&self, reference: &str) -> Result<Option<Vec<PathBuf>>, Error> {
-        if reference == "builtin" {
-            return Ok(None);
-        }
-        let runtime = self.runtime()?;
-        self.check_offered(reference)?;
-        let Some(layout) = self.config.images.get(reference) else {
-            return Ok(None);
-        };
-        let known = || {
-            self.images
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .get(reference)
-                .cloned()
-                .filter(|lower| lower.iter().all(|dir| dir.is_dir()))
-        };
-        if let Some(root) = known() {
-            return Ok(Some(root));
-        }
-        // One preparation at a time: concurrent first uses of an image wait
-        // for the first one instead of each unpacking their own copy (an
-        // image already prepared is served above, without waiting).
-        let _preparing = self.preparing.lock().await;
-        if let Some(root) = known() {
-            return Ok(Some(root));
-        }
-        let name = reference.to_owned();
-        let root = runtime
-            .ensure_image(layout.clone(), None, move |layer, layers, read, size| {
-                if read == size {
-                    tracing::info!(image = %name, layer, layers, bytes = size, "image layer unpacked");
-                }
-            })
-            .await
-            .map_err(|e| {
-                tracing::error!(image = %reference, error = %e, "image cannot be used");
-                Error::Unavailable(format!("the image {reference} cannot be used on this server"))
-            })?;
-        self.images
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(reference.to_owned(), root.clone());
-        Ok(Some(root))
-    }
-
-    /// The worker's view of a new sandbox.
-    pub fn spec(
-        &self,
-        limits: carapace_runtime::Limits,
-        egress_allow: &[String],
-        image: Option<Vec<PathBuf>>,
-    ) -> SandboxSpec {
-        let services = self
-            .service_addr
-            .get()
-            .map(|addr| vec![(SERVICE_HOST.to_owned(), 80, *addr)])
-            .unwrap_or_default();
-        SandboxSpec {
-            limits,
-            egress: Policy {
-                allow_hosts: egress_allow.to_vec(),
-                services,
-            },
-            image,
-        }
-    }
-
     /// Deletes sandboxes idle for longer than the idle timeout (none with a
-    /// command running) and containers whose record is gone, checking
-    /// every 10 s (or every half timeout, if shorter), until the task is
-    /// aborted.
-    pub async fn reap_idle(self: Arc<Self>, db: DatabaseConnection) {
+    /// call in flight here) and records as lost those whose run ended,
+    /// checking every 10 s (or every half timeout, if shorter), until the
+    /// task is aborted. Every replica runs it; each step is idempotent.
+    pub async fn reap_idle(self: Arc<Self>, db: DatabaseConnection, fleet: Arc<Fleet>) {
         let every = (self.config.idle_timeout / 2).min(Duration::from_secs(10));
-        let Ok(runtime) = self.runtime.clone() else {
-            return;
-        };
         let actor = Actor {
             principal: "system:idle-timeout".to_owned(),
             client_ip: None,
             request_id: None,
         };
+        let Ok(idle_for) = chrono::Duration::from_std(self.config.idle_timeout) else {
+            return;
+        };
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
-            self.remove_orphans(&runtime, &db).await;
-            let Ok(since) = chrono::Duration::from_std(self.config.idle_timeout) else {
-                return;
-            };
-            let idle =
-                match db::sandboxes_of_worker(&db, &self.worker, Some(chrono::Utc::now() - since))
-                    .await
-                {
-                    Ok(idle) => idle,
-                    Err(e) => {
-                        tracing::warn!(error = ?e, "cannot list idle sandboxes");
-                        continue;
-                    }
-                };
-            for (tenant, id) in idle {
-                if runtime.is_busy(id.as_str()) {
+            if let Err(e) = db::mark_ended_sandboxes_lost(&db).await {
+                tracing::warn!(error = ?e, "cannot record ended sandboxes");
+            }
+            let idle = match db::idle_sandboxes(&db, chrono::Utc::now() - idle_for).await {
+                Ok(idle) => idle,
+                Err(e) => {
+                    tracing::warn!(error = ?e, "cannot list idle sandboxes");
                     continue;
                 }
-                let _ = runtime.delete(id.as_str()).await;
+            };
+            for (tenant, id, run) in idle {
+                if run
+                    .as_deref()
+                    .is_some_and(|run| fleet.calls_in_flight(run) > 0)
+                {
+                    continue;
+                }
+                let scope = TenantScope::new(&db, &tenant);
+                if let Some(run) = &run
+                    && let Ok(run) = crate::db::TenantScope::new(&db, &tenant)
+                        .stop_sandbox_run(run)
+                        .await
+                {
+                    fleet.deliver_cancel(&run).await;
+                }
                 let event = actor
                     .event("sandbox.delete", Outcome::Success)
                     .reason("idle timeout");
-                match TenantScope::new(&db, &tenant)
-                    .delete_sandbox(&id, Some(event))
-                    .await
-                {
+                match scope.delete_sandbox(&id, Some(event)).await {
                     Ok(_) => {
                         tracing::info!(sandbox = %id, tenant = %tenant, "idle sandbox deleted")
                     }
@@ -387,39 +281,10 @@ impl SandboxService {
         }
     }
 
-    /// Deletes containers whose record is gone (their tenant was deleted,
-    /// e.g. by `carapace tenant delete` from another process).
-    async fn remove_orphans(&self, runtime: &Runtime, db: &DatabaseConnection) {
-        // Containers first, records second: a sandbox created in between
-        // has its record before its container, so it is never taken for an
-        // orphan.
-        let containers = runtime.ids();
-        let Ok(records) = db::sandboxes_of_worker(db, &self.worker, None).await else {
-            return;
-        };
-        let known: std::collections::HashSet<String> =
-            records.into_iter().map(|(_, id)| id.to_string()).collect();
-        // Runs' containers (`run_…`) belong to the worker's runs, not here.
-        let sandboxes = containers
-            .into_iter()
-            .filter(|id| id.starts_with(crate::ids::SandboxId::PREFIX));
-        for id in sandboxes.filter(|id| !known.contains(id)) {
-            tracing::warn!(sandbox = %id, "removing a sandbox whose record is gone");
-            let _ = runtime.delete(&id).await;
-        }
-    }
-
-    /// Deletes every sandbox of the local worker (on shutdown).
+    /// Deletes every sandbox of this server's runtime (on shutdown).
     pub async fn shutdown(&self) {
         if let Ok(runtime) = &self.runtime {
             runtime.shutdown().await;
-        }
-    }
-
-    /// Removes a sandbox's container, if it has one here.
-    pub async fn remove(&self, id: &SandboxId) {
-        if let Ok(runtime) = &self.runtime {
-            let _ = runtime.delete(id.as_str()).await;
         }
     }
 }

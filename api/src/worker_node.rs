@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use carapace_runtime::worker::{Worker, WorkerConfig};
-use carapace_runtime::{Runtime, RuntimeConfig, capacity};
+use carapace_runtime::{Runtime, RuntimeConfig};
 use carapace_scheduler::protocol::Resources;
 
 use crate::sandboxes::SERVICE_HOST;
@@ -44,7 +44,8 @@ pub struct WorkerArgs {
     )]
     pub data_dir: PathBuf,
     /// CPU it offers to runs, thousandths of a core (runs reserve their
-    /// `cpu_millis` limit). [default: what this host and its cgroup have]
+    /// `cpu_millis` limit). [default: 4 × what this host and its cgroup
+    /// have: limits are ceilings, and idle sandboxes use none]
     #[arg(long, value_name = "MILLIS")]
     pub cpu_millis: Option<u64>,
     /// Memory it offers to runs, MiB. [default: what this host and its
@@ -104,15 +105,11 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         None => format!("{}-{}", hostname(), runtime.tag()),
     };
     let credential = credential(&args, &name).await?;
-    let host = capacity::probe().ok();
+    let host = carapace_runtime::worker::default_capacity(args.slots);
     let config = WorkerConfig {
         capacity: Resources {
-            cpu_millis: args
-                .cpu_millis
-                .unwrap_or_else(|| host.map_or(1000, |c| c.cpus_millis)),
-            memory_mib: args
-                .memory_mib
-                .unwrap_or_else(|| host.map_or(1024, |c| c.memory_bytes >> 20)),
+            cpu_millis: args.cpu_millis.unwrap_or(host.cpu_millis),
+            memory_mib: args.memory_mib.unwrap_or(host.memory_mib),
             slots: args.slots,
         },
         images: Default::default(),

@@ -18,6 +18,7 @@ mod m0006_usage_agent;
 mod m0007_memory_heads;
 mod m0008_sandboxes;
 mod m0009_scheduler;
+mod m0010_sandbox_runs;
 
 /// Every migration, in the order it is applied.
 pub struct Migrator;
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0007_memory_heads::Migration),
             Box::new(m0008_sandboxes::Migration),
             Box::new(m0009_scheduler::Migration),
+            Box::new(m0010_sandbox_runs::Migration),
         ]
     }
 }

@@ -89,6 +89,7 @@ async fn trial(db: &DatabaseConnection, workers: &[String]) -> f64 {
             timeout_s: 10,
             limits: Limits::default(),
             egress_allow: vec![],
+            interactive: false,
         };
         runs::enqueue(
             &txn,

@@ -23,8 +23,12 @@ use crate::limits::Limits;
 
 /// The protocol version a worker announces in its hello.
 pub const VERSION: u32 = 1;
-/// The largest message either side accepts.
-pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+/// The largest message either side accepts (a call's stdin of 1 MiB,
+/// base64-encoded, fits).
+pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
+/// The most raw bytes one [`WorkerMessage::CallChunk`] or
+/// [`ControlMessage::Upload`] carries.
+pub const CHUNK_BYTES: usize = 256 << 10;
 /// The most of a run's standard output or error a worker reports (and the
 /// control plane keeps).
 pub const MAX_OUTPUT_BYTES: usize = 64 << 10;
@@ -95,6 +99,112 @@ pub struct RunSpec {
     /// Host names the sandbox may reach through its egress proxy.
     #[serde(default)]
     pub egress_allow: Vec<String>,
+    /// An interactive sandbox: no command of its own; it stays up, taking
+    /// calls ([`CallRequest`]), until the run is cancelled.
+    #[serde(default)]
+    pub interactive: bool,
+}
+
+/// A request to a running interactive sandbox, answered by
+/// [`WorkerMessage::CallChunk`]s and one [`WorkerMessage::CallDone`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CallRequest {
+    /// Run a command in `/workspace`.
+    Exec {
+        /// Program and arguments.
+        argv: Vec<String>,
+        /// Extra environment.
+        env: Vec<(String, String)>,
+        /// Standard input, base64.
+        stdin: String,
+        /// Milliseconds before it is killed.
+        timeout_ms: u64,
+        /// Send output as chunks while it runs (otherwise after it ends).
+        stream: bool,
+    },
+    /// Write the bytes uploaded for this call ([`ControlMessage::Upload`])
+    /// to a file under `/workspace`.
+    WriteFile {
+        /// Relative path.
+        path: String,
+    },
+    /// Read a file under `/workspace` (sent back as `file` chunks).
+    ReadFile {
+        /// Relative path.
+        path: String,
+    },
+}
+
+/// Which stream a chunk belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Part {
+    /// A command's standard output.
+    Stdout,
+    /// A command's standard error.
+    Stderr,
+    /// A file's content.
+    File,
+}
+
+/// Why a call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallError {
+    /// The sandbox is not running on this worker (any more).
+    Gone,
+    /// A limit (requests in flight, file size) was reached.
+    Limits,
+    /// The file could not be read or written (bad path, missing...).
+    File,
+    /// Anything else: the sandbox did not answer properly.
+    Failed,
+}
+
+/// How a call ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CallResult {
+    /// A command ended (its output came as chunks).
+    Exec {
+        /// Exit code; 128+N for signal N; `None` if it timed out or could
+        /// not start.
+        exit_code: Option<i32>,
+        /// Killed at its timeout.
+        timed_out: bool,
+        /// Output beyond the sandbox's cap was dropped.
+        stdout_truncated: bool,
+        /// Likewise for standard error.
+        stderr_truncated: bool,
+        /// Why it could not start.
+        error: Option<String>,
+        /// The OOM killer struck while it ran.
+        oom_killed: bool,
+    },
+    /// The file was written.
+    Written,
+    /// The file was read (its content came as chunks).
+    Read,
+    /// The call failed.
+    Failed {
+        /// How.
+        error: CallError,
+        /// Why, for the tenant.
+        message: String,
+    },
+}
+
+/// Base64 of `bytes`, for the protocol's byte fields.
+pub fn encode(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Bytes of a protocol byte field; `None` if it is not base64.
+pub fn decode(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(text).ok()
 }
 
 /// What happened to a run on its worker.
@@ -144,6 +254,22 @@ pub enum WorkerMessage {
     Heartbeat {
         /// The runs it holds sandboxes for.
         runs: Vec<Lease>,
+    },
+    /// Part of a call's answer.
+    CallChunk {
+        /// The call.
+        call: u64,
+        /// Which stream.
+        part: Part,
+        /// At most [`CHUNK_BYTES`] bytes, base64.
+        data: String,
+    },
+    /// The end of a call's answer.
+    CallDone {
+        /// The call.
+        call: u64,
+        /// How it ended.
+        result: CallResult,
     },
     /// Something happened to a run. Kept by the worker, and sent again
     /// after a reconnection, until acknowledged.
@@ -202,6 +328,22 @@ pub enum ControlMessage {
     /// An operator drains this worker: no new runs will come; the runs it
     /// holds go on.
     Drain,
+    /// Bytes for a coming [`CallRequest::WriteFile`] of the same call.
+    Upload {
+        /// The call.
+        call: u64,
+        /// At most [`CHUNK_BYTES`] bytes, base64.
+        data: String,
+    },
+    /// A request to the interactive sandbox of run `run`.
+    Call {
+        /// The call's number, unique on this connection.
+        call: u64,
+        /// The sandbox's run (its lease must be the worker's).
+        lease: Lease,
+        /// What to do.
+        request: CallRequest,
+    },
 }
 
 #[cfg(test)]

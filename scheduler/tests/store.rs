@@ -69,6 +69,7 @@ fn spec(command: &str) -> RunSpec {
         timeout_s: 10,
         limits: Limits::default(),
         egress_allow: vec![],
+        interactive: false,
     }
 }
 

@@ -242,6 +242,7 @@ pub mod sandbox {
         pub worker: String,
         pub created_at: ChronoDateTimeUtc,
         pub last_used_at: ChronoDateTimeUtc,
+        pub run_id: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

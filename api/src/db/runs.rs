@@ -72,16 +72,29 @@ impl TenantScope<'_> {
             .map_err(store_error)
     }
 
+    /// Stops the interactive run holding one of the tenant's sandboxes (the
+    /// sandbox's own audit record says why).
+    pub async fn stop_sandbox_run(&self, run: &str) -> Result<Run> {
+        runs::cancel(self.db(), self.tenant_id().as_str(), run)
+            .await
+            .map_err(store_error)
+    }
+
     /// Cancels one of the tenant's runs (see `runs::cancel`), recording it.
     pub async fn cancel_run(&self, id: &RunId, audit: AuditEvent) -> Result<Run> {
-        let run = runs::cancel(self.db(), self.tenant_id().as_str(), id.as_str())
+        let tenant = self.tenant_id().clone();
+        let id = id.clone();
+        self.db()
+            .transaction::<_, Run, Error>(|txn| {
+                Box::pin(async move {
+                    let run = runs::cancel(txn, tenant.as_str(), id.as_str())
+                        .await
+                        .map_err(store_error)?;
+                    insert_audit(txn, audit.in_tenant(&tenant).target(id.to_string())).await?;
+                    Ok(run)
+                })
+            })
             .await
-            .map_err(store_error)?;
-        insert_audit(
-            self.db(),
-            audit.in_tenant(self.tenant_id()).target(id.to_string()),
-        )
-        .await?;
-        Ok(run)
+            .map_err(Error::from)
     }
 }

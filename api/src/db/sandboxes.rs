@@ -1,6 +1,7 @@
 //! A tenant's sandboxes as the control plane records them: what each was
-//! created with, on which worker it runs, its state and when it was last
-//! used. The container itself lives on the worker (`carapace-runtime`).
+//! created with, the interactive run that holds it on a worker (placed by
+//! the scheduler like any run), its state and when it was last used. The
+//! container itself lives on the worker (`carapace-runtime`).
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
@@ -14,6 +15,8 @@ use super::platform::insert_audit;
 use crate::audit::AuditEvent;
 use crate::error::{Error, Result};
 use crate::ids::{SandboxId, TenantId};
+use carapace_scheduler::protocol::RunSpec;
+use carapace_scheduler::store::{NewRun, runs};
 
 /// Where a sandbox is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,8 +25,8 @@ pub enum SandboxState {
     Starting,
     /// Its container runs.
     Running,
-    /// Its worker restarted or lost it: the container is gone, the record
-    /// stays until the tenant deletes it.
+    /// Its run ended (its worker restarted or was lost): the container is
+    /// gone, the record stays until the tenant deletes it.
     Lost,
 }
 
@@ -60,12 +63,15 @@ pub struct Sandbox {
     pub limits: carapace_runtime::Limits,
     /// Its state.
     pub state: SandboxState,
-    /// The worker it runs on.
+    /// The worker it runs on (empty until it runs).
     pub worker: String,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last exec or file transfer.
     pub last_used_at: DateTime<Utc>,
+    /// The interactive run that holds it (none for a record made before
+    /// sandboxes went through the scheduler).
+    pub run_id: Option<String>,
 }
 
 /// What a new sandbox is created with.
@@ -77,8 +83,6 @@ pub struct NewSandbox {
     pub egress_allow: Vec<String>,
     /// Limits (already within bounds).
     pub limits: carapace_runtime::Limits,
-    /// The worker that will run it.
-    pub worker: String,
 }
 
 impl TryFrom<sandbox::Model> for Sandbox {
@@ -93,6 +97,7 @@ impl TryFrom<sandbox::Model> for Sandbox {
             worker: row.worker,
             created_at: row.created_at,
             last_used_at: row.last_used_at,
+            run_id: row.run_id,
         })
     }
 }
@@ -122,9 +127,10 @@ impl TenantScope<'_> {
         Ok(row.try_into()?)
     }
 
-    /// Records a new sandbox (state `starting`), if the tenant has fewer
-    /// than `max` sandboxes that are not lost. Its audit record is written
-    /// once it has started ([`TenantScope::sandbox_started`]) or failed.
+    /// Records a new sandbox (state `starting`) and queues its interactive
+    /// run, in one transaction, if the tenant has fewer than `max`
+    /// sandboxes that are not lost. Its audit record is written once it
+    /// has started ([`TenantScope::sandbox_started`]) or failed.
     pub async fn create_sandbox(&self, new: NewSandbox, max: u64) -> Result<Sandbox> {
         let tenant = self.tenant_id().clone();
         let now = Utc::now();
@@ -134,6 +140,29 @@ impl TenantScope<'_> {
             .db()
             .transaction::<_, sandbox::Model, Error>(|txn| {
                 Box::pin(async move {
+                    let spec = RunSpec {
+                        image: new.image.clone(),
+                        command: Vec::new(),
+                        env: Vec::new(),
+                        timeout_s: 0,
+                        limits: new.limits,
+                        egress_allow: new.egress_allow,
+                        interactive: true,
+                    };
+                    // Placed once: a sandbox whose worker is lost is lost.
+                    // The write comes first: on SQLite it takes the write
+                    // lock before anything is read (a read first could not
+                    // be upgraded once another connection has written).
+                    let run = runs::enqueue(
+                        txn,
+                        tenant.as_str(),
+                        NewRun {
+                            spec,
+                            max_attempts: 1,
+                        },
+                    )
+                    .await
+                    .map_err(super::store_error)?;
                     // Lost sandboxes hold nothing on any worker: they do
                     // not count.
                     let count = sandbox::Entity::find()
@@ -153,9 +182,10 @@ impl TenantScope<'_> {
                         egress_allow: Set(egress),
                         limits: Set(limits),
                         state: Set(SandboxState::Starting.as_str().to_owned()),
-                        worker: Set(new.worker),
+                        worker: Set(String::new()),
                         created_at: Set(now),
                         last_used_at: Set(now),
+                        run_id: Set(Some(run.id)),
                     }
                     .insert(txn)
                     .await?;
@@ -166,10 +196,16 @@ impl TenantScope<'_> {
         Ok(row.try_into()?)
     }
 
-    /// Records that a sandbox runs, with its audit record.
-    pub async fn sandbox_started(&self, id: &SandboxId, audit: AuditEvent) -> Result<()> {
+    /// Records that a sandbox runs on `worker`, with its audit record.
+    pub async fn sandbox_started(
+        &self,
+        id: &SandboxId,
+        worker: &str,
+        audit: AuditEvent,
+    ) -> Result<()> {
         let tenant = self.tenant_id().clone();
         let id = id.clone();
+        let worker = worker.to_owned();
         self.db()
             .transaction::<_, (), Error>(|txn| {
                 Box::pin(async move {
@@ -177,6 +213,10 @@ impl TenantScope<'_> {
                         .col_expr(
                             sandbox::Column::State,
                             sea_orm::sea_query::Expr::value(SandboxState::Running.as_str()),
+                        )
+                        .col_expr(
+                            sandbox::Column::Worker,
+                            sea_orm::sea_query::Expr::value(worker),
                         )
                         .filter(sandbox::Column::Id.eq(id.as_str()))
                         .filter(sandbox::Column::TenantId.eq(tenant.as_str()))
@@ -245,23 +285,36 @@ impl TenantScope<'_> {
     }
 }
 
-/// Sandboxes of `worker` in state `starting` or `running` whose last use
-/// is before `idle_since` (or all of them, when `None`): `(tenant, id)`.
-/// Used by the worker's own housekeeping, across tenants.
-pub async fn sandboxes_of_worker(
+/// Sandboxes not lost whose last use is before `idle_since`, across
+/// tenants (for the idle timeout): `(tenant, id, run)`.
+pub async fn idle_sandboxes(
     db: &DatabaseConnection,
-    worker: &str,
-    idle_since: Option<DateTime<Utc>>,
-) -> Result<Vec<(TenantId, SandboxId)>> {
-    let mut query = sandbox::Entity::find()
-        .filter(sandbox::Column::Worker.eq(worker))
-        .filter(sandbox::Column::State.ne(SandboxState::Lost.as_str()));
-    if let Some(since) = idle_since {
-        query = query.filter(sandbox::Column::LastUsedAt.lt(since));
-    }
-    let rows = query.all(db).await?;
+    idle_since: DateTime<Utc>,
+) -> Result<Vec<(TenantId, SandboxId, Option<String>)>> {
+    let rows = sandbox::Entity::find()
+        .filter(sandbox::Column::State.ne(SandboxState::Lost.as_str()))
+        .filter(sandbox::Column::LastUsedAt.lt(idle_since))
+        .all(db)
+        .await?;
     Ok(rows
         .into_iter()
-        .map(|r| Ok((TenantId::parse(&r.tenant_id)?, SandboxId::parse(&r.id)?)))
+        .map(|r| {
+            Ok((
+                TenantId::parse(&r.tenant_id)?,
+                SandboxId::parse(&r.id)?,
+                r.run_id,
+            ))
+        })
         .collect::<anyhow::Result<_>>()?)
+}
+
+/// Records as lost every running sandbox whose run has ended (its worker
+/// restarted or was lost, or the run was stopped); returns how many.
+pub async fn mark_ended_sandboxes_lost(db: &DatabaseConnection) -> Result<u64> {
+    // Constant text, the same on SQLite and PostgreSQL.
+    let sql = "UPDATE sandboxes SET state = 'lost' WHERE state = 'running' AND \
+               (run_id IS NULL OR run_id IN (SELECT id FROM runs WHERE state IN \
+               ('succeeded', 'failed', 'cancelled', 'lost')))";
+    use sea_orm::ConnectionTrait;
+    Ok(db.execute_unprepared(sql).await?.rows_affected())
 }

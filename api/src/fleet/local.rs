@@ -5,9 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use carapace_runtime::Runtime;
 use carapace_runtime::worker::{Link, Worker, WorkerConfig};
-use carapace_runtime::{Runtime, capacity};
-use carapace_scheduler::protocol::Resources;
 use carapace_scheduler::store;
 
 use super::Fleet;
@@ -25,26 +24,30 @@ pub async fn start_local_worker(
     let id = store::register_local(&fleet.db, &name)
         .await
         .map_err(|e| anyhow::anyhow!("cannot register the in-process worker: {e}"))?;
-    let host = capacity::probe().ok();
     let config = WorkerConfig {
-        capacity: Resources {
-            cpu_millis: host.map_or(1000, |c| c.cpus_millis),
-            memory_mib: host.map_or(1024, |c| c.memory_bytes >> 20),
-            slots: fleet.config.local_slots,
-        },
+        capacity: carapace_runtime::worker::default_capacity(fleet.config.local_slots),
         images,
         services: vec![(SERVICE_HOST.to_owned(), 80, service_addr)],
     };
     let worker = Worker::new(runtime, config);
-    tracing::info!(worker = %id, name, "in-process worker ready");
-    Ok(tokio::spawn(async move {
+    let welcomed = worker.clone();
+    let worker_id = id.clone();
+    let task = tokio::spawn(async move {
         loop {
             let (link, end) = Link::pair();
-            let serving = tokio::spawn(fleet.clone().serve(id.clone(), end));
+            let serving = tokio::spawn(fleet.clone().serve(worker_id.clone(), end));
             let ended = worker.session(link).await;
             serving.abort();
             tracing::warn!(?ended, "in-process worker session ended; reconnecting");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    }))
+    });
+    // Ready when the fleet knows it: a sandbox asked for right after start
+    // finds a worker.
+    if welcomed.wait_welcomed(Duration::from_secs(10)).await {
+        tracing::info!(worker = %id, name, "in-process worker ready");
+    } else {
+        tracing::warn!(worker = %id, name, "in-process worker not welcomed within 10 s");
+    }
+    Ok(task)
 }

@@ -9,6 +9,7 @@
 //! A worker that connects to another replica after a restart of this one
 //! gets what was placed on it in its welcome.
 
+mod calls;
 mod local;
 mod session;
 
@@ -22,6 +23,7 @@ use sea_orm::DatabaseConnection;
 use serde::Deserialize;
 use tokio::sync::{Notify, mpsc};
 
+pub use calls::{CallReply, CallRouteError};
 pub use local::start_local_worker;
 
 /// The `[scheduler]` table as written.
@@ -31,7 +33,8 @@ pub struct SchedulerArgs {
     /// Whether `carapace serve` runs a worker in-process (when this host
     /// can run sandboxes). [default: true]
     pub local_worker: Option<bool>,
-    /// Runs the in-process worker takes at once. [default: 8]
+    /// Runs (interactive sandboxes included) the in-process worker takes at
+    /// once. [default: 64]
     pub local_slots: Option<u64>,
     /// How often workers send heartbeats, milliseconds. [default: 2000]
     pub heartbeat_interval_ms: Option<u64>,
@@ -74,7 +77,7 @@ impl SchedulerArgs {
                 "scheduler.worker_timeout_secs must be between 1 and 3600 and at least two heartbeat intervals"
             );
         }
-        let local_slots = self.local_slots.unwrap_or(8);
+        let local_slots = self.local_slots.unwrap_or(64);
         if !(1..=1000).contains(&local_slots) {
             anyhow::bail!("scheduler.local_slots must be between 1 and 1000");
         }
@@ -116,6 +119,10 @@ pub struct Fleet {
     wake: Notify,
     /// Cancellations already sent, so that each goes out once.
     cancels_sent: Mutex<HashSet<Lease>>,
+    /// Calls to interactive sandboxes in flight.
+    calls: calls::Calls,
+    /// Bumped whenever this replica applies a report.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Fleet {
@@ -128,12 +135,40 @@ impl Fleet {
             generation: std::sync::atomic::AtomicU64::new(0),
             wake: Notify::new(),
             cancels_sent: Mutex::default(),
+            calls: calls::Calls::default(),
+            changes: tokio::sync::watch::Sender::new(0),
         })
     }
 
     /// The settings.
     pub fn config(&self) -> &SchedulerConfig {
         &self.config
+    }
+
+    fn run_changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Waits until `run` of `tenant` satisfies `done`, or `within` passes;
+    /// returns the run as last read. Re-reads it whenever this replica
+    /// applies a report, and every 100 ms for reports applied elsewhere.
+    pub async fn wait_run(
+        &self,
+        tenant: &str,
+        run: &str,
+        within: Duration,
+        done: impl Fn(&store::Run) -> bool,
+    ) -> Result<store::Run, store::Error> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut changes = self.changes.subscribe();
+        loop {
+            let current = store::runs::get(&self.db, tenant, run).await?;
+            if done(&current) || tokio::time::Instant::now() >= deadline {
+                return Ok(current);
+            }
+            let wait = tokio::time::Instant::now() + Duration::from_millis(100);
+            let _ = tokio::time::timeout_at(wait.min(deadline), changes.changed()).await;
+        }
     }
 
     /// Asks for a placement round now (a run was queued, capacity freed).

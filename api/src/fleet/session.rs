@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use carapace_runtime::worker::link::ControlEnd;
-use carapace_scheduler::protocol::{ControlMessage, VERSION, WorkerMessage};
+use carapace_scheduler::protocol::{ControlMessage, Lease, RunEvent, VERSION, WorkerMessage};
 use carapace_scheduler::store::{self, ReportOutcome};
 
 use super::Fleet;
@@ -80,6 +80,11 @@ impl Fleet {
         let reason = self.converse(&worker, generation, &mut end).await;
         tracing::info!(worker, reason, "worker session ended");
         self.disconnect(&worker, Some(generation));
+        // Calls in flight on this link get no answer; a newer link's calls
+        // are its own.
+        if self.sender(&worker).is_none() {
+            self.fail_calls(&worker);
+        }
     }
 
     async fn converse(&self, worker: &str, generation: u64, end: &mut ControlEnd) -> &'static str {
@@ -93,61 +98,106 @@ impl Fleet {
             if !self.is_current(worker, generation) {
                 return "replaced or declared lost";
             }
-            match message {
-                WorkerMessage::Hello { .. } => return "a second hello",
-                WorkerMessage::Heartbeat { runs } => match store::heartbeat(&self.db, worker).await
-                {
-                    Ok(true) => {
-                        let _ = end.tx.send(ControlMessage::HeartbeatAck).await;
-                        let grace = self.config.heartbeat_interval * 2;
-                        match store::workers::reconcile(&self.db, worker, &runs, grace).await {
-                            Ok(found) => {
-                                if !found.recovered.is_empty() {
-                                    tracing::warn!(
-                                        worker,
-                                        runs = found.recovered.len(),
-                                        "runs the worker no longer holds recovered"
-                                    );
-                                    self.wake();
-                                }
-                                for (lease, spec) in found.restart {
-                                    let _ =
-                                        end.tx.send(ControlMessage::Start { lease, spec }).await;
-                                }
-                            }
-                            Err(e) => tracing::warn!(worker, error = %e, "heartbeat check failed"),
-                        }
-                    }
-                    Ok(false) => return "declared lost; it must say hello again",
-                    Err(e) => tracing::warn!(worker, error = %e, "heartbeat not recorded"),
-                },
+            let outcome = match message {
+                WorkerMessage::Hello { .. } => Err("a second hello"),
+                WorkerMessage::Heartbeat { runs } => self.on_heartbeat(worker, &runs, end).await,
                 WorkerMessage::Report { seq, lease, event } => {
-                    match store::apply_report(&self.db, worker, &lease, &event).await {
-                        Ok(ReportOutcome::Applied(state)) => {
-                            tracing::info!(worker, run = %lease.run, state = state.as_str(), "run report");
-                            if state.is_terminal() {
-                                self.wake();
-                            }
-                        }
-                        Ok(ReportOutcome::Unchanged) => {}
-                        Ok(ReportOutcome::Refused { reason, tenant }) => {
-                            tracing::warn!(worker, run = %lease.run, epoch = lease.epoch, reason, "report refused (fenced)");
-                            self.audit_refusal(worker, &lease.run, tenant.as_deref(), &reason)
-                                .await;
-                            let refused = ControlMessage::Refused { lease, reason };
-                            let _ = end.tx.send(refused).await;
-                        }
-                        Err(e) => {
-                            // Not applied nor acknowledged: the worker sends
-                            // it again on its next connection.
-                            tracing::warn!(worker, run = %lease.run, error = %e, "report not recorded");
-                            return "a report could not be recorded";
-                        }
-                    }
-                    let _ = end.tx.send(ControlMessage::ReportAck { seq }).await;
+                    self.on_report(worker, seq, lease, event, end).await
                 }
+                WorkerMessage::CallChunk { call, part, data } => {
+                    self.call_chunk(worker, call, part, &data);
+                    Ok(())
+                }
+                WorkerMessage::CallDone { call, result } => {
+                    self.call_done(worker, call, result);
+                    Ok(())
+                }
+            };
+            if let Err(reason) = outcome {
+                return reason;
             }
         }
+    }
+
+    /// Records a heartbeat and compares the runs the worker holds with its
+    /// leases.
+    async fn on_heartbeat(
+        &self,
+        worker: &str,
+        runs: &[Lease],
+        end: &ControlEnd,
+    ) -> Result<(), &'static str> {
+        match store::heartbeat(&self.db, worker).await {
+            Ok(true) => {}
+            Ok(false) => return Err("declared lost; it must say hello again"),
+            Err(e) => {
+                tracing::warn!(worker, error = %e, "heartbeat not recorded");
+                return Ok(());
+            }
+        }
+        let _ = end.tx.send(ControlMessage::HeartbeatAck).await;
+        let grace = self.config.heartbeat_interval * 2;
+        let found = match store::workers::reconcile(&self.db, worker, runs, grace).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(worker, error = %e, "heartbeat check failed");
+                return Ok(());
+            }
+        };
+        if !found.recovered.is_empty() {
+            tracing::warn!(
+                worker,
+                runs = found.recovered.len(),
+                "runs the worker no longer holds recovered"
+            );
+            self.run_changed();
+            self.wake();
+        }
+        for (lease, spec) in found.restart {
+            let _ = end.tx.send(ControlMessage::Start { lease, spec }).await;
+        }
+        for lease in found.unknown {
+            tracing::warn!(worker, run = %lease.run, "the worker holds a run that is not its own: stopping it");
+            let reason = "the run is not leased to this worker".to_owned();
+            let _ = end.tx.send(ControlMessage::Refused { lease, reason }).await;
+        }
+        Ok(())
+    }
+
+    /// Applies a report (or refuses it) and acknowledges it.
+    async fn on_report(
+        &self,
+        worker: &str,
+        seq: u64,
+        lease: Lease,
+        event: RunEvent,
+        end: &ControlEnd,
+    ) -> Result<(), &'static str> {
+        match store::apply_report(&self.db, worker, &lease, &event).await {
+            Ok(ReportOutcome::Applied(state)) => {
+                tracing::info!(worker, run = %lease.run, state = state.as_str(), "run report");
+                self.run_changed();
+                if state.is_terminal() {
+                    self.wake();
+                }
+            }
+            Ok(ReportOutcome::Unchanged) => {}
+            Ok(ReportOutcome::Refused { reason, tenant }) => {
+                tracing::warn!(worker, run = %lease.run, epoch = lease.epoch, reason, "report refused (fenced)");
+                self.audit_refusal(worker, &lease.run, tenant.as_deref(), &reason)
+                    .await;
+                let refused = ControlMessage::Refused { lease, reason };
+                let _ = end.tx.send(refused).await;
+            }
+            Err(e) => {
+                // Not applied nor acknowledged: the worker sends it again
+                // on its next connection.
+                tracing::warn!(worker, run = %lease.run, error = %e, "report not recorded");
+                return Err("a report could not be recorded");
+            }
+        }
+        let _ = end.tx.send(ControlMessage::ReportAck { seq }).await;
+        Ok(())
     }
 
     /// Records a refused report in the run's tenant's audit log.

@@ -4,7 +4,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::routes::{
-    agents, api_keys, audit, memory, ops, providers, sandbox_exec, sandboxes, tenant, usage,
+    admin, agents, api_keys, audit, memory, ops, providers, runs, sandbox_calls, sandbox_exec,
+    sandboxes, tenant, usage, workers,
 };
 
 /// The whole API.
@@ -43,8 +44,15 @@ use super::routes::{
         sandboxes::get_sandbox,
         sandboxes::delete_sandbox,
         sandbox_exec::exec,
-        sandboxes::upload,
-        sandboxes::download,
+        sandbox_calls::upload,
+        sandbox_calls::download,
+        runs::create_run,
+        runs::list_runs,
+        runs::get_run,
+        runs::cancel_run,
+        workers::join,
+        admin::list_workers,
+        admin::drain_worker,
         crate::gateway::proxy::chat_completions,
         crate::gateway::proxy::messages,
         crate::gateway::proxy::models,
@@ -62,6 +70,8 @@ use super::routes::{
         (name = "agents", description = "A tenant's agents"),
         (name = "memory", description = "An agent's encrypted, versioned memory: raw bytes in and out"),
         (name = "sandboxes", description = "Hardened containers: run commands, move files in and out of /workspace"),
+        (name = "runs", description = "Commands in fresh sandboxes, queued durably and placed on workers"),
+        (name = "workers", description = "Worker nodes joining the control plane (not for tenants)"),
         (name = "providers", description = "A tenant's own model provider keys, stored encrypted"),
         (name = "gateway", description = "OpenAI- and Anthropic-compatible model gateway; \
             authenticate with a key holding the `gateway` scope (Bearer or `x-api-key`)"),
@@ -81,6 +91,15 @@ impl Modify for BearerAuth {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some("An API key, `cpk_…`"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The operator's `admin_token`"))
                     .build(),
             ),
         );

@@ -12,6 +12,7 @@
 //! a run the control plane no longer grants (not kept at hello, a report
 //! refused) is stopped and its sandbox deleted.
 
+mod calls;
 pub mod link;
 mod run;
 
@@ -24,7 +25,7 @@ use std::time::Duration;
 use carapace_scheduler::protocol::{
     ControlMessage, Lease, Resources, RunEvent, RunSpec, VERSION, WorkerMessage,
 };
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use link::Link;
 
@@ -63,6 +64,14 @@ pub struct Worker {
     held: Mutex<HashMap<String, Held>>,
     outbox: Mutex<Outbox>,
     outbox_ready: Notify,
+    /// Where this session's call answers go.
+    calls_out: Mutex<Option<mpsc::Sender<WorkerMessage>>>,
+    /// Bytes uploaded for file writes, by call.
+    uploads: Mutex<HashMap<u64, Vec<u8>>>,
+    /// Calls whose upload went over a limit.
+    oversize: Mutex<std::collections::HashSet<u64>>,
+    /// Welcomes received so far.
+    welcomes: tokio::sync::watch::Sender<u64>,
 }
 
 /// Reports on their way: not sent yet, or sent and not acknowledged (sent
@@ -83,6 +92,23 @@ pub enum SessionEnd {
     Silent,
 }
 
+/// How many times over a worker offers its CPU by default: a run's
+/// `cpu_millis` is a ceiling, not a reservation (an idle sandbox uses
+/// none), so CPU is shared; memory limits are hard and are not
+/// overcommitted.
+pub const CPU_OVERCOMMIT: u64 = 4;
+
+/// What this host offers to runs by default: its CPU (as its cgroup allows)
+/// [`CPU_OVERCOMMIT`] times over, its memory once, and `slots` sandboxes.
+pub fn default_capacity(slots: u64) -> Resources {
+    let host = crate::capacity::probe().ok();
+    Resources {
+        cpu_millis: host.map_or(1000, |c| c.cpus_millis) * CPU_OVERCOMMIT,
+        memory_mib: host.map_or(1024, |c| c.memory_bytes >> 20),
+        slots,
+    }
+}
+
 /// How long to wait for the welcome, and for anything after it.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -95,12 +121,25 @@ impl Worker {
             held: Mutex::default(),
             outbox: Mutex::default(),
             outbox_ready: Notify::new(),
+            calls_out: Mutex::default(),
+            uploads: Mutex::default(),
+            oversize: Mutex::default(),
+            welcomes: tokio::sync::watch::Sender::new(0),
         })
     }
 
     /// The sandbox runtime.
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.runtime
+    }
+
+    /// Waits until a control plane has welcomed this worker at least once,
+    /// or `within` passes; whether it has.
+    pub async fn wait_welcomed(&self, within: Duration) -> bool {
+        let mut welcomes = self.welcomes.subscribe();
+        tokio::time::timeout(within, welcomes.wait_for(|n| *n > 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// The leases of the runs it holds.
@@ -165,8 +204,18 @@ impl Worker {
             return SessionEnd::Disconnected("the first message was not a welcome".into());
         };
         tracing::info!(worker, kept = keep.len(), "connected to the control plane");
+        self.welcomes.send_modify(|n| *n += 1);
         self.resend_unacknowledged();
         self.stop_all_but(&keep);
+        let (calls_tx, mut calls_rx) = mpsc::channel(64);
+        *self
+            .calls_out
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(calls_tx);
+        self.uploads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
         let every = Duration::from_millis(heartbeat_ms.clamp(100, 60_000));
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -198,6 +247,11 @@ impl Worker {
                     }
                 }
                 () = self.outbox_ready.notified() => {}
+                Some(answer) = calls_rx.recv() => {
+                    if link.tx.send(answer).await.is_err() {
+                        return SessionEnd::Disconnected("the link closed".into());
+                    }
+                }
             }
         }
     }
@@ -252,6 +306,12 @@ impl Worker {
             ControlMessage::Drain => tracing::info!("drained: no new runs will come"),
             ControlMessage::HeartbeatAck => {}
             ControlMessage::ReportAck { seq } => self.acknowledge(seq),
+            ControlMessage::Upload { call, data } => self.upload(call, &data),
+            ControlMessage::Call {
+                call,
+                lease,
+                request,
+            } => self.call(call, lease, request),
             ControlMessage::Welcome { .. } => {
                 tracing::warn!("unexpected second welcome ignored");
             }
@@ -298,6 +358,13 @@ impl Worker {
         self.runtime.handle().spawn(async move {
             worker.execute(lease, spec, stopped).await;
         });
+    }
+
+    fn calls_out(&self) -> Option<mpsc::Sender<WorkerMessage>> {
+        self.calls_out
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn release(&self, run: &str) {

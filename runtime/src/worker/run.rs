@@ -53,6 +53,12 @@ impl Worker {
             return;
         }
         say(RunEvent::Running);
+        if spec.interactive {
+            // Up until cancelled; calls reach it meanwhile.
+            let how = stopped.await.unwrap_or(Stop::Fenced);
+            self.finish(id, how, &say).await;
+            return;
+        }
         let exec = Exec {
             argv: spec.command.clone(),
             env: spec.env.clone(),

@@ -342,7 +342,17 @@ pub async fn reconcile(
     let cutoff = Utc::now() - grace;
     let held: HashSet<&Lease> = held.iter().collect();
     let mut outcome = Reconciled::default();
-    for run in runs::leased_to(db, id).await? {
+    let leased = runs::leased_to(db, id).await?;
+    let known: HashSet<Lease> = leased
+        .iter()
+        .filter_map(|r| r.lease().map(|(_, l)| l))
+        .collect();
+    outcome.unknown = held
+        .iter()
+        .filter(|l| !known.contains(l))
+        .map(|l| (*l).clone())
+        .collect();
+    for run in leased {
         let Some((_, lease)) = run.lease() else {
             continue;
         };
@@ -370,6 +380,9 @@ pub struct Reconciled {
     pub recovered: Vec<(Lease, Option<RunState>)>,
     /// Placed runs to send to the worker again.
     pub restart: Vec<(Lease, RunSpec)>,
+    /// Leases the worker holds that are not its own (any more): the run
+    /// ended, moved, or was deleted with its tenant. It must stop them.
+    pub unknown: Vec<Lease>,
 }
 
 /// Declares lost every worker silent for longer than `window`, and

@@ -10,6 +10,7 @@ pub mod memory;
 pub mod ops;
 pub mod providers;
 pub mod runs;
+pub mod sandbox_calls;
 pub mod sandbox_exec;
 pub mod sandbox_stream;
 pub mod sandboxes;

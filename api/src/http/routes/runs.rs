@@ -213,6 +213,7 @@ pub async fn create_run(
             timeout_s,
             limits,
             egress_allow,
+            interactive: false,
         },
         max_attempts,
     };

@@ -8,7 +8,10 @@ use actix_web::http::header;
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 
-use super::sandboxes::{invalid, running, worker_error};
+use carapace_scheduler::protocol::{CallRequest, CallResult, encode};
+
+use super::sandbox_calls::{call, call_error, collect, running};
+use super::sandboxes::invalid;
 use crate::auth::extract::{Caller, UseSandboxes};
 use crate::error::Error;
 use crate::state::AppState;
@@ -114,38 +117,58 @@ pub async fn exec(
     query: web::Query<ExecQuery>,
     body: web::Json<ExecBody>,
 ) -> Result<HttpResponse, Error> {
-    let service = &state.sandboxes;
-    let request = exec_request(body.into_inner(), service.config().max_exec_timeout)?;
-    let runtime = service.runtime()?;
-    let id = running(&caller, &state, &id).await?;
-    if query.stream.unwrap_or(false) {
-        let events = match runtime.exec_stream(id.as_str(), request).await {
-            Ok(events) => events,
-            Err(e) => return Err(worker_error(&caller, &state, &id, e).await),
-        };
-        let body =
-            super::sandbox_stream::body(events, state.db.clone(), caller.tenant_id().clone(), id);
+    let exec = exec_request(body.into_inner(), state.sandboxes.config().max_exec_timeout)?;
+    let target = running(&caller, &state, &id).await?;
+    let stream = query.stream.unwrap_or(false);
+    let request = CallRequest::Exec {
+        argv: exec.argv,
+        env: exec.env,
+        stdin: encode(&exec.stdin),
+        timeout_ms: u64::try_from(exec.timeout.as_millis()).unwrap_or(u64::MAX),
+        stream,
+    };
+    let started = Instant::now();
+    let replies = call(&caller, &state, &target, request, None).await?;
+    if stream {
+        let body = super::sandbox_stream::body(
+            replies,
+            state.db.clone(),
+            caller.tenant_id().clone(),
+            target.id,
+        );
         return Ok(HttpResponse::Ok()
             .content_type("text/event-stream")
             .insert_header((header::CACHE_CONTROL, "no-cache"))
             .streaming(body));
     }
-    let started = Instant::now();
-    let result = match runtime.exec(id.as_str(), request).await {
-        Ok(result) => result,
-        Err(e) => return Err(worker_error(&caller, &state, &id, e).await),
+    let answer = collect(replies).await?;
+    let CallResult::Exec {
+        exit_code,
+        timed_out,
+        stdout_truncated,
+        stderr_truncated,
+        error,
+        oom_killed,
+    } = answer.result
+    else {
+        return Err(match answer.result {
+            CallResult::Failed { error, message } => {
+                call_error(&caller, &state, &target.id, error, message).await
+            }
+            _ => Error::Unavailable("the sandbox answered the wrong call".into()),
+        });
     };
     // The idle timeout counts from the end of the last command.
-    caller.scope(&state.db).touch_sandbox(&id).await?;
+    caller.scope(&state.db).touch_sandbox(&target.id).await?;
     Ok(HttpResponse::Ok().json(ExecView {
-        exit_code: result.exit_code,
-        stdout: String::from_utf8_lossy(&result.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&result.stderr).into_owned(),
-        stdout_truncated: result.stdout_truncated,
-        stderr_truncated: result.stderr_truncated,
-        timed_out: result.timed_out,
-        error: result.error,
-        oom_killed: result.oom_killed,
+        exit_code,
+        stdout: String::from_utf8_lossy(&answer.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&answer.stderr).into_owned(),
+        stdout_truncated,
+        stderr_truncated,
+        timed_out,
+        error,
+        oom_killed,
         duration_ms: started.elapsed().as_millis() as u64,
     }))
 }

@@ -11,13 +11,14 @@
 use std::time::Instant;
 
 use actix_web::web::Bytes;
-use carapace_runtime::sandbox::StreamEvent;
+use carapace_scheduler::protocol::{CallResult, Part};
 use futures_util::Stream;
 use sea_orm::DatabaseConnection;
 use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::db::TenantScope;
+use crate::fleet::CallReply;
 use crate::ids::{SandboxId, TenantId};
 
 /// Turns bytes into text without splitting a character: returns what can
@@ -40,7 +41,7 @@ fn event(name: &str, data: serde_json::Value) -> Bytes {
 }
 
 struct State {
-    events: mpsc::Receiver<StreamEvent>,
+    events: mpsc::UnboundedReceiver<CallReply>,
     carry: [Vec<u8>; 2],
     started: Instant,
     done: bool,
@@ -50,7 +51,7 @@ struct State {
 /// The SSE body for a streamed command; touches the sandbox's last use
 /// when the command ends.
 pub fn body(
-    events: mpsc::Receiver<StreamEvent>,
+    events: mpsc::UnboundedReceiver<CallReply>,
     db: DatabaseConnection,
     tenant: TenantId,
     sandbox: SandboxId,
@@ -67,13 +68,26 @@ pub fn body(
             return None;
         }
         let chunk = match s.events.recv().await {
-            Some(StreamEvent::Stdout(data)) => {
+            Some(CallReply::Chunk(Part::Stdout, data)) => {
                 event("stdout", json!({"text": decode(&mut s.carry[0], data)}))
             }
-            Some(StreamEvent::Stderr(data)) => {
+            Some(CallReply::Chunk(Part::Stderr, data)) => {
                 event("stderr", json!({"text": decode(&mut s.carry[1], data)}))
             }
-            Some(StreamEvent::Done(result)) => {
+            Some(CallReply::Chunk(Part::File, _)) => {
+                s.done = true;
+                event(
+                    "error",
+                    json!({"detail": "the sandbox answered the wrong call"}),
+                )
+            }
+            Some(CallReply::Done(CallResult::Exec {
+                exit_code,
+                timed_out,
+                error,
+                oom_killed,
+                ..
+            })) => {
                 s.done = true;
                 if let Some((db, tenant, sandbox)) = s.touch.take() {
                     let _ = TenantScope::new(&db, &tenant).touch_sandbox(&sandbox).await;
@@ -89,18 +103,25 @@ pub fn body(
                     }
                 }
                 let exit = json!({
-                    "exit_code": result.exit_code,
-                    "timed_out": result.timed_out,
-                    "error": result.error,
-                    "oom_killed": result.oom_killed,
+                    "exit_code": exit_code,
+                    "timed_out": timed_out,
+                    "error": error,
+                    "oom_killed": oom_killed,
                     "duration_ms": s.started.elapsed().as_millis() as u64,
                 });
                 out.push_str(&format!("event: exit\ndata: {exit}\n\n"));
                 Bytes::from(out)
             }
-            Some(StreamEvent::Failed(detail)) => {
+            Some(CallReply::Done(CallResult::Failed { message, .. })) => {
                 s.done = true;
-                event("error", json!({"detail": detail}))
+                event("error", json!({"detail": message}))
+            }
+            Some(CallReply::Done(_)) => {
+                s.done = true;
+                event(
+                    "error",
+                    json!({"detail": "the sandbox answered the wrong call"}),
+                )
             }
             None => {
                 s.done = true;

@@ -6,10 +6,10 @@
 use std::time::{Duration, Instant};
 
 use actix_web::http::header;
-use actix_web::web::Bytes;
 use actix_web::{HttpResponse, web};
+use carapace_scheduler::RunState;
+use carapace_scheduler::store::{self, WorkerState};
 use chrono::{DateTime, Utc};
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::Outcome;
@@ -18,7 +18,7 @@ use crate::db::{NewSandbox, Sandbox, SandboxState};
 use crate::error::Error;
 use crate::http::problem::{self, method_not_allowed};
 use crate::http::validate;
-use crate::ids::SandboxId;
+use crate::ids::{RunId, SandboxId};
 use crate::state::AppState;
 
 /// Registers the routes.
@@ -43,8 +43,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .service(
         web::resource("/v1/sandboxes/{id}/files/{path:.*}")
-            .route(web::put().to(upload))
-            .route(web::get().to(download))
+            .route(web::put().to(super::sandbox_calls::upload))
+            .route(web::get().to(super::sandbox_calls::download))
             .default_service(web::to(method_not_allowed)),
     );
 }
@@ -113,8 +113,11 @@ pub struct SandboxView {
     image: String,
     egress_allow: Vec<String>,
     limits: LimitsView,
-    /// `starting`, `running`, or `lost` (its worker restarted: delete it).
+    /// `starting`, `running`, or `lost` (its worker restarted or was lost:
+    /// delete it).
     state: String,
+    /// The interactive run that holds it on a worker (`GET /v1/runs/{id}`).
+    run_id: Option<String>,
     created_at: DateTime<Utc>,
     last_used_at: DateTime<Utc>,
     /// Deleted after this long without an exec or file transfer.
@@ -129,6 +132,7 @@ impl SandboxView {
             egress_allow: s.egress_allow,
             limits: LimitsView::from(s.limits),
             state: s.state.as_str().to_owned(),
+            run_id: s.run_id,
             created_at: s.created_at,
             last_used_at: s.last_used_at,
             idle_timeout_s: idle_timeout.as_secs(),
@@ -173,7 +177,13 @@ pub(super) fn limits(body: Option<LimitsBody>) -> Result<carapace_runtime::Limit
     }
 }
 
-/// Create a sandbox and start it.
+/// How long a new sandbox may wait for a worker and start.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a deletion waits for the worker to remove the container.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Create a sandbox and start it: an interactive run, placed by the
+/// scheduler on a worker that offers its image.
 #[utoipa::path(
     post, path = "/v1/sandboxes", tag = "sandboxes",
     request_body = CreateSandbox,
@@ -181,7 +191,7 @@ pub(super) fn limits(body: Option<LimitsBody>) -> Result<carapace_runtime::Limit
         (status = 201, description = "Created and running", body = SandboxView),
         (status = 409, description = "Too many sandboxes", body = crate::http::problem::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid field", body = crate::http::problem::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "This server runs no sandboxes, or none could start", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "No worker can run it, or it could not start", body = crate::http::problem::Problem, content_type = "application/problem+json"),
     ),
     security(("api_key" = []))
 )]
@@ -194,74 +204,94 @@ pub async fn create_sandbox(
     let image = validate::image(body.image.as_deref().unwrap_or("builtin"))?;
     let egress_allow = validate::hosts(body.egress_allow.unwrap_or_default())?;
     let limits = limits(body.limits)?;
-    let service = state.sandboxes.clone();
-    let runtime = service.runtime_arc()?;
-    service.check_offered(&image)?;
+    state.sandboxes.check_offered(&image)?;
+    // Fail fast when no worker could take it.
+    let workers = store::list_workers(&state.db)
+        .await
+        .map_err(crate::db::store_error)?;
+    if !workers
+        .iter()
+        .any(|w| w.state == WorkerState::Active && w.images.contains(&image))
+    {
+        let local = state
+            .sandboxes
+            .local_unavailable()
+            .map(|why| format!("{why}, and "))
+            .unwrap_or_default();
+        return Err(Error::Unavailable(format!(
+            "{local}no connected worker offers the image {image}"
+        )));
+    }
     let scope = caller.scope(&state.db);
     let new = NewSandbox {
-        image: image.clone(),
+        image,
         egress_allow,
         limits,
-        worker: service.worker().to_owned(),
     };
-    // The record first: the quota holds before anything is prepared.
+    // The record and its run first: the quota holds before anything starts.
     let sandbox = scope
-        .create_sandbox(new, service.config().max_per_tenant)
+        .create_sandbox(new, state.sandboxes.config().max_per_tenant)
         .await?;
+    state.fleet.wake();
     // The rest runs to its end even if the client goes away, so that the
-    // record always ends running or deleted and nothing is left half made.
-    let (db, tenant, actor) = (
-        state.db.clone(),
+    // record always ends running or deleted.
+    let (app, tenant, actor) = (
+        state.clone(),
         caller.tenant_id().clone(),
         caller.actor().clone(),
     );
-    let id = sandbox.id.clone();
-    let (limits, egress) = (sandbox.limits, sandbox.egress_allow.clone());
-    // On the worker's runtime: the sandbox's sockets and tasks belong there,
-    // not to this HTTP worker thread.
-    let handle = runtime.handle().clone();
-    let started = handle.spawn(async move {
-        let scope = crate::db::TenantScope::new(&db, &tenant);
+    let started = tokio::spawn(async move {
+        let scope = crate::db::TenantScope::new(&app.db, &tenant);
+        let run_id = sandbox
+            .run_id
+            .clone()
+            .ok_or_else(|| Error::Unexpected(anyhow::anyhow!("a new sandbox without a run")))?;
         let begun = Instant::now();
-        let result = match service.image(&image).await {
-            Ok(rootfs) => runtime
-                .create(id.as_str(), service.spec(limits, &egress, rootfs))
-                .await
-                .map_err(|e| {
-                    tracing::error!(sandbox = %id, error = %e, "sandbox failed to start");
-                    match e {
-                        carapace_runtime::Error::Full => Error::Unavailable(
-                            "this server runs as many sandboxes as it can".into(),
-                        ),
-                        _ => Error::Unavailable("the sandbox could not be started".into()),
-                    }
-                }),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) => {
-                scope
-                    .sandbox_started(&id, actor.event("sandbox.create", Outcome::Success))
-                    .await?;
-                tracing::info!(sandbox = %id, tenant = %tenant, ms = begun.elapsed().as_millis() as u64, "sandbox started");
-                Ok(())
-            }
-            Err(e) => {
-                let event = actor
-                    .event("sandbox.create", Outcome::Failed)
-                    .reason("the sandbox could not be started");
-                scope.delete_sandbox(&id, Some(event)).await?;
-                Err(e)
-            }
+        let run = app
+            .fleet
+            .wait_run(tenant.as_str(), &run_id, START_TIMEOUT, |r| {
+                !matches!(
+                    r.state,
+                    RunState::Queued | RunState::Placed | RunState::Starting
+                )
+            })
+            .await
+            .map_err(crate::db::store_error)?;
+        if let (RunState::Running, Some(worker)) = (run.state, run.worker.as_deref()) {
+            scope
+                .sandbox_started(
+                    &sandbox.id,
+                    worker,
+                    actor.event("sandbox.create", Outcome::Success),
+                )
+                .await?;
+            tracing::info!(sandbox = %sandbox.id, tenant = %tenant, worker, ms = begun.elapsed().as_millis() as u64, "sandbox started");
+            return Ok(Sandbox {
+                state: SandboxState::Running,
+                worker: worker.to_owned(),
+                ..sandbox
+            });
         }
+        let why = if run.state == RunState::Queued {
+            "no worker had room for the sandbox in time".to_owned()
+        } else {
+            format!(
+                "the sandbox could not be started: {}",
+                run.reason.as_deref().unwrap_or("its worker gave no reason")
+            )
+        };
+        tracing::warn!(sandbox = %sandbox.id, run = %run.id, state = run.state.as_str(), why, "sandbox did not start");
+        let run = scope.stop_sandbox_run(&run_id).await?;
+        app.fleet.deliver_cancel(&run).await;
+        let event = actor
+            .event("sandbox.create", Outcome::Failed)
+            .reason(why.clone());
+        scope.delete_sandbox(&sandbox.id, Some(event)).await?;
+        Err(Error::Unavailable(why))
     });
-    started
+    let sandbox = started
         .await
         .map_err(|e| Error::Unexpected(anyhow::anyhow!("sandbox start task: {e}")))??;
-    let sandbox = Sandbox {
-        state: SandboxState::Running,
-        ..sandbox
-    };
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/v1/sandboxes/{}", sandbox.id)))
         .json(SandboxView::new(
@@ -279,13 +309,12 @@ pub async fn list_sandboxes(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Error> {
     let idle = state.sandboxes.config().idle_timeout;
-    let sandboxes = caller.scope(&state.db).sandboxes().await?;
-    Ok(HttpResponse::Ok().json(SandboxList {
-        data: sandboxes
-            .into_iter()
-            .map(|s| SandboxView::new(s, idle))
-            .collect(),
-    }))
+    let scope = caller.scope(&state.db);
+    let mut data = Vec::new();
+    for sandbox in scope.sandboxes().await? {
+        data.push(SandboxView::new(refresh(&scope, sandbox).await?, idle));
+    }
+    Ok(HttpResponse::Ok().json(SandboxList { data }))
 }
 
 /// One sandbox.
@@ -301,11 +330,37 @@ pub async fn get_sandbox(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, Error> {
-    let sandbox = caller.scope(&state.db).sandbox(&sandbox_id(&id)?).await?;
+    let scope = caller.scope(&state.db);
+    let sandbox = scope.sandbox(&sandbox_id(&id)?).await?;
     Ok(HttpResponse::Ok().json(SandboxView::new(
-        sandbox,
+        refresh(&scope, sandbox).await?,
         state.sandboxes.config().idle_timeout,
     )))
+}
+
+/// The sandbox with its state brought up to date: a running sandbox whose
+/// run has ended is lost (and recorded so).
+pub(super) async fn refresh(
+    scope: &crate::db::TenantScope<'_>,
+    sandbox: Sandbox,
+) -> Result<Sandbox, Error> {
+    if sandbox.state != SandboxState::Running {
+        return Ok(sandbox);
+    }
+    let run = match sandbox.run_id.as_deref().map(RunId::parse) {
+        Some(Ok(run)) => Some(scope.run(&run).await?),
+        _ => None,
+    };
+    if run.is_some_and(|r| r.state == RunState::Running) {
+        return Ok(sandbox);
+    }
+    scope
+        .set_sandbox_state(&sandbox.id, SandboxState::Lost)
+        .await?;
+    Ok(Sandbox {
+        state: SandboxState::Lost,
+        ..sandbox
+    })
 }
 
 /// Delete a sandbox: its processes are killed and its workspace is gone.
@@ -325,134 +380,28 @@ pub async fn delete_sandbox(
     let scope = caller.scope(&state.db);
     // Only a sandbox of this tenant is touched on the worker, and only
     // once its creation has finished one way or the other.
-    if scope.sandbox(&id).await?.state == SandboxState::Starting {
+    let sandbox = scope.sandbox(&id).await?;
+    if sandbox.state == SandboxState::Starting {
         return Err(Error::Conflict(
             "the sandbox is still starting; delete it once it runs".into(),
         ));
     }
-    state.sandboxes.remove(&id).await;
+    if let Some(run) = &sandbox.run_id {
+        let run = scope.stop_sandbox_run(run).await?;
+        state.fleet.deliver_cancel(&run).await;
+        // The worker removes the container and says so; a worker that is
+        // gone took it with it.
+        state
+            .fleet
+            .wait_run(caller.tenant_id().as_str(), &run.id, STOP_TIMEOUT, |r| {
+                r.state.is_terminal() || r.state == RunState::Lost
+            })
+            .await
+            .map_err(crate::db::store_error)?;
+    }
     let event = caller.actor().event("sandbox.delete", Outcome::Success);
     if !scope.delete_sandbox(&id, Some(event)).await? {
         return Err(Error::NotFound);
     }
     Ok(HttpResponse::NoContent().finish())
-}
-
-/// The tenant's running sandbox `raw`, ready for a command or a transfer.
-pub(super) async fn running(
-    caller: &Caller<UseSandboxes>,
-    state: &AppState,
-    raw: &str,
-) -> Result<SandboxId, Error> {
-    let id = sandbox_id(raw)?;
-    let scope = caller.scope(&state.db);
-    let sandbox = scope.sandbox(&id).await?;
-    match sandbox.state {
-        SandboxState::Running => {}
-        SandboxState::Starting => {
-            return Err(Error::Conflict("the sandbox is still starting".into()));
-        }
-        SandboxState::Lost => {
-            return Err(Error::Conflict(
-                "the sandbox was lost when its worker restarted; delete it and create another"
-                    .into(),
-            ));
-        }
-    }
-    // The idle timeout cannot take it while the request runs (the worker
-    // counts it busy); its clock restarts when the request ends.
-    Ok(id)
-}
-
-/// Maps a worker error on a running sandbox to the answer, recording a
-/// sandbox whose agent has gone as lost.
-pub(super) async fn worker_error(
-    caller: &Caller<UseSandboxes>,
-    state: &AppState,
-    id: &SandboxId,
-    e: carapace_runtime::Error,
-) -> Error {
-    match e {
-        carapace_runtime::Error::SandboxGone => {
-            let _ = caller
-                .scope(&state.db)
-                .set_sandbox_state(id, SandboxState::Lost)
-                .await;
-            Error::Conflict("the sandbox has stopped; delete it and create another".into())
-        }
-        carapace_runtime::Error::File(message) => invalid("path", message),
-        carapace_runtime::Error::Limits(message) => Error::LimitReached(message),
-        other => {
-            tracing::error!(sandbox = %id, error = %other, "sandbox request failed");
-            Error::Unavailable("the sandbox did not answer".into())
-        }
-    }
-}
-
-/// Write a file into the sandbox's `/workspace` (the body, raw bytes, at
-/// most 32 MiB; parent directories are created).
-#[utoipa::path(put, path = "/v1/sandboxes/{id}/files/{path}", tag = "sandboxes",
-    params(("id" = String, Path, description = "Sandbox id"), ("path" = String, Path, description = "Path under /workspace")),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses(
-        (status = 204, description = "Written"),
-        (status = 404, description = "No such sandbox in this tenant", body = crate::http::problem::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Larger than 32 MiB", body = crate::http::problem::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid path, or the sandbox could not write it", body = crate::http::problem::Problem, content_type = "application/problem+json"),
-    ),
-    security(("api_key" = [])))]
-pub async fn upload(
-    caller: Caller<UseSandboxes>,
-    state: web::Data<AppState>,
-    path: web::Path<(String, String)>,
-    mut body: web::Payload,
-) -> Result<HttpResponse, Error> {
-    let (raw_id, file) = path.into_inner();
-    let runtime = state.sandboxes.runtime()?;
-    let id = running(&caller, &state, &raw_id).await?;
-    let limit = carapace_runtime::sandbox::MAX_FILE as usize;
-    let mut data = Vec::new();
-    while let Some(chunk) = body.next().await {
-        let chunk =
-            chunk.map_err(|e| Error::InvalidQuery(format!("failed to read the body: {e}")))?;
-        if data.len() + chunk.len() > limit {
-            return Err(Error::PayloadTooLarge { limit });
-        }
-        data.extend_from_slice(&chunk);
-    }
-    match runtime.write_file(id.as_str(), &file, data).await {
-        Ok(()) => {
-            caller.scope(&state.db).touch_sandbox(&id).await?;
-            Ok(HttpResponse::NoContent().finish())
-        }
-        Err(e) => Err(worker_error(&caller, &state, &id, e).await),
-    }
-}
-
-/// Read a file from the sandbox's `/workspace` (raw bytes).
-#[utoipa::path(get, path = "/v1/sandboxes/{id}/files/{path}", tag = "sandboxes",
-    params(("id" = String, Path, description = "Sandbox id"), ("path" = String, Path, description = "Path under /workspace")),
-    responses(
-        (status = 200, description = "The file", content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 404, description = "No such sandbox in this tenant", body = crate::http::problem::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid path, missing file, or larger than 32 MiB", body = crate::http::problem::Problem, content_type = "application/problem+json"),
-    ),
-    security(("api_key" = [])))]
-pub async fn download(
-    caller: Caller<UseSandboxes>,
-    state: web::Data<AppState>,
-    path: web::Path<(String, String)>,
-) -> Result<HttpResponse, Error> {
-    let (raw_id, file) = path.into_inner();
-    let runtime = state.sandboxes.runtime()?;
-    let id = running(&caller, &state, &raw_id).await?;
-    match runtime.read_file(id.as_str(), &file).await {
-        Ok(data) => {
-            caller.scope(&state.db).touch_sandbox(&id).await?;
-            Ok(HttpResponse::Ok()
-                .content_type("application/octet-stream")
-                .body(Bytes::from(data)))
-        }
-        Err(e) => Err(worker_error(&caller, &state, &id, e).await),
-    }
 }

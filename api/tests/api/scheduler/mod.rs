@@ -7,7 +7,7 @@ mod fleet;
 mod runs;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use carapace_api::config::SettingsArgs;

@@ -1,0 +1,152 @@
+//! Calls to interactive sandboxes (the sandbox API's commands and file
+//! transfers), forwarded to the worker that holds the sandbox over its
+//! connection to this replica, and the answers routed back.
+
+use std::collections::HashMap;
+use std::sync::PoisonError;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use carapace_scheduler::protocol::{
+    CHUNK_BYTES, CallRequest, CallResult, ControlMessage, Lease, Part, decode, encode,
+};
+use tokio::sync::mpsc;
+
+use super::Fleet;
+
+/// Part of a call's answer, as the caller receives it.
+#[derive(Debug)]
+pub enum CallReply {
+    /// Bytes of one stream.
+    Chunk(Part, Vec<u8>),
+    /// The end. Nothing follows.
+    Done(CallResult),
+}
+
+/// Why a call could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum CallRouteError {
+    /// The worker holding the sandbox is not connected to this replica.
+    #[error("the sandbox's worker is not connected to this control-plane replica")]
+    NotHere,
+}
+
+pub(super) struct PendingCall {
+    worker: String,
+    run: String,
+    tx: mpsc::UnboundedSender<CallReply>,
+}
+
+/// The calls in flight on this replica.
+#[derive(Default)]
+pub(super) struct Calls {
+    next: AtomicU64,
+    pending: std::sync::Mutex<HashMap<u64, PendingCall>>,
+}
+
+impl Fleet {
+    /// Sends `request` (with `upload`'s bytes first, for a file write) to the
+    /// sandbox of `lease` on `worker`; the answer arrives on the returned
+    /// channel, which closes early if the worker's connection breaks.
+    pub async fn call(
+        &self,
+        worker: &str,
+        lease: Lease,
+        request: CallRequest,
+        upload: Option<Vec<u8>>,
+    ) -> Result<mpsc::UnboundedReceiver<CallReply>, CallRouteError> {
+        let sender = self.sender(worker).ok_or(CallRouteError::NotHere)?;
+        let call = self.calls.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.calls
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                call,
+                PendingCall {
+                    worker: worker.to_owned(),
+                    run: lease.run.clone(),
+                    tx,
+                },
+            );
+        let mut messages = Vec::new();
+        for chunk in upload.as_deref().unwrap_or_default().chunks(CHUNK_BYTES) {
+            messages.push(ControlMessage::Upload {
+                call,
+                data: encode(chunk),
+            });
+        }
+        messages.push(ControlMessage::Call {
+            call,
+            lease,
+            request,
+        });
+        for message in messages {
+            if sender.send(message).await.is_err() {
+                self.forget_call(call);
+                return Err(CallRouteError::NotHere);
+            }
+        }
+        Ok(rx)
+    }
+
+    /// Calls in flight on this replica to the sandbox of `run` (the idle
+    /// timeout leaves it alone meanwhile).
+    pub fn calls_in_flight(&self, run: &str) -> usize {
+        self.calls
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|c| c.run == run)
+            .count()
+    }
+
+    fn forget_call(&self, call: u64) {
+        self.calls
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&call);
+    }
+
+    pub(super) fn call_chunk(&self, worker: &str, call: u64, part: Part, data: &str) {
+        let Some(bytes) = decode(data) else {
+            tracing::warn!(worker, call, "a call chunk is not base64");
+            return;
+        };
+        let mut pending = self
+            .calls
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Only the worker the call went to may answer it.
+        if let Some(waiting) = pending.get(&call).filter(|c| c.worker == worker)
+            && waiting.tx.send(CallReply::Chunk(part, bytes)).is_err()
+        {
+            pending.remove(&call);
+        }
+    }
+
+    pub(super) fn call_done(&self, worker: &str, call: u64, result: CallResult) {
+        let mut pending = self
+            .calls
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if pending.get(&call).is_some_and(|c| c.worker == worker)
+            && let Some(waiting) = pending.remove(&call)
+        {
+            let _ = waiting.tx.send(CallReply::Done(result));
+        }
+    }
+
+    /// Ends every call in flight to `worker` (its connection broke).
+    pub(super) fn fail_calls(&self, worker: &str) {
+        self.calls
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, c| c.worker != worker);
+    }
+}
