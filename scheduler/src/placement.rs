@@ -19,8 +19,10 @@
 //!    most free slots (spreading the load by capacity), then the lowest id
 //!    (deterministic).
 //!
-//! A tenant whose next run fits nowhere is skipped for the rest of the round
-//! (its later, smaller runs do not overtake it).
+//! A tenant whose next run fits nowhere for lack of room is skipped for the
+//! rest of the round (its later, smaller runs do not overtake it). A run
+//! whose image none of the workers offers at all waits without holding up
+//! the runs behind it: no amount of freed room would place it here.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -100,6 +102,13 @@ pub fn plan(
             let Some(queue) = queues.get_mut(&tenant) else {
                 continue;
             };
+            // Runs no worker here could ever take step aside.
+            while queue
+                .front()
+                .is_some_and(|c| !workers.iter().any(|w| w.images.contains(&c.image)))
+            {
+                queue.pop_front();
+            }
             let Some(candidate) = queue.front() else {
                 continue;
             };
@@ -251,6 +260,21 @@ mod tests {
                 worker: "w2".into()
             }]
         );
+    }
+
+    #[test]
+    fn a_run_no_worker_offers_does_not_hold_up_its_tenant() {
+        let mut odd = run("a-0", "a");
+        odd.image = "nowhere:1".into();
+        let mut workers = vec![worker("w1", 4)];
+        let placed = plan(
+            vec![odd, run("a-1", "a")],
+            &mut workers,
+            &HashMap::new(),
+            100,
+        );
+        let runs: Vec<&str> = placed.iter().map(|a| a.run.as_str()).collect();
+        assert_eq!(runs, ["a-1"]);
     }
 
     #[test]

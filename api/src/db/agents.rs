@@ -142,6 +142,10 @@ impl TenantScope<'_> {
             .db()
             .transaction::<_, agent::Model, Error>(|txn| {
                 Box::pin(async move {
+                    // The write first (rolled back if there is no such
+                    // agent): on SQLite a transaction that reads first
+                    // cannot take the write lock once another has written.
+                    insert_audit(txn, audit.in_tenant(&tenant).target(id.to_string())).await?;
                     let row = agent::Entity::find_by_id(id.as_str())
                         .filter(agent::Column::TenantId.eq(tenant.as_str()))
                         .one(txn)
@@ -155,7 +159,6 @@ impl TenantScope<'_> {
                     active.egress_allow = Set(egress);
                     active.updated_at = Set(Utc::now());
                     let row = active.update(txn).await?;
-                    insert_audit(txn, audit.in_tenant(&tenant).target(id.to_string())).await?;
                     Ok(row)
                 })
             })

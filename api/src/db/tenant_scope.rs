@@ -3,7 +3,7 @@
 use chrono::Utc;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set, TransactionTrait,
+    QueryOrder, QuerySelect, TransactionTrait,
 };
 
 use super::entities::{api_key, audit_event, tenant};
@@ -101,19 +101,25 @@ impl<'a> TenantScope<'a> {
             .db
             .transaction::<_, Option<api_key::Model>, Error>(|txn| {
                 Box::pin(async move {
+                    // The write first: on SQLite a transaction that reads
+                    // first cannot take the write lock once another
+                    // connection has written.
+                    api_key::Entity::update_many()
+                        .col_expr(
+                            api_key::Column::RevokedAt,
+                            sea_orm::sea_query::Expr::value(Some(Utc::now())),
+                        )
+                        .filter(api_key::Column::Id.eq(id.as_str()))
+                        .filter(api_key::Column::TenantId.eq(tenant.as_str()))
+                        .filter(api_key::Column::RevokedAt.is_null())
+                        .exec(txn)
+                        .await?;
                     let Some(row) = api_key::Entity::find_by_id(id.as_str())
                         .filter(api_key::Column::TenantId.eq(tenant.as_str()))
                         .one(txn)
                         .await?
                     else {
                         return Ok(None);
-                    };
-                    let row = if row.revoked_at.is_none() {
-                        let mut active: api_key::ActiveModel = row.into();
-                        active.revoked_at = Set(Some(Utc::now()));
-                        active.update(txn).await?
-                    } else {
-                        row
                     };
                     insert_audit(txn, audit.in_tenant(&tenant).target(id.to_string())).await?;
                     Ok(Some(row))

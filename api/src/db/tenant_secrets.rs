@@ -182,6 +182,14 @@ impl TenantScope<'_> {
             .db()
             .transaction::<_, tenant_provider::Model, Error>(|txn| {
                 Box::pin(async move {
+                    // The write first (see `revoke_api_key`).
+                    insert_audit(
+                        txn,
+                        audit
+                            .in_tenant(&tenant)
+                            .target(format!("provider:{}", provider.name)),
+                    )
+                    .await?;
                     let existing = tenant_provider::Entity::find_by_id((
                         tenant.to_string(),
                         provider.name.clone(),
@@ -206,13 +214,6 @@ impl TenantScope<'_> {
                         }
                         None => active.insert(txn).await?,
                     };
-                    insert_audit(
-                        txn,
-                        audit
-                            .in_tenant(&tenant)
-                            .target(format!("provider:{}", row.name)),
-                    )
-                    .await?;
                     Ok(row)
                 })
             })

@@ -217,6 +217,11 @@ impl Fleet {
         }
     }
 
+    /// Closes a worker's connection to this replica, if it has one.
+    pub fn disconnect_worker(&self, worker: &str) {
+        self.disconnect(worker, None);
+    }
+
     /// Tells a worker connected here that it is drained.
     pub async fn tell_drained(&self, worker: &str) {
         self.send(worker, ControlMessage::Drain).await;

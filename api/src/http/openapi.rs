@@ -53,6 +53,8 @@ use super::routes::{
         workers::join,
         admin::list_workers,
         admin::drain_worker,
+        admin::resume_worker,
+        admin::revoke_worker,
         crate::gateway::proxy::chat_completions,
         crate::gateway::proxy::messages,
         crate::gateway::proxy::models,

@@ -23,7 +23,7 @@ pub use rounds::{Placed, place_round};
 pub use runs::{NewRun, Run, RunFilter};
 pub use workers::{
     Credential, HelloOutcome, JoinToken, WorkerInfo, WorkerState, authenticate, create_join_token,
-    drain, expire_workers, heartbeat, hello, join, list_workers, register_local,
+    drain, expire_workers, heartbeat, hello, join, list_workers, register_local, resume, revoke,
 };
 
 /// What went wrong in the scheduler's store.

@@ -507,6 +507,46 @@ pub async fn drain(db: &impl ConnectionTrait, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Takes a drained worker back: it gets new runs again.
+pub async fn resume(db: &impl ConnectionTrait, id: &str) -> Result<()> {
+    let found = worker::Entity::find_by_id(id)
+        .one(db)
+        .await?
+        .ok_or(Error::NotFound)?;
+    worker::Entity::update_many()
+        .col_expr(
+            worker::Column::State,
+            Expr::value(WorkerState::Active.as_str()),
+        )
+        .filter(worker::Column::Id.eq(found.id.as_str()))
+        .filter(worker::Column::State.eq(WorkerState::Draining.as_str()))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// Revokes a worker: its credential stops working and it is lost at once,
+/// so its runs are recovered by the next watchdog pass. Its name stays
+/// taken (the record is kept for the runs that name it).
+pub async fn revoke(db: &impl ConnectionTrait, id: &str) -> Result<()> {
+    let moved = worker::Entity::update_many()
+        .col_expr(
+            worker::Column::State,
+            Expr::value(WorkerState::Lost.as_str()),
+        )
+        .col_expr(
+            worker::Column::CredentialHash,
+            Expr::value(Option::<String>::None),
+        )
+        .filter(worker::Column::Id.eq(id))
+        .exec(db)
+        .await?;
+    if moved.rows_affected == 0 {
+        return Err(Error::NotFound);
+    }
+    Ok(())
+}
+
 /// The runs of a worker (for its operator view and tests).
 pub async fn runs_of(db: &impl ConnectionTrait, id: &str) -> Result<Vec<Run>> {
     runs::leased_to(db, id).await

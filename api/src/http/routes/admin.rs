@@ -1,5 +1,6 @@
 //! Operator endpoints: `GET /v1/admin/workers` (the fleet and its load),
-//! `POST /v1/admin/workers/{id}/drain`. They answer only the operator's
+//! `POST /v1/admin/workers/{id}/drain` and `.../resume`,
+//! `DELETE /v1/admin/workers/{id}` (revoke). They answer only the operator's
 //! `admin_token` — no tenant's key, whatever its role — and are off (403)
 //! when no token is configured.
 
@@ -24,8 +25,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(method_not_allowed)),
     )
     .service(
+        web::resource("/v1/admin/workers/{id}")
+            .route(web::delete().to(revoke_worker))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
         web::resource("/v1/admin/workers/{id}/drain")
             .route(web::post().to(drain_worker))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/admin/workers/{id}/resume")
+            .route(web::post().to(resume_worker))
             .default_service(web::to(method_not_allowed)),
     );
 }
@@ -153,6 +164,10 @@ pub async fn drain_worker(
         .map_err(store_error)?;
     state.fleet.tell_drained(id.as_str()).await;
     tracing::info!(worker = %id, "worker drained by the operator");
+    Ok(HttpResponse::Accepted().json(current(&state, &id).await?))
+}
+
+async fn current(state: &AppState, id: &WorkerId) -> Result<WorkerView, Error> {
     let here = state.fleet.connected();
     let worker = store::list_workers(&state.db)
         .await
@@ -160,5 +175,55 @@ pub async fn drain_worker(
         .into_iter()
         .find(|w| w.id == id.as_str())
         .ok_or(Error::NotFound)?;
-    Ok(HttpResponse::Accepted().json(view(worker, &here)))
+    Ok(view(worker, &here))
+}
+
+/// Take a drained worker back: it gets new runs again (operator only).
+#[utoipa::path(post, path = "/v1/admin/workers/{id}/resume", tag = "operations",
+    params(("id" = String, Path, description = "Worker id")),
+    responses(
+        (status = 200, description = "The worker", body = WorkerView),
+        (status = 403, description = "Not the operator", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such worker", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("admin_token" = [])))]
+pub async fn resume_worker(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    operator(&req, &state)?;
+    let id = WorkerId::parse(&id).map_err(|_| Error::NotFound)?;
+    store::resume(&state.db, id.as_str())
+        .await
+        .map_err(store_error)?;
+    tracing::info!(worker = %id, "worker resumed by the operator");
+    state.fleet.wake();
+    Ok(HttpResponse::Ok().json(current(&state, &id).await?))
+}
+
+/// Revoke a worker: its credential stops working, it is lost at once and
+/// its runs are requeued or failed by their policy (operator only). To
+/// bring the machine back, give it a new join token and a new name.
+#[utoipa::path(delete, path = "/v1/admin/workers/{id}", tag = "operations",
+    params(("id" = String, Path, description = "Worker id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 403, description = "Not the operator", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such worker", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("admin_token" = [])))]
+pub async fn revoke_worker(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    operator(&req, &state)?;
+    let id = WorkerId::parse(&id).map_err(|_| Error::NotFound)?;
+    store::revoke(&state.db, id.as_str())
+        .await
+        .map_err(store_error)?;
+    state.fleet.disconnect_worker(id.as_str());
+    tracing::warn!(worker = %id, "worker revoked by the operator");
+    Ok(HttpResponse::NoContent().finish())
 }

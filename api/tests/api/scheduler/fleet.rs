@@ -354,4 +354,40 @@ async fn operators_see_the_fleet_and_drain_a_worker() {
         .unwrap();
     let fleet: Value = res.json().await.unwrap();
     assert_eq!(fleet["data"][0]["state"], "draining");
+    let op = "operator-secret-token-1234";
+    let res = app
+        .request(
+            Method::POST,
+            &format!("/v1/admin/workers/{w1_id}/resume"),
+            op,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap()["state"], "active");
+
+    // Revoked: its credential no longer opens a connection; runs go to w2.
+    let res = app
+        .request(Method::DELETE, &format!("/v1/admin/workers/{w1_id}"), op)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    wait_for(
+        Duration::from_secs(15),
+        "the revoked worker to be refused",
+        || async { w1.log().contains("401").then_some(()) },
+    )
+    .await;
+    let id = submit(&app, &t.key, small(&["true"])).await;
+    let done = run_in(&app, &t.key, &id, TERMINAL, Duration::from_secs(60)).await;
+    assert_eq!(done["worker_id"], w2_id.as_str());
+    let missing = "/v1/admin/workers/wrk_00000000000000000000000000000000";
+    let res = app
+        .request(Method::DELETE, missing, op)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
 }
