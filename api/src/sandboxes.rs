@@ -244,6 +244,12 @@ impl SandboxService {
             if let Err(e) = db::mark_ended_sandboxes_lost(&db).await {
                 tracing::warn!(error = ?e, "cannot record ended sandboxes");
             }
+            // A sandbox with a call in flight here is in use, whichever
+            // replica's reaper looks at it.
+            let busy = fleet.runs_with_calls();
+            if let Err(e) = db::touch_sandboxes_of_runs(&db, &busy).await {
+                tracing::warn!(error = ?e, "cannot record busy sandboxes");
+            }
             let idle = match db::idle_sandboxes(&db, chrono::Utc::now() - idle_for).await {
                 Ok(idle) => idle,
                 Err(e) => {

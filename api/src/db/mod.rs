@@ -31,7 +31,10 @@ use crate::secret::Secret;
 pub use agents::{Agent, AgentSpec};
 pub use records::{ApiKey, NewApiKey, Tenant, TenantWithOwner};
 pub use runs::store_error;
-pub use sandboxes::{NewSandbox, Sandbox, SandboxState, idle_sandboxes, mark_ended_sandboxes_lost};
+pub use sandboxes::{
+    NewSandbox, Sandbox, SandboxState, idle_sandboxes, mark_ended_sandboxes_lost,
+    touch_sandboxes_of_runs,
+};
 pub use tenant_scope::TenantScope;
 pub use tenant_secrets::StoredProvider;
 pub use usage::{UsageEntry, UsageGrouping, UsageTotal, append_usage};

@@ -308,6 +308,23 @@ pub async fn idle_sandboxes(
         .collect::<anyhow::Result<_>>()?)
 }
 
+/// Notes that the sandboxes of these runs are in use now (for their idle
+/// timeout), across tenants.
+pub async fn touch_sandboxes_of_runs(db: &DatabaseConnection, runs: &[String]) -> Result<()> {
+    if runs.is_empty() {
+        return Ok(());
+    }
+    sandbox::Entity::update_many()
+        .col_expr(
+            sandbox::Column::LastUsedAt,
+            sea_orm::sea_query::Expr::value(Utc::now()),
+        )
+        .filter(sandbox::Column::RunId.is_in(runs.iter().map(String::as_str)))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
 /// Records as lost every running sandbox whose run has ended (its worker
 /// restarted or was lost, or the run was stopped); returns how many.
 pub async fn mark_ended_sandboxes_lost(db: &DatabaseConnection) -> Result<u64> {

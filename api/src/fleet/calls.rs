@@ -32,6 +32,8 @@ pub enum CallRouteError {
 
 pub(super) struct PendingCall {
     worker: String,
+    /// The connection it went out on.
+    generation: u64,
     run: String,
     tx: mpsc::UnboundedSender<CallReply>,
 }
@@ -54,7 +56,7 @@ impl Fleet {
         request: CallRequest,
         upload: Option<Vec<u8>>,
     ) -> Result<mpsc::UnboundedReceiver<CallReply>, CallRouteError> {
-        let sender = self.sender(worker).ok_or(CallRouteError::NotHere)?;
+        let (sender, generation) = self.link(worker).ok_or(CallRouteError::NotHere)?;
         let call = self.calls.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         self.calls
@@ -65,6 +67,7 @@ impl Fleet {
                 call,
                 PendingCall {
                     worker: worker.to_owned(),
+                    generation,
                     run: lease.run.clone(),
                     tx,
                 },
@@ -141,12 +144,28 @@ impl Fleet {
         }
     }
 
-    /// Ends every call in flight to `worker` (its connection broke).
-    pub(super) fn fail_calls(&self, worker: &str) {
+    /// Ends every call that went out on `worker`'s connection `generation`
+    /// (it ended: no answer will come on it).
+    pub(super) fn fail_calls(&self, worker: &str, generation: u64) {
         self.calls
             .pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .retain(|_, c| c.worker != worker);
+            .retain(|_, c| c.worker != worker || c.generation != generation);
+    }
+
+    /// The runs whose sandboxes have calls in flight here.
+    pub fn runs_with_calls(&self) -> Vec<String> {
+        let mut runs: Vec<String> = self
+            .calls
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|c| c.run.clone())
+            .collect();
+        runs.sort();
+        runs.dedup();
+        runs
     }
 }

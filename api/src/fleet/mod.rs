@@ -187,11 +187,16 @@ impl Fleet {
     }
 
     fn sender(&self, worker: &str) -> Option<mpsc::Sender<ControlMessage>> {
+        self.link(worker).map(|(tx, _)| tx)
+    }
+
+    /// The worker's current connection here and its generation.
+    fn link(&self, worker: &str) -> Option<(mpsc::Sender<ControlMessage>, u64)> {
         self.connected
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(worker)
-            .map(|c| c.tx.clone())
+            .map(|c| (c.tx.clone(), c.generation))
     }
 
     /// Sends to a worker connected here; `false` if it is not (or its

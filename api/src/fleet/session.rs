@@ -80,11 +80,8 @@ impl Fleet {
         let reason = self.converse(&worker, generation, &mut end).await;
         tracing::info!(worker, reason, "worker session ended");
         self.disconnect(&worker, Some(generation));
-        // Calls in flight on this link get no answer; a newer link's calls
-        // are its own.
-        if self.sender(&worker).is_none() {
-            self.fail_calls(&worker);
-        }
+        // Calls in flight on this link get no answer.
+        self.fail_calls(&worker, generation);
     }
 
     async fn converse(&self, worker: &str, generation: u64, end: &mut ControlEnd) -> &'static str {

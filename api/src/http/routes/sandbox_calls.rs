@@ -116,20 +116,23 @@ pub(super) async fn collect(
     ))
 }
 
-/// The answer to a failed call, recording a sandbox that has gone as lost.
+/// The answer to a failed call, recording a sandbox that has gone as lost
+/// (and stopping its run, so that its worker frees its place).
 pub(super) async fn call_error(
     caller: &Caller<UseSandboxes>,
     state: &AppState,
-    id: &SandboxId,
+    target: &Target,
     error: CallError,
     message: String,
 ) -> Error {
+    let id = &target.id;
     match error {
         CallError::Gone => {
-            let _ = caller
-                .scope(&state.db)
-                .set_sandbox_state(id, SandboxState::Lost)
-                .await;
+            let scope = caller.scope(&state.db);
+            let _ = scope.set_sandbox_state(id, SandboxState::Lost).await;
+            if let Ok(run) = scope.stop_sandbox_run(&target.lease.run).await {
+                state.fleet.deliver_cancel(&run).await;
+            }
             Error::Conflict("the sandbox has stopped; delete it and create another".into())
         }
         CallError::File => invalid("path", message),
@@ -179,7 +182,7 @@ pub async fn upload(
             Ok(HttpResponse::NoContent().finish())
         }
         CallResult::Failed { error, message } => {
-            Err(call_error(&caller, &state, &target.id, error, message).await)
+            Err(call_error(&caller, &state, &target, error, message).await)
         }
         _ => Err(Error::Unavailable(
             "the sandbox answered the wrong call".into(),
@@ -213,7 +216,7 @@ pub async fn download(
                 .body(Bytes::from(answer.file)))
         }
         CallResult::Failed { error, message } => {
-            Err(call_error(&caller, &state, &target.id, error, message).await)
+            Err(call_error(&caller, &state, &target, error, message).await)
         }
         _ => Err(Error::Unavailable(
             "the sandbox answered the wrong call".into(),

@@ -153,7 +153,7 @@ pub async fn exec(
     else {
         return Err(match answer.result {
             CallResult::Failed { error, message } => {
-                call_error(&caller, &state, &target.id, error, message).await
+                call_error(&caller, &state, &target, error, message).await
             }
             _ => Error::Unavailable("the sandbox answered the wrong call".into()),
         });
