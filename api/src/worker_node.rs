@@ -18,13 +18,15 @@ use crate::sandboxes::SERVICE_HOST;
 const CREDENTIAL_FILE: &str = "worker.credential";
 
 /// `carapace worker`'s arguments.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct WorkerArgs {
     /// The control plane's base URL (`http(s)://host:port`).
     #[arg(long, env = "CARAPACE_CONTROL_PLANE", value_name = "URL")]
     pub control_plane: String,
     /// A one-time join token from `carapace worker-token create`; needed
-    /// only until the worker has its credential. Never logged.
+    /// only until the worker has its credential. Never logged. Prefer the
+    /// environment variable: a command line is visible to every user of
+    /// the host.
     #[arg(
         long,
         env = "CARAPACE_JOIN_TOKEN",
@@ -80,6 +82,18 @@ pub struct WorkerArgs {
     pub log: String,
 }
 
+/// Prints nothing of the join token.
+impl std::fmt::Debug for WorkerArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerArgs")
+            .field("control_plane", &self.control_plane)
+            .field("name", &self.name)
+            .field("data_dir", &self.data_dir)
+            .field("slots", &self.slots)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Runs the worker node until SIGTERM or SIGINT; its sandboxes go with it.
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     if !(1..=1000).contains(&args.slots) {
@@ -89,6 +103,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         anyhow::bail!("--pool-size must be at most 64");
     }
     carapace_runtime::worker::link::endpoint(&args.control_plane)?;
+    warn_if_cleartext(&args.control_plane);
     create_private_dir(&args.data_dir)?;
     let runtime = Runtime::start(RuntimeConfig {
         state_dir: args.data_dir.join("sandboxes"),
@@ -168,6 +183,25 @@ async fn credential(args: &WorkerArgs, name: &str) -> anyhow::Result<String> {
     write_private(&path, &credential)?;
     tracing::info!(worker = %body["id"].as_str().unwrap_or(""), name, "joined the control plane");
     Ok(credential)
+}
+
+/// The join token and the credential cross the connection: say so when it
+/// is not encrypted and leaves the host.
+fn warn_if_cleartext(base: &str) {
+    let Ok(url) = url::Url::parse(base) else {
+        return;
+    };
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name == "localhost",
+        None => false,
+    };
+    if matches!(url.scheme(), "http" | "ws") && !loopback {
+        tracing::warn!(
+            "the control plane URL is not https: the join token and the worker credential cross the network in clear text"
+        );
+    }
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {

@@ -129,7 +129,7 @@ impl TenantScope<'_> {
 
     /// Records a new sandbox (state `starting`) and queues its interactive
     /// run, in one transaction, if the tenant has fewer than `max`
-    /// sandboxes that are not lost. Its audit record is written once it
+    /// sandboxes (lost ones included). Its audit record is written once it
     /// has started ([`TenantScope::sandbox_started`]) or failed.
     pub async fn create_sandbox(&self, new: NewSandbox, max: u64) -> Result<Sandbox> {
         let tenant = self.tenant_id().clone();
@@ -163,11 +163,11 @@ impl TenantScope<'_> {
                     )
                     .await
                     .map_err(super::store_error)?;
-                    // Lost sandboxes hold nothing on any worker: they do
-                    // not count.
+                    // Lost records count too (they hold nothing on a worker,
+                    // but the tenant's records stay bounded); the idle
+                    // timeout removes them.
                     let count = sandbox::Entity::find()
                         .filter(sandbox::Column::TenantId.eq(tenant.as_str()))
-                        .filter(sandbox::Column::State.ne(SandboxState::Lost.as_str()))
                         .count(txn)
                         .await?;
                     if count >= max {
@@ -285,14 +285,13 @@ impl TenantScope<'_> {
     }
 }
 
-/// Sandboxes not lost whose last use is before `idle_since`, across
-/// tenants (for the idle timeout): `(tenant, id, run)`.
+/// Sandboxes (lost ones included) whose last use is before `idle_since`,
+/// across tenants (for the idle timeout): `(tenant, id, run)`.
 pub async fn idle_sandboxes(
     db: &DatabaseConnection,
     idle_since: DateTime<Utc>,
 ) -> Result<Vec<(TenantId, SandboxId, Option<String>)>> {
     let rows = sandbox::Entity::find()
-        .filter(sandbox::Column::State.ne(SandboxState::Lost.as_str()))
         .filter(sandbox::Column::LastUsedAt.lt(idle_since))
         .all(db)
         .await?;

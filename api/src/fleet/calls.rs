@@ -20,7 +20,16 @@ pub enum CallReply {
     Chunk(Part, Vec<u8>),
     /// The end. Nothing follows.
     Done(CallResult),
+    /// The caller read too slowly: [`CALL_BACKLOG`] pieces were waiting.
+    /// The call is dropped here (the command goes on until it ends or
+    /// times out); nothing follows.
+    Overflow,
 }
+
+/// Pieces of an answer that may wait for a slow caller (each at most
+/// `CHUNK_BYTES`: 16 MiB in all). The worker's link is never held up by
+/// one caller.
+pub const CALL_BACKLOG: usize = 64;
 
 /// Why a call could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +44,7 @@ pub(super) struct PendingCall {
     /// The connection it went out on.
     generation: u64,
     run: String,
-    tx: mpsc::UnboundedSender<CallReply>,
+    tx: mpsc::Sender<CallReply>,
 }
 
 /// The calls in flight on this replica.
@@ -55,10 +64,11 @@ impl Fleet {
         lease: Lease,
         request: CallRequest,
         upload: Option<Vec<u8>>,
-    ) -> Result<mpsc::UnboundedReceiver<CallReply>, CallRouteError> {
+    ) -> Result<mpsc::Receiver<CallReply>, CallRouteError> {
         let (sender, generation) = self.link(worker).ok_or(CallRouteError::NotHere)?;
         let call = self.calls.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
+        // One more slot than the backlog, kept for `Overflow`.
+        let (tx, rx) = mpsc::channel(CALL_BACKLOG + 1);
         self.calls
             .pending
             .lock()
@@ -124,9 +134,21 @@ impl Fleet {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         // Only the worker the call went to may answer it.
-        if let Some(waiting) = pending.get(&call).filter(|c| c.worker == worker)
-            && waiting.tx.send(CallReply::Chunk(part, bytes)).is_err()
-        {
+        let Some(waiting) = pending.get(&call).filter(|c| c.worker == worker) else {
+            return;
+        };
+        let sent = if waiting.tx.capacity() > 1 {
+            waiting.tx.try_send(CallReply::Chunk(part, bytes)).is_ok()
+        } else {
+            tracing::warn!(
+                worker,
+                call,
+                "a caller reads too slowly: its call is dropped"
+            );
+            let _ = waiting.tx.try_send(CallReply::Overflow);
+            false
+        };
+        if !sent {
             pending.remove(&call);
         }
     }
@@ -140,7 +162,8 @@ impl Fleet {
         if pending.get(&call).is_some_and(|c| c.worker == worker)
             && let Some(waiting) = pending.remove(&call)
         {
-            let _ = waiting.tx.send(CallReply::Done(result));
+            // The slot kept for the end, if the caller is behind.
+            let _ = waiting.tx.try_send(CallReply::Done(result));
         }
     }
 

@@ -215,10 +215,34 @@ impl Fleet {
     pub async fn deliver_cancel(&self, run: &store::Run) {
         if let Some((worker, lease)) = run.lease()
             && run.cancel_requested_at.is_some()
-            && self.mark_cancel_sent(&lease)
-            && !self.send(&worker, ControlMessage::Cancel { lease }).await
         {
-            tracing::debug!(run = %run.id, "cancellation waits for the worker's replica");
+            self.send_cancel(&worker, lease).await;
+        }
+    }
+
+    /// Sends a cancellation once: marked sent only when it went out (the
+    /// cancellation loop tries again otherwise, and a worker's hello gets
+    /// every cancellation still pending for it).
+    async fn send_cancel(&self, worker: &str, lease: Lease) {
+        let fresh = !self
+            .cancels_sent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&lease);
+        if fresh
+            && self
+                .send(
+                    worker,
+                    ControlMessage::Cancel {
+                        lease: lease.clone(),
+                    },
+                )
+                .await
+        {
+            self.cancels_sent
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(lease);
         }
     }
 
@@ -230,13 +254,6 @@ impl Fleet {
     /// Tells a worker connected here that it is drained.
     pub async fn tell_drained(&self, worker: &str) {
         self.send(worker, ControlMessage::Drain).await;
-    }
-
-    fn mark_cancel_sent(&self, lease: &Lease) -> bool {
-        self.cancels_sent
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(lease.clone())
     }
 
     /// Runs the placement, watchdog and cancellation loops until aborted.
@@ -315,9 +332,7 @@ impl Fleet {
                 .unwrap_or_else(PoisonError::into_inner)
                 .retain(|l| pending.contains(l));
             for (worker, lease) in requests {
-                if self.mark_cancel_sent(&lease) {
-                    self.send(&worker, ControlMessage::Cancel { lease }).await;
-                }
+                self.send_cancel(&worker, lease).await;
             }
         }
     }

@@ -76,6 +76,13 @@ impl Fleet {
                 break;
             }
         }
+        // Cancellations that did not reach it before go now.
+        let me = std::slice::from_ref(&worker);
+        if let Ok(pending) = store::runs::cancel_requests(&self.db, me).await {
+            for (_, lease) in pending {
+                let _ = end.tx.send(ControlMessage::Cancel { lease }).await;
+            }
+        }
         self.wake();
         let reason = self.converse(&worker, generation, &mut end).await;
         tracing::info!(worker, reason, "worker session ended");

@@ -681,3 +681,34 @@ async fn a_sandbox_still_starting_cannot_be_deleted_under_its_creation() {
         .unwrap();
     assert_problem(res, 409, "conflict").await;
 }
+
+#[tokio::test]
+async fn a_stream_read_too_slowly_is_dropped_not_buffered_without_end() {
+    let app = spawn_app_with(with_sandboxes).await;
+    let t = app.create_tenant("Acme").await;
+    let sandbox = create(&app, &t.key, json!({})).await;
+    let id = sandbox["id"].as_str().unwrap();
+    let res = app
+        .request(
+            Method::POST,
+            &format!("/v1/sandboxes/{id}/exec?stream=true"),
+            &t.key,
+        )
+        .json(&json!({"command": ["yes"], "timeout_s": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // Nothing read for a while: the output piles up, up to a bound.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let body = res.bytes().await.unwrap();
+    assert!(body.len() < 64 << 20, "{} bytes were kept", body.len());
+    let tail = String::from_utf8_lossy(&body[body.len().saturating_sub(300)..]).into_owned();
+    assert!(
+        tail.contains("event: error") && tail.contains("too slowly"),
+        "{tail}"
+    );
+    // The sandbox still answers.
+    let out = exec(&app, &t.key, id, json!({"command": ["echo", "fine"]})).await;
+    assert_eq!(out["stdout"], "fine\n");
+}

@@ -16,6 +16,8 @@ use crate::{Error, Exec};
 
 /// Most bytes waiting for their write, over all calls.
 const MAX_UPLOADS: usize = 128 << 20;
+/// Longest command a call may run: a day.
+const MAX_TIMEOUT_MS: u64 = 86_400_000;
 
 impl Worker {
     /// Stores bytes for a coming file write.
@@ -83,7 +85,9 @@ impl Worker {
                     argv,
                     env,
                     stdin,
-                    timeout: Duration::from_millis(timeout_ms),
+                    // Bounded here too: the deadline arithmetic must not
+                    // overflow, whatever the control plane sends.
+                    timeout: Duration::from_millis(timeout_ms.min(MAX_TIMEOUT_MS)),
                 };
                 if stream {
                     self.exec_streamed(call, id, exec, out).await

@@ -155,6 +155,27 @@ impl Worker {
             .collect()
     }
 
+    /// What it announces in hellos and heartbeats: the runs it holds, and
+    /// those it has let go whose reports have not been acknowledged yet (so
+    /// that the control plane waits for those reports instead of taking the
+    /// run for lost, or starting it again).
+    fn claimed(&self) -> Vec<Lease> {
+        let mut leases = self.leases();
+        let outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
+        let reported = outbox
+            .unsent
+            .iter()
+            .chain(outbox.unacked.iter().map(|(_, m)| m));
+        for message in reported {
+            if let WorkerMessage::Report { lease, .. } = message
+                && !leases.contains(lease)
+            {
+                leases.push(lease.clone());
+            }
+        }
+        leases
+    }
+
     fn images(&self) -> Vec<String> {
         let mut images: Vec<String> = std::iter::once("builtin".to_owned())
             .chain(self.config.images.keys().cloned())
@@ -185,7 +206,7 @@ impl Worker {
             version: VERSION,
             capacity: self.config.capacity,
             images: self.images(),
-            runs: self.leases(),
+            runs: self.claimed(),
         };
         if link.tx.send(hello).await.is_err() {
             return SessionEnd::Disconnected("the link closed before the hello".into());
@@ -216,6 +237,11 @@ impl Worker {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
+        // Call numbers are the control plane's, per connection.
+        self.oversize
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
         let every = Duration::from_millis(heartbeat_ms.clamp(100, 60_000));
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -241,7 +267,7 @@ impl Worker {
                     if last_heard.elapsed() > silence {
                         return SessionEnd::Silent;
                     }
-                    let beat = WorkerMessage::Heartbeat { runs: self.leases() };
+                    let beat = WorkerMessage::Heartbeat { runs: self.claimed() };
                     if link.tx.send(beat).await.is_err() {
                         return SessionEnd::Disconnected("the link closed".into());
                     }

@@ -63,7 +63,7 @@ impl Worker {
             argv: spec.command.clone(),
             env: spec.env.clone(),
             stdin: Vec::new(),
-            timeout: Duration::from_secs(u64::from(spec.timeout_s.max(1))),
+            timeout: Duration::from_secs(u64::from(spec.timeout_s.clamp(1, 86_400))),
         };
         tokio::select! {
             result = self.runtime.exec(id, exec) => {

@@ -73,7 +73,9 @@ pub async fn place_round(
         .ok_or_else(|| Error::Corrupt("the placement round counter is missing".into()))?;
 
     let mut views = free_workers(&txn, workers).await?;
-    let free_slots: u64 = views.iter().map(|w| w.free.slots).sum();
+    let free_slots: u64 = views
+        .iter()
+        .fold(0u64, |sum, w| sum.saturating_add(w.free.slots));
     if free_slots == 0 {
         txn.commit().await?;
         return Ok((number, Vec::new()));
@@ -163,9 +165,13 @@ async fn free_workers(db: &impl ConnectionTrait, ids: &[String]) -> Result<Vec<W
     for (worker, cpu, memory) in used {
         let Some(worker) = worker else { continue };
         let entry = taken.entry(worker).or_default();
-        entry.cpu_millis += u64::try_from(cpu).unwrap_or(0);
-        entry.memory_mib += u64::try_from(memory).unwrap_or(0);
-        entry.slots += 1;
+        entry.cpu_millis = entry
+            .cpu_millis
+            .saturating_add(u64::try_from(cpu).unwrap_or(0));
+        entry.memory_mib = entry
+            .memory_mib
+            .saturating_add(u64::try_from(memory).unwrap_or(0));
+        entry.slots = entry.slots.saturating_add(1);
     }
     Ok(rows
         .into_iter()

@@ -15,6 +15,9 @@ use crate::run_state::RunState;
 
 /// Most attempts a run may ask for.
 pub const MAX_ATTEMPTS: u32 = 10;
+/// The largest run spec (as JSON): it must fit in one protocol message
+/// with room to spare.
+pub const MAX_SPEC_BYTES: usize = 1 << 20;
 
 /// A run as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +138,11 @@ pub async fn enqueue(db: &impl ConnectionTrait, tenant: &str, new: NewRun) -> Re
     }
     let now = Utc::now();
     let spec = serde_json::to_string(&new.spec).map_err(|e| Error::Invalid(e.to_string()))?;
+    if spec.len() > MAX_SPEC_BYTES {
+        return Err(Error::Invalid(format!(
+            "the run's command, environment and settings take more than {MAX_SPEC_BYTES} bytes"
+        )));
+    }
     let row = run::ActiveModel {
         id: Set(new_id("run")),
         tenant_id: Set(tenant.to_owned()),

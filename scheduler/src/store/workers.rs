@@ -21,6 +21,16 @@ use crate::run_state::RunState;
 
 /// Most images a worker may announce.
 const MAX_IMAGES: usize = 256;
+/// The most a worker may announce (more is taken as this much): one node
+/// cannot claim the whole fleet's work by announcing a huge capacity.
+pub const MAX_CAPACITY: Resources = Resources {
+    cpu_millis: 1_000_000,
+    memory_mib: 16 << 20,
+    slots: 1024,
+};
+/// A run placed on a worker that neither holds it nor started it this long
+/// after its placement is taken back (lost, then requeued or failed).
+const PLACED_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A one-time join token (`cwj_…`), shown once to the operator.
 pub struct JoinToken(String);
@@ -286,12 +296,12 @@ pub async fn hello(
         WorkerState::Active | WorkerState::Lost => WorkerState::Active,
     };
     let now = Utc::now();
-    let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let clamp = |v: u64, max: u64| i64::try_from(v.min(max)).unwrap_or(0);
     let mut active: worker::ActiveModel = row.into();
     active.state = Set(state.as_str().to_owned());
-    active.cpu_millis = Set(clamp(capacity.cpu_millis));
-    active.memory_mib = Set(clamp(capacity.memory_mib));
-    active.slots = Set(clamp(capacity.slots));
+    active.cpu_millis = Set(clamp(capacity.cpu_millis, MAX_CAPACITY.cpu_millis));
+    active.memory_mib = Set(clamp(capacity.memory_mib, MAX_CAPACITY.memory_mib));
+    active.slots = Set(clamp(capacity.slots, MAX_CAPACITY.slots));
     active.images = Set(serde_json::to_string(images).unwrap_or_else(|_| "[]".into()));
     active.last_heartbeat_at = Set(Some(now));
     active.connected_at = Set(Some(now));
@@ -363,8 +373,13 @@ pub async fn reconcile(
         if held.contains(&lease) || last_change.is_some_and(|t| t > cutoff) {
             continue;
         }
-        if run.state == RunState::Placed {
+        let stale = chrono::Duration::from_std(PLACED_TIMEOUT).unwrap_or_default();
+        let fresh = run.placed_at.is_some_and(|t| t > Utc::now() - stale);
+        if run.state == RunState::Placed && fresh {
             outcome.restart.push((lease, run.spec));
+        } else if run.state == RunState::Placed {
+            let state = runs::lose(db, &lease, "its worker never started it").await?;
+            outcome.recovered.push((lease, state));
         } else {
             let state = runs::lose(db, &lease, "its worker no longer holds it").await?;
             outcome.recovered.push((lease, state));
@@ -466,9 +481,13 @@ pub async fn list_workers(db: &impl ConnectionTrait) -> Result<Vec<WorkerInfo>> 
     for (worker, cpu, memory) in used {
         let Some(worker) = worker else { continue };
         let entry = taken.entry(worker).or_default();
-        entry.cpu_millis += u64::try_from(cpu).unwrap_or(0);
-        entry.memory_mib += u64::try_from(memory).unwrap_or(0);
-        entry.slots += 1;
+        entry.cpu_millis = entry
+            .cpu_millis
+            .saturating_add(u64::try_from(cpu).unwrap_or(0));
+        entry.memory_mib = entry
+            .memory_mib
+            .saturating_add(u64::try_from(memory).unwrap_or(0));
+        entry.slots = entry.slots.saturating_add(1);
     }
     rows.into_iter()
         .map(|row| {
@@ -491,19 +510,22 @@ pub async fn list_workers(db: &impl ConnectionTrait) -> Result<Vec<WorkerInfo>> 
         .collect()
 }
 
-/// Drains a worker: it gets no new runs; those it holds go on.
+/// Drains a worker: it gets no new runs; those it holds go on. A lost
+/// (or revoked) worker stays lost.
 pub async fn drain(db: &impl ConnectionTrait, id: &str) -> Result<()> {
-    let moved = worker::Entity::update_many()
+    let found = worker::Entity::find_by_id(id)
+        .one(db)
+        .await?
+        .ok_or(Error::NotFound)?;
+    worker::Entity::update_many()
         .col_expr(
             worker::Column::State,
             Expr::value(WorkerState::Draining.as_str()),
         )
-        .filter(worker::Column::Id.eq(id))
+        .filter(worker::Column::Id.eq(found.id.as_str()))
+        .filter(worker::Column::State.ne(WorkerState::Lost.as_str()))
         .exec(db)
         .await?;
-    if moved.rows_affected == 0 {
-        return Err(Error::NotFound);
-    }
     Ok(())
 }
 

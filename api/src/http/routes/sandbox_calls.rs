@@ -69,7 +69,7 @@ pub(super) async fn call(
     target: &Target,
     request: CallRequest,
     upload: Option<Vec<u8>>,
-) -> Result<mpsc::UnboundedReceiver<CallReply>, Error> {
+) -> Result<mpsc::Receiver<CallReply>, Error> {
     caller.scope(&state.db).touch_sandbox(&target.id).await?;
     state
         .fleet
@@ -83,29 +83,50 @@ pub(super) struct Answer {
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     pub file: Vec<u8>,
+    /// More output came than an exec answer holds (dropped).
+    pub stdout_capped: bool,
+    pub stderr_capped: bool,
     pub result: CallResult,
 }
 
+/// Most of each output stream an exec answer holds (the sandbox's own cap).
+const MAX_OUTPUT: usize = carapace_runtime::sandbox::MAX_OUTPUT as usize;
+
+/// Appends at most up to `MAX_OUTPUT`; whether anything was dropped.
+fn append_capped(buffer: &mut Vec<u8>, data: &[u8]) -> bool {
+    let room = MAX_OUTPUT.saturating_sub(buffer.len());
+    buffer.extend_from_slice(&data[..data.len().min(room)]);
+    data.len() > room
+}
+
 /// Reads an answer to its end; 503 if the worker's connection broke first.
-pub(super) async fn collect(
-    mut replies: mpsc::UnboundedReceiver<CallReply>,
-) -> Result<Answer, Error> {
+pub(super) async fn collect(mut replies: mpsc::Receiver<CallReply>) -> Result<Answer, Error> {
     let (mut stdout, mut stderr, mut file) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut stdout_capped, mut stderr_capped) = (false, false);
     while let Some(reply) = replies.recv().await {
         match reply {
-            CallReply::Chunk(Part::Stdout, data) => stdout.extend(data),
-            CallReply::Chunk(Part::Stderr, data) => stderr.extend(data),
+            CallReply::Chunk(Part::Stdout, data) => {
+                stdout_capped |= append_capped(&mut stdout, &data);
+            }
+            CallReply::Chunk(Part::Stderr, data) => {
+                stderr_capped |= append_capped(&mut stderr, &data);
+            }
             CallReply::Chunk(Part::File, data) => {
                 if file.len() + data.len() > carapace_runtime::sandbox::MAX_FILE as usize {
                     return Err(Error::Unavailable("the worker sent too much".into()));
                 }
                 file.extend(data);
             }
+            CallReply::Overflow => {
+                return Err(Error::Unavailable("the answer was too slow to read".into()));
+            }
             CallReply::Done(result) => {
                 return Ok(Answer {
                     stdout,
                     stderr,
                     file,
+                    stdout_capped,
+                    stderr_capped,
                     result,
                 });
             }

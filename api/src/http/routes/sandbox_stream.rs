@@ -41,7 +41,7 @@ fn event(name: &str, data: serde_json::Value) -> Bytes {
 }
 
 struct State {
-    events: mpsc::UnboundedReceiver<CallReply>,
+    events: mpsc::Receiver<CallReply>,
     carry: [Vec<u8>; 2],
     started: Instant,
     done: bool,
@@ -51,7 +51,7 @@ struct State {
 /// The SSE body for a streamed command; touches the sandbox's last use
 /// when the command ends.
 pub fn body(
-    events: mpsc::UnboundedReceiver<CallReply>,
+    events: mpsc::Receiver<CallReply>,
     db: DatabaseConnection,
     tenant: TenantId,
     sandbox: SandboxId,
@@ -115,6 +115,13 @@ pub fn body(
             Some(CallReply::Done(CallResult::Failed { message, .. })) => {
                 s.done = true;
                 event("error", json!({"detail": message}))
+            }
+            Some(CallReply::Overflow) => {
+                s.done = true;
+                event(
+                    "error",
+                    json!({"detail": "the stream was read too slowly; its output was dropped"}),
+                )
             }
             Some(CallReply::Done(_)) => {
                 s.done = true;

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::{BIN, WorkerProcess, wait_for};
 use crate::helpers::fresh_database_url;
 
-const CONFIG: &str = "[scheduler]\nlocal_worker = false\nheartbeat_interval_ms = 300\nworker_timeout_secs = 5\nround_interval_ms = 50\n";
+const CONFIG: &str = "[scheduler]\nlocal_worker = false\nheartbeat_interval_ms = 300\nworker_timeout_secs = 15\nround_interval_ms = 50\n";
 
 fn carapace(dir: &Path, database_url: &str) -> Command {
     let mut cmd = Command::new(BIN);
@@ -129,7 +129,10 @@ async fn a_killed_control_plane_loses_no_accepted_run_and_workers_reconnect_on_t
     server.kill().unwrap();
     server.wait().unwrap();
     let restarted_at = chrono::Utc::now();
-    std::thread::sleep(Duration::from_millis(500));
+    // Long enough for the two runs under way to end while nobody listens:
+    // their results wait in the worker, which then finds the control plane
+    // again by itself.
+    std::thread::sleep(Duration::from_secs(3));
     let mut server = serve(dir.path(), &database_url, port);
 
     // Every accepted run is there and ends, on the worker that reconnected
