@@ -252,7 +252,10 @@ pub enum WorkerMessage {
     },
     /// I am alive; these are the runs I hold.
     Heartbeat {
-        /// The runs it holds sandboxes for.
+        /// What it can give to runs in total now.
+        capacity: Resources,
+        /// The runs it holds sandboxes for (and those whose reports are
+        /// not acknowledged yet).
         runs: Vec<Lease>,
     },
     /// Part of a call's answer.

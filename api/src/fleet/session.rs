@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use carapace_runtime::worker::link::ControlEnd;
-use carapace_scheduler::protocol::{ControlMessage, Lease, RunEvent, VERSION, WorkerMessage};
+use carapace_scheduler::protocol::{
+    ControlMessage, Lease, Resources, RunEvent, VERSION, WorkerMessage,
+};
 use carapace_scheduler::store::{self, ReportOutcome};
 
 use super::Fleet;
@@ -104,7 +106,9 @@ impl Fleet {
             }
             let outcome = match message {
                 WorkerMessage::Hello { .. } => Err("a second hello"),
-                WorkerMessage::Heartbeat { runs } => self.on_heartbeat(worker, &runs, end).await,
+                WorkerMessage::Heartbeat { capacity, runs } => {
+                    self.on_heartbeat(worker, capacity, &runs, end).await
+                }
                 WorkerMessage::Report { seq, lease, event } => {
                     self.on_report(worker, seq, lease, event, end).await
                 }
@@ -128,10 +132,11 @@ impl Fleet {
     async fn on_heartbeat(
         &self,
         worker: &str,
+        capacity: Resources,
         runs: &[Lease],
         end: &ControlEnd,
     ) -> Result<(), &'static str> {
-        match store::heartbeat(&self.db, worker).await {
+        match store::heartbeat(&self.db, worker, capacity).await {
             Ok(true) => {}
             Ok(false) => return Err("declared lost; it must say hello again"),
             Err(e) => {

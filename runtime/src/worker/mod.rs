@@ -267,7 +267,10 @@ impl Worker {
                     if last_heard.elapsed() > silence {
                         return SessionEnd::Silent;
                     }
-                    let beat = WorkerMessage::Heartbeat { runs: self.claimed() };
+                    let beat = WorkerMessage::Heartbeat {
+                        capacity: self.config.capacity,
+                        runs: self.claimed(),
+                    };
                     if link.tx.send(beat).await.is_err() {
                         return SessionEnd::Disconnected("the link closed".into());
                     }

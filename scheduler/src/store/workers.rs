@@ -325,11 +325,24 @@ pub async fn hello(
     Ok(outcome)
 }
 
-/// Records a heartbeat. `false` if the worker was declared lost meanwhile
-/// (it must say hello again).
-pub async fn heartbeat(db: &impl ConnectionTrait, id: &str) -> Result<bool> {
+/// Records a heartbeat and the capacity it carries. `false` if the worker
+/// was declared lost meanwhile (it must say hello again).
+pub async fn heartbeat(db: &impl ConnectionTrait, id: &str, capacity: Resources) -> Result<bool> {
+    let clamp = |v: u64, max: u64| i64::try_from(v.min(max)).unwrap_or(0);
     let updated = worker::Entity::update_many()
         .col_expr(worker::Column::LastHeartbeatAt, Expr::value(Utc::now()))
+        .col_expr(
+            worker::Column::CpuMillis,
+            Expr::value(clamp(capacity.cpu_millis, MAX_CAPACITY.cpu_millis)),
+        )
+        .col_expr(
+            worker::Column::MemoryMib,
+            Expr::value(clamp(capacity.memory_mib, MAX_CAPACITY.memory_mib)),
+        )
+        .col_expr(
+            worker::Column::Slots,
+            Expr::value(clamp(capacity.slots, MAX_CAPACITY.slots)),
+        )
         .filter(worker::Column::Id.eq(id))
         .filter(worker::Column::State.ne(WorkerState::Lost.as_str()))
         .exec(db)
