@@ -151,28 +151,7 @@ async fn free_workers(db: &impl ConnectionTrait, ids: &[String]) -> Result<Vec<W
         .filter(worker::Column::State.eq("active"))
         .all(db)
         .await?;
-    let used: Vec<(Option<String>, i64, i64)> = run::Entity::find()
-        .select_only()
-        .column(run::Column::WorkerId)
-        .column(run::Column::CpuMillis)
-        .column(run::Column::MemoryMib)
-        .filter(run::Column::State.is_in(ACTIVE))
-        .filter(run::Column::WorkerId.is_in(ids.iter().map(String::as_str)))
-        .into_tuple()
-        .all(db)
-        .await?;
-    let mut taken: HashMap<String, Resources> = HashMap::new();
-    for (worker, cpu, memory) in used {
-        let Some(worker) = worker else { continue };
-        let entry = taken.entry(worker).or_default();
-        entry.cpu_millis = entry
-            .cpu_millis
-            .saturating_add(u64::try_from(cpu).unwrap_or(0));
-        entry.memory_mib = entry
-            .memory_mib
-            .saturating_add(u64::try_from(memory).unwrap_or(0));
-        entry.slots = entry.slots.saturating_add(1);
-    }
+    let taken = super::workers::used_by_worker(db, Some(ids)).await?;
     Ok(rows
         .into_iter()
         .map(|row| {

@@ -481,27 +481,7 @@ pub async fn list_workers(db: &impl ConnectionTrait) -> Result<Vec<WorkerInfo>> 
         .order_by_asc(worker::Column::Name)
         .all(db)
         .await?;
-    let used: Vec<(Option<String>, i64, i64)> = run::Entity::find()
-        .select_only()
-        .column(run::Column::WorkerId)
-        .column(run::Column::CpuMillis)
-        .column(run::Column::MemoryMib)
-        .filter(run::Column::State.is_in(ACTIVE))
-        .into_tuple()
-        .all(db)
-        .await?;
-    let mut taken: std::collections::HashMap<String, Resources> = Default::default();
-    for (worker, cpu, memory) in used {
-        let Some(worker) = worker else { continue };
-        let entry = taken.entry(worker).or_default();
-        entry.cpu_millis = entry
-            .cpu_millis
-            .saturating_add(u64::try_from(cpu).unwrap_or(0));
-        entry.memory_mib = entry
-            .memory_mib
-            .saturating_add(u64::try_from(memory).unwrap_or(0));
-        entry.slots = entry.slots.saturating_add(1);
-    }
+    let taken = used_by_worker(db, None).await?;
     rows.into_iter()
         .map(|row| {
             Ok(WorkerInfo {
@@ -526,38 +506,79 @@ pub async fn list_workers(db: &impl ConnectionTrait) -> Result<Vec<WorkerInfo>> 
 /// Drains a worker: it gets no new runs; those it holds go on. A lost
 /// (or revoked) worker stays lost.
 pub async fn drain(db: &impl ConnectionTrait, id: &str) -> Result<()> {
-    let found = worker::Entity::find_by_id(id)
+    set_state(db, id, WorkerState::Draining, |from| {
+        from != WorkerState::Lost
+    })
+    .await
+}
+
+/// Takes a drained worker back: it gets new runs again.
+pub async fn resume(db: &impl ConnectionTrait, id: &str) -> Result<()> {
+    set_state(db, id, WorkerState::Active, |from| {
+        from == WorkerState::Draining
+    })
+    .await
+}
+
+/// Moves an existing worker to `to` if its state passes `from` (checked
+/// in the update itself); `NotFound` if there is no such worker.
+async fn set_state(
+    db: &impl ConnectionTrait,
+    id: &str,
+    to: WorkerState,
+    from: impl Fn(WorkerState) -> bool,
+) -> Result<()> {
+    worker::Entity::find_by_id(id)
         .one(db)
         .await?
         .ok_or(Error::NotFound)?;
+    let allowed: Vec<&str> = [
+        WorkerState::Active,
+        WorkerState::Draining,
+        WorkerState::Lost,
+    ]
+    .into_iter()
+    .filter(|s| from(*s))
+    .map(WorkerState::as_str)
+    .collect();
     worker::Entity::update_many()
-        .col_expr(
-            worker::Column::State,
-            Expr::value(WorkerState::Draining.as_str()),
-        )
-        .filter(worker::Column::Id.eq(found.id.as_str()))
-        .filter(worker::Column::State.ne(WorkerState::Lost.as_str()))
+        .col_expr(worker::Column::State, Expr::value(to.as_str()))
+        .filter(worker::Column::Id.eq(id))
+        .filter(worker::Column::State.is_in(allowed))
         .exec(db)
         .await?;
     Ok(())
 }
 
-/// Takes a drained worker back: it gets new runs again.
-pub async fn resume(db: &impl ConnectionTrait, id: &str) -> Result<()> {
-    let found = worker::Entity::find_by_id(id)
-        .one(db)
-        .await?
-        .ok_or(Error::NotFound)?;
-    worker::Entity::update_many()
-        .col_expr(
-            worker::Column::State,
-            Expr::value(WorkerState::Active.as_str()),
-        )
-        .filter(worker::Column::Id.eq(found.id.as_str()))
-        .filter(worker::Column::State.eq(WorkerState::Draining.as_str()))
-        .exec(db)
-        .await?;
-    Ok(())
+/// What the runs placed, starting or running take from each worker (of
+/// `only`, or of all).
+pub(crate) async fn used_by_worker(
+    db: &impl ConnectionTrait,
+    only: Option<&[String]>,
+) -> Result<std::collections::HashMap<String, Resources>> {
+    let mut query = run::Entity::find()
+        .select_only()
+        .column(run::Column::WorkerId)
+        .column(run::Column::CpuMillis)
+        .column(run::Column::MemoryMib)
+        .filter(run::Column::State.is_in(ACTIVE));
+    if let Some(ids) = only {
+        query = query.filter(run::Column::WorkerId.is_in(ids.iter().map(String::as_str)));
+    }
+    let used: Vec<(Option<String>, i64, i64)> = query.into_tuple().all(db).await?;
+    let mut taken: std::collections::HashMap<String, Resources> = Default::default();
+    for (worker, cpu, memory) in used {
+        let Some(worker) = worker else { continue };
+        let entry = taken.entry(worker).or_default();
+        entry.cpu_millis = entry
+            .cpu_millis
+            .saturating_add(u64::try_from(cpu).unwrap_or(0));
+        entry.memory_mib = entry
+            .memory_mib
+            .saturating_add(u64::try_from(memory).unwrap_or(0));
+        entry.slots = entry.slots.saturating_add(1);
+    }
+    Ok(taken)
 }
 
 /// Revokes a worker: its credential stops working and it is lost at once,
