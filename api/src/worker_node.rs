@@ -133,6 +133,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             80,
             control_plane_addr(&args.control_plane).await?,
         )],
+        gateway_url: format!("http://{SERVICE_HOST}/gateway"),
     };
     tracing::info!(name, slots = args.slots, "worker starting");
     let worker = Worker::new(runtime.clone(), config);

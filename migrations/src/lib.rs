@@ -19,6 +19,7 @@ mod m0007_memory_heads;
 mod m0008_sandboxes;
 mod m0009_scheduler;
 mod m0010_sandbox_runs;
+mod m0011_run_tokens;
 
 /// Every migration, in the order it is applied.
 pub struct Migrator;
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0008_sandboxes::Migration),
             Box::new(m0009_scheduler::Migration),
             Box::new(m0010_sandbox_runs::Migration),
+            Box::new(m0011_run_tokens::Migration),
         ]
     }
 }

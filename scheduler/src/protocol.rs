@@ -72,6 +72,30 @@ impl Resources {
     }
 }
 
+/// A run's token for the model gateway (`crt_…`). Its `Debug` shows
+/// nothing of it, so that no log line of a message carries it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunToken(String);
+
+impl RunToken {
+    /// Wraps a token.
+    pub fn new(token: String) -> Self {
+        RunToken(token)
+    }
+
+    /// The token itself, for the sandbox's environment.
+    pub fn reveal(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for RunToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RunToken([redacted])")
+    }
+}
+
 /// A worker's claim on a run: the run and the epoch it was placed with.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Lease {
@@ -314,6 +338,9 @@ pub enum ControlMessage {
         lease: Lease,
         /// What to run.
         spec: RunSpec,
+        /// The run's token for the model gateway, valid while the run is
+        /// not over; given to its sandbox, never stored by the worker.
+        token: RunToken,
     },
     /// Stop this run (kill its sandbox) and report it cancelled.
     Cancel {
@@ -387,6 +414,33 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<WorkerMessage>(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_start_message_never_shows_its_token_in_debug_output() {
+        let start = ControlMessage::Start {
+            lease: Lease {
+                run: "run_1".into(),
+                epoch: 1,
+            },
+            spec: RunSpec {
+                image: "builtin".into(),
+                command: vec!["true".into()],
+                env: vec![],
+                timeout_s: 1,
+                limits: Limits::default(),
+                egress_allow: vec![],
+                interactive: false,
+            },
+            token: RunToken::new("crt_secret-canary".into()),
+        };
+        assert!(!format!("{start:?}").contains("secret-canary"));
+        // On the wire it is there, for the worker.
+        assert!(
+            serde_json::to_string(&start)
+                .unwrap()
+                .contains("secret-canary")
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use actix_web::http::header::AUTHORIZATION;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use sea_orm::DatabaseConnection;
 
-use super::{KeyPrincipal, Verdict};
+use super::{Credential, KeyPrincipal, Verdict};
 use crate::access::{Role, Scope};
 use crate::audit::{Actor, Outcome};
 use crate::db::{TenantScope, platform};
@@ -191,12 +191,19 @@ async fn authenticate<P: Permission>(req: &HttpRequest) -> Result<Caller<P>, Err
             return Err(Error::Unauthenticated("API key revoked"));
         }
         Verdict::Expired(principal) => {
-            deny(state, &anonymous, &principal, P::ACTION, "API key expired").await?;
-            return Err(Error::Unauthenticated("API key expired"));
+            let reason = match principal.credential {
+                Credential::ApiKey(_) => "API key expired",
+                Credential::Run(_) => "run token expired: its run has ended",
+            };
+            deny(state, &anonymous, &principal, P::ACTION, reason).await?;
+            return Err(Error::Unauthenticated(reason));
         }
     };
     if !principal.scopes.contains(P::SCOPE) {
-        let reason = format!("API key lacks the `{}` scope", P::SCOPE.as_str());
+        let reason = match principal.credential {
+            Credential::ApiKey(_) => format!("API key lacks the `{}` scope", P::SCOPE.as_str()),
+            Credential::Run(_) => "a run token opens only the model gateway".to_owned(),
+        };
         deny(state, &anonymous, &principal, P::ACTION, &reason).await?;
         return Err(Error::Forbidden(reason));
     }
@@ -206,7 +213,7 @@ async fn authenticate<P: Permission>(req: &HttpRequest) -> Result<Caller<P>, Err
         return Err(Error::Forbidden(reason));
     }
     let actor = Actor {
-        principal: format!("api_key:{}", principal.key_id),
+        principal: principal.credential.to_string(),
         ..anonymous
     };
     Ok(Caller {
@@ -223,9 +230,9 @@ async fn deny(
     action: &'static str,
     reason: &str,
 ) -> Result<(), Error> {
-    let subject = format!("api_key:{}", principal.key_id);
+    let subject = principal.credential.to_string();
     if !state.auth.should_audit_refusal(&subject) {
-        tracing::warn!(key_id = %principal.key_id, reason, "credential refused (audit throttled)");
+        tracing::warn!(credential = %subject, reason, "credential refused (audit throttled)");
         return Ok(());
     }
     let actor = Actor {

@@ -22,7 +22,7 @@ use self::api_key::{ApiKeySecret, KeyHash};
 use crate::access::{Role, Scopes};
 use crate::db::{ApiKey, Tenant, TenantScope, platform};
 use crate::error::Result;
-use crate::ids::{ApiKeyId, TenantId};
+use crate::ids::{ApiKeyId, RunId, TenantId};
 
 /// Most keys kept in the cache; past it, the cache is emptied and refills
 /// from the hot keys.
@@ -30,11 +30,49 @@ const CACHE_CAPACITY: usize = 10_000;
 /// `last_used_at` is written at most this often per key and replica.
 const TOUCH_INTERVAL: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
-/// What a verified key may do, as cached.
+/// What a caller presented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// An API key.
+    ApiKey(ApiKeyId),
+    /// A run token: a run's own credential for the model gateway, valid
+    /// while the run is not over.
+    Run(RunId),
+}
+
+impl Credential {
+    /// `api_key` or `run_token`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Credential::ApiKey(_) => "api_key",
+            Credential::Run(_) => "run_token",
+        }
+    }
+
+    /// The key's or the run's id.
+    pub fn id(&self) -> String {
+        match self {
+            Credential::ApiKey(id) => id.to_string(),
+            Credential::Run(id) => id.to_string(),
+        }
+    }
+}
+
+/// `api_key:key_…` or `run:run_…`: the principal in audit records.
+impl std::fmt::Display for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::ApiKey(id) => write!(f, "api_key:{id}"),
+            Credential::Run(id) => write!(f, "run:{id}"),
+        }
+    }
+}
+
+/// What a verified credential may do, as cached.
 #[derive(Debug, Clone)]
 pub struct KeyPrincipal {
-    /// The key's id.
-    pub key_id: ApiKeyId,
+    /// What was presented.
+    pub credential: Credential,
     /// The tenant it acts in.
     pub tenant_id: TenantId,
     /// Its role there.
@@ -64,7 +102,7 @@ impl KeyPrincipal {
     fn new(key: &ApiKey, tenant: Tenant) -> Self {
         KeyPrincipal {
             tenant,
-            key_id: key.id.clone(),
+            credential: Credential::ApiKey(key.id.clone()),
             tenant_id: key.tenant_id.clone(),
             role: key.role,
             scopes: key.scopes.clone(),
@@ -126,6 +164,9 @@ impl Authenticator {
 
     /// Checks a presented key.
     pub async fn verify(&self, presented: &str) -> Result<Verdict> {
+        if presented.starts_with("crt_") {
+            return self.verify_run_token(presented).await;
+        }
         let Some(secret) = ApiKeySecret::parse(presented) else {
             return Ok(Verdict::Unknown);
         };
@@ -192,7 +233,49 @@ impl Authenticator {
             revoked.insert(key_id.clone(), Instant::now());
         }
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
-        cache.retain(|_, entry| &entry.principal.key_id != key_id);
+        cache.retain(|_, entry| entry.principal.credential != Credential::ApiKey(key_id.clone()));
+    }
+
+    /// Checks a run token: its run's stored digest (compared in constant
+    /// time) and the run's state — usable while it is placed, starting or
+    /// running, expired once it is over. Not cached: a run's end takes
+    /// effect at once.
+    async fn verify_run_token(&self, presented: &str) -> Result<Verdict> {
+        use subtle::ConstantTimeEq;
+        let found = carapace_scheduler::store::runs::by_token(&self.db, presented)
+            .await
+            .map_err(crate::db::store_error)?;
+        let Some((run, Some(stored), presented_digest)) = found else {
+            return Ok(Verdict::Unknown);
+        };
+        if !bool::from(stored.as_bytes().ct_eq(presented_digest.as_bytes())) {
+            return Ok(Verdict::Unknown);
+        }
+        let (Ok(run_id), Ok(tenant_id)) = (RunId::parse(&run.id), TenantId::parse(&run.tenant))
+        else {
+            return Ok(Verdict::Unknown);
+        };
+        let tenant = match TenantScope::new(&self.db, &tenant_id).tenant().await {
+            Ok(tenant) => tenant,
+            Err(crate::error::Error::NotFound) => return Ok(Verdict::Unknown),
+            Err(e) => return Err(e),
+        };
+        let scopes = Scopes::new(vec![crate::access::Scope::Gateway])
+            .ok_or_else(|| anyhow::anyhow!("empty run token scopes"))?;
+        let principal = Arc::new(KeyPrincipal {
+            credential: Credential::Run(run_id),
+            tenant_id,
+            role: Role::Member,
+            scopes,
+            expires_at: None,
+            revoked: false,
+            tenant,
+        });
+        use carapace_scheduler::RunState;
+        Ok(match run.state {
+            RunState::Placed | RunState::Starting | RunState::Running => Verdict::Valid(principal),
+            _ => Verdict::Expired(principal),
+        })
     }
 
     fn cached(&self, hash: KeyHash) -> Option<Arc<KeyPrincipal>> {
@@ -216,7 +299,7 @@ impl Authenticator {
             .revoked
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&principal.key_id)
+            .contains_key(&key.id)
         {
             // Read before the revocation committed; it is revoked now.
             principal.revoked = true;

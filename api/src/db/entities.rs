@@ -133,6 +133,7 @@ pub mod gateway_usage {
         pub day: String,
         pub created_at: ChronoDateTimeUtc,
         pub agent_id: Option<String>,
+        pub run_id: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

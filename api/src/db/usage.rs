@@ -13,7 +13,7 @@ use sea_orm::DatabaseConnection;
 use super::TenantScope;
 use super::entities::gateway_usage;
 use crate::error::Result;
-use crate::ids::{AgentId, TenantId};
+use crate::ids::{AgentId, RunId, TenantId};
 
 /// One model call, as the gateway saw it.
 #[derive(Debug, Clone)]
@@ -22,6 +22,8 @@ pub struct UsageEntry {
     pub principal: String,
     /// The agent the call was made for, when the caller named one.
     pub agent: Option<AgentId>,
+    /// The run that made the call, when a run token made it.
+    pub run: Option<RunId>,
     /// `chat_completions` or `messages`.
     pub endpoint: &'static str,
     /// The model (or alias) the client asked for.
@@ -70,6 +72,8 @@ pub enum UsageGrouping {
     Model,
     /// By agent (`-` for calls made for no agent).
     Agent,
+    /// By run (`-` for calls not made with a run token).
+    Run,
 }
 
 fn clamp(v: u64) -> i64 {
@@ -93,6 +97,7 @@ fn row(tenant: &TenantId, entry: UsageEntry) -> gateway_usage::ActiveModel {
         day: Set(entry.at.format("%Y-%m-%d").to_string()),
         created_at: Set(entry.at),
         agent_id: Set(entry.agent.map(|a| a.to_string())),
+        run_id: Set(entry.run.map(|r| r.to_string())),
         ..Default::default()
     }
 }
@@ -155,6 +160,7 @@ impl TenantScope<'_> {
             UsageGrouping::Day => gateway_usage::Column::Day,
             UsageGrouping::Model => gateway_usage::Column::Model,
             UsageGrouping::Agent => gateway_usage::Column::AgentId,
+            UsageGrouping::Run => gateway_usage::Column::RunId,
         };
         let rows = gateway_usage::Entity::find()
             .select_only()

@@ -28,6 +28,7 @@ pub async fn start_local_worker(
         capacity: carapace_runtime::worker::default_capacity(fleet.config.local_slots),
         images,
         services: vec![(SERVICE_HOST.to_owned(), 80, service_addr)],
+        gateway_url: format!("http://{SERVICE_HOST}/gateway"),
     };
     let worker = Worker::new(runtime, config);
     let welcomed = worker.clone();

@@ -281,6 +281,7 @@ impl Fleet {
                         let start = ControlMessage::Start {
                             lease: run.lease,
                             spec: run.spec,
+                            token: run.token,
                         };
                         if !self.send(&run.worker, start).await {
                             tracing::warn!(worker = %run.worker, "placed run not delivered; the worker gets it at its next hello");

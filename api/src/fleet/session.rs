@@ -68,13 +68,9 @@ impl Fleet {
             resent = outcome.start.len(),
             "worker connected"
         );
-        for (lease, spec) in outcome.start {
-            if end
-                .tx
-                .send(ControlMessage::Start { lease, spec })
-                .await
-                .is_err()
-            {
+        for (lease, spec, token) in outcome.start {
+            let start = ControlMessage::Start { lease, spec, token };
+            if end.tx.send(start).await.is_err() {
                 break;
             }
         }
@@ -162,8 +158,11 @@ impl Fleet {
             self.run_changed();
             self.wake();
         }
-        for (lease, spec) in found.restart {
-            let _ = end.tx.send(ControlMessage::Start { lease, spec }).await;
+        for (lease, spec, token) in found.restart {
+            let _ = end
+                .tx
+                .send(ControlMessage::Start { lease, spec, token })
+                .await;
         }
         for lease in found.unknown {
             tracing::warn!(worker, run = %lease.run, "the worker holds a run that is not its own: stopping it");

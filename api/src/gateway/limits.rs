@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use chrono::{Datelike, Utc};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 
-use crate::ids::{ApiKeyId, TenantId};
+use crate::ids::TenantId;
 
 /// How often buckets are reconciled with the database.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
@@ -136,7 +136,7 @@ fn tenant_rpm(t: &TenantId) -> String {
 fn tenant_tpm(t: &TenantId) -> String {
     format!("tenant:{t}:tpm")
 }
-fn key_rpm(k: &ApiKeyId) -> String {
+fn key_rpm(k: &impl std::fmt::Display) -> String {
     format!("key:{k}:rpm")
 }
 
@@ -185,7 +185,7 @@ impl Limiter {
         &self,
         db: &DatabaseConnection,
         tenant: &TenantId,
-        key: &ApiKeyId,
+        key: &impl std::fmt::Display,
     ) -> Result<(), sea_orm::DbErr> {
         let wanted = [
             (tenant_rpm(tenant), f64::from(self.limits.tenant_rpm)),
@@ -210,7 +210,11 @@ impl Limiter {
     }
 
     /// Takes one request's worth of every limit, or says which refused.
-    pub fn acquire(self: &Arc<Self>, tenant: &TenantId, key: &ApiKeyId) -> Result<Permit, Refusal> {
+    pub fn acquire(
+        self: &Arc<Self>,
+        tenant: &TenantId,
+        key: &impl std::fmt::Display,
+    ) -> Result<Permit, Refusal> {
         let limits = self.limits;
         let mut state = self.lock();
         if let Some(budget) = limits.monthly_budget_micro_usd {
@@ -420,6 +424,7 @@ impl Drop for Permit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::ApiKeyId;
 
     fn limits() -> Limits {
         Limits {

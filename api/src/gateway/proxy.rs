@@ -219,12 +219,16 @@ async fn proxy(
     }
     gateway
         .limiter
-        .prime(&state.db, caller.tenant_id(), &caller.principal().key_id)
+        .prime(
+            &state.db,
+            caller.tenant_id(),
+            &caller.principal().credential.id(),
+        )
         .await
         .map_err(Error::from)?;
     let permit = gateway
         .limiter
-        .acquire(caller.tenant_id(), &caller.principal().key_id)
+        .acquire(caller.tenant_id(), &caller.principal().credential.id())
         .map_err(|refusal| match refusal {
             Refusal::Rate {
                 reason,
@@ -265,6 +269,10 @@ async fn proxy(
         gateway,
         format,
         agent,
+        run: match &caller.principal().credential {
+            crate::auth::Credential::Run(run) => Some(run.clone()),
+            crate::auth::Credential::ApiKey(_) => None,
+        },
         tenant: caller.tenant_id().clone(),
         principal: caller.actor().principal.clone(),
         requested,
@@ -393,6 +401,7 @@ struct Call<'a> {
     gateway: &'a Gateway,
     format: WireFormat,
     agent: Option<crate::ids::AgentId>,
+    run: Option<crate::ids::RunId>,
     tenant: TenantId,
     principal: String,
     requested: String,
@@ -421,6 +430,7 @@ impl Call<'_> {
         UsageEntry {
             principal: self.principal.clone(),
             agent: self.agent.clone(),
+            run: self.run.clone(),
             endpoint: self.endpoint(),
             requested_model: self.requested.clone(),
             cost_micro_usd: self

@@ -759,6 +759,7 @@ fn usage_entry(
 ) -> carapace_api::db::UsageEntry {
     carapace_api::db::UsageEntry {
         agent: None,
+        run: None,
         principal: "api_key:earlier".to_owned(),
         endpoint: "chat_completions",
         requested_model: model.to_owned(),

@@ -147,6 +147,7 @@ async fn fixture(app: &TestApp) -> Fixture {
     TenantScope::new(&app.db, &b_id)
         .record_usage(UsageEntry {
             agent: None,
+            run: None,
             principal: "api_key:bravo".to_owned(),
             endpoint: "chat_completions",
             requested_model: "bravo-model".to_owned(),

@@ -83,7 +83,7 @@ impl Worker {
                 };
                 let exec = Exec {
                     argv,
-                    env,
+                    env: self.with_run_env(id, env),
                     stdin,
                     // Bounded here too: the deadline arithmetic must not
                     // overflow, whatever the control plane sends.

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use carapace_scheduler::protocol::{
-    ControlMessage, Lease, Resources, RunEvent, RunSpec, VERSION, WorkerMessage,
+    ControlMessage, Lease, Resources, RunEvent, RunSpec, RunToken, VERSION, WorkerMessage,
 };
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -41,6 +41,10 @@ pub struct WorkerConfig {
     /// Services its sandboxes reach through the egress proxy (the control
     /// plane as `carapace.internal`).
     pub services: Vec<(String, u16, SocketAddr)>,
+    /// The model gateway's base URL as sandboxes see it (e.g.
+    /// `http://carapace.internal/gateway`), given to commands with the
+    /// run's token.
+    pub gateway_url: String,
 }
 
 /// Why a run is being stopped.
@@ -55,6 +59,8 @@ enum Stop {
 struct Held {
     epoch: i64,
     stop: Option<oneshot::Sender<Stop>>,
+    /// The run's token for the gateway (kept in memory only).
+    token: RunToken,
 }
 
 /// A worker node's runs and its link to the control plane.
@@ -326,7 +332,7 @@ impl Worker {
 
     fn handle(self: &Arc<Self>, message: ControlMessage) {
         match message {
-            ControlMessage::Start { lease, spec } => self.start(lease, spec),
+            ControlMessage::Start { lease, spec, token } => self.start(lease, spec, token),
             ControlMessage::Cancel { lease } => self.stop(&lease, Stop::Cancel),
             ControlMessage::Refused { lease, reason } => {
                 tracing::warn!(run = %lease.run, epoch = lease.epoch, reason, "report refused: stopping the run");
@@ -367,7 +373,7 @@ impl Worker {
         }
     }
 
-    fn start(self: &Arc<Self>, lease: Lease, spec: RunSpec) {
+    fn start(self: &Arc<Self>, lease: Lease, spec: RunSpec, token: RunToken) {
         let (stop, stopped) = oneshot::channel();
         {
             let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
@@ -380,6 +386,7 @@ impl Worker {
                 Held {
                     epoch: lease.epoch,
                     stop: Some(stop),
+                    token,
                 },
             );
         }
@@ -387,6 +394,37 @@ impl Worker {
         self.runtime.handle().spawn(async move {
             worker.execute(lease, spec, stopped).await;
         });
+    }
+
+    /// The environment a run's commands get on top of their own: the run's
+    /// token and where the gateway is, under the names the OpenAI and
+    /// Anthropic clients read. A command's own variables of these names
+    /// are replaced.
+    fn with_run_env(&self, run: &str, env: Vec<(String, String)>) -> Vec<(String, String)> {
+        let Some(token) = self
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(run)
+            .map(|h| h.token.reveal().to_owned())
+        else {
+            return env;
+        };
+        let base = self.config.gateway_url.trim_end_matches('/');
+        let ours = [
+            ("CARAPACE_RUN_TOKEN", token.clone()),
+            ("CARAPACE_GATEWAY_URL", format!("{base}/v1")),
+            ("OPENAI_API_KEY", token.clone()),
+            ("OPENAI_BASE_URL", format!("{base}/v1")),
+            ("ANTHROPIC_API_KEY", token),
+            ("ANTHROPIC_BASE_URL", base.to_owned()),
+        ];
+        let mut env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| !ours.iter().any(|(name, _)| name == k))
+            .collect();
+        env.extend(ours.into_iter().map(|(k, v)| (k.to_owned(), v)));
+        env
     }
 
     fn calls_out(&self) -> Option<mpsc::Sender<WorkerMessage>> {

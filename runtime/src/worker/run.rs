@@ -61,7 +61,7 @@ impl Worker {
         }
         let exec = Exec {
             argv: spec.command.clone(),
-            env: spec.env.clone(),
+            env: self.with_run_env(id, spec.env.clone()),
             stdin: Vec::new(),
             timeout: Duration::from_secs(u64::from(spec.timeout_s.clamp(1, 86_400))),
         };

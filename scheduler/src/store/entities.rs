@@ -31,6 +31,7 @@ pub mod run {
         pub finished_at: Option<ChronoDateTimeUtc>,
         pub lost_at: Option<ChronoDateTimeUtc>,
         pub updated_at: ChronoDateTimeUtc,
+        pub token_hash: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

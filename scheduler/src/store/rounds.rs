@@ -33,6 +33,8 @@ pub struct Placed {
     pub spec: RunSpec,
     /// Its tenant.
     pub tenant: String,
+    /// The placement's run token (only its digest is stored).
+    pub token: crate::protocol::RunToken,
 }
 
 /// Places what it can of the queue onto `workers` (the workers connected to
@@ -105,7 +107,9 @@ pub async fn place_round(
         let Some(row) = by_id.remove(&assignment.run) else {
             continue;
         };
+        let (token, digest) = super::runs::new_token(&row.id)?;
         let moved = run::Entity::update_many()
+            .col_expr(run::Column::TokenHash, Expr::value(digest))
             .col_expr(run::Column::State, Expr::value(RunState::Placed.as_str()))
             .col_expr(
                 run::Column::WorkerId,
@@ -137,6 +141,7 @@ pub async fn place_round(
             },
             spec,
             tenant: row.tenant,
+            token,
         });
     }
     txn.commit().await?;

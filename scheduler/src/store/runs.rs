@@ -10,7 +10,7 @@ use sea_orm::{
 
 use super::entities::run;
 use super::{ACTIVE, Error, Result, new_id};
-use crate::protocol::{Lease, RunSpec};
+use crate::protocol::{Lease, RunSpec, RunToken};
 use crate::run_state::RunState;
 
 /// Most attempts a run may ask for.
@@ -168,6 +168,7 @@ pub async fn enqueue(db: &impl ConnectionTrait, tenant: &str, new: NewRun) -> Re
         finished_at: Set(None),
         lost_at: Set(None),
         updated_at: Set(now),
+        token_hash: Set(None),
     };
     row.insert(db).await?.try_into()
 }
@@ -379,6 +380,60 @@ pub async fn resolve_stranded(db: &impl ConnectionTrait) -> Result<usize> {
         }
     }
     Ok(moved)
+}
+
+/// A new run token for run `run` (`crt_<the run id's hex>_<64 hex>`) and
+/// the digest stored in its place.
+pub(crate) fn new_token(run: &str) -> Result<(RunToken, String)> {
+    let hex = run.strip_prefix("run_").unwrap_or(run);
+    let secret = super::random_secret("x")?;
+    let token = format!("crt_{hex}_{}", secret.trim_start_matches("x_"));
+    let digest = super::digest(&token);
+    Ok((RunToken::new(token), digest))
+}
+
+/// Gives a placed run a fresh token (its previous one stops working), for
+/// a `Start` sent again. `None` if the run is no longer placed under
+/// `lease`.
+pub async fn issue_token(db: &impl ConnectionTrait, lease: &Lease) -> Result<Option<RunToken>> {
+    let (token, digest) = new_token(&lease.run)?;
+    let moved = run::Entity::update_many()
+        .col_expr(run::Column::TokenHash, Expr::value(digest))
+        .filter(run::Column::Id.eq(lease.run.as_str()))
+        .filter(run::Column::Epoch.eq(lease.epoch))
+        .filter(run::Column::State.eq(RunState::Placed.as_str()))
+        .exec(db)
+        .await?;
+    Ok((moved.rows_affected == 1).then_some(token))
+}
+
+/// The run a run token names and the digest it must match (the caller
+/// compares in constant time, and checks the run's state). `None` if the
+/// token is not shaped like one or names no run.
+pub async fn by_token(
+    db: &impl ConnectionTrait,
+    token: &str,
+) -> Result<Option<(Run, Option<String>, String)>> {
+    let Some((hex, secret)) = token
+        .strip_prefix("crt_")
+        .and_then(|rest| rest.split_once('_'))
+    else {
+        return Ok(None);
+    };
+    let lower_hex = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    if !lower_hex(hex, 32) || !lower_hex(secret, 64) {
+        return Ok(None);
+    }
+    let Some(row) = run::Entity::find_by_id(format!("run_{hex}"))
+        .one(db)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let stored = row.token_hash.clone();
+    Ok(Some((row.try_into()?, stored, super::digest(token))))
 }
 
 /// The runs a worker holds a lease on (placed, starting or running there).

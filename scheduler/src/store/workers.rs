@@ -16,7 +16,7 @@ use sea_orm::{
 use super::entities::{join_token, run, worker};
 use super::runs::{self, Run};
 use super::{ACTIVE, Error, Result, digest, new_id, random_secret};
-use crate::protocol::{Lease, Resources, RunSpec};
+use crate::protocol::{Lease, Resources, RunSpec, RunToken};
 use crate::run_state::RunState;
 
 /// Most images a worker may announce.
@@ -266,8 +266,9 @@ pub async fn register_local(db: &impl ConnectionTrait, name: &str) -> Result<Str
 pub struct HelloOutcome {
     /// Leases the worker announced that are still its own.
     pub keep: Vec<Lease>,
-    /// Runs placed on the worker that it does not hold yet: start them.
-    pub start: Vec<(Lease, RunSpec)>,
+    /// Runs placed on the worker that it does not hold yet: start them
+    /// (each with a fresh token).
+    pub start: Vec<(Lease, RunSpec, RunToken)>,
     /// Runs the worker had started but no longer holds (it restarted):
     /// declared lost and resolved, with the state each ended in.
     pub recovered: Vec<(Lease, Option<RunState>)>,
@@ -316,7 +317,9 @@ pub async fn hello(
         if held.contains(&lease) {
             outcome.keep.push(lease);
         } else if run.state == RunState::Placed {
-            outcome.start.push((lease, run.spec));
+            if let Some(token) = runs::issue_token(db, &lease).await? {
+                outcome.start.push((lease, run.spec, token));
+            }
         } else {
             let state = runs::lose(db, &lease, "its worker restarted without it").await?;
             outcome.recovered.push((lease, state));
@@ -389,7 +392,9 @@ pub async fn reconcile(
         let stale = chrono::Duration::from_std(PLACED_TIMEOUT).unwrap_or_default();
         let fresh = run.placed_at.is_some_and(|t| t > Utc::now() - stale);
         if run.state == RunState::Placed && fresh {
-            outcome.restart.push((lease, run.spec));
+            if let Some(token) = runs::issue_token(db, &lease).await? {
+                outcome.restart.push((lease, run.spec, token));
+            }
         } else if run.state == RunState::Placed {
             let state = runs::lose(db, &lease, "its worker never started it").await?;
             outcome.recovered.push((lease, state));
@@ -406,8 +411,8 @@ pub async fn reconcile(
 pub struct Reconciled {
     /// Runs declared lost and resolved, with the state each ended in.
     pub recovered: Vec<(Lease, Option<RunState>)>,
-    /// Placed runs to send to the worker again.
-    pub restart: Vec<(Lease, RunSpec)>,
+    /// Placed runs to send to the worker again (each with a fresh token).
+    pub restart: Vec<(Lease, RunSpec, RunToken)>,
     /// Leases the worker holds that are not its own (any more): the run
     /// ended, moved, or was deleted with its tenant. It must stop them.
     pub unknown: Vec<Lease>,

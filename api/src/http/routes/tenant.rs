@@ -65,8 +65,8 @@ pub async fn get_tenant(caller: Caller<ReadTenant>) -> Result<HttpResponse, Erro
         created_at: tenant.created_at,
         role: caller.role(),
         principal: PrincipalView {
-            kind: "api_key",
-            id: principal.key_id.to_string(),
+            kind: principal.credential.kind(),
+            id: principal.credential.id(),
             scopes: principal.scopes.as_slice().to_vec(),
         },
     }))

@@ -32,6 +32,8 @@ pub enum GroupBy {
     Model,
     /// By agent (`-` for calls made for no agent).
     Agent,
+    /// By run (`-` for calls not made with a run token).
+    Run,
 }
 
 /// Filters.
@@ -39,7 +41,7 @@ pub enum GroupBy {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct UsageQuery {
-    /// `day` (default), `model` or `agent`.
+    /// `day` (default), `model`, `agent` or `run`.
     group_by: Option<GroupBy>,
     /// First day, `YYYY-MM-DD` (default: 30 days ago).
     from: Option<NaiveDate>,
@@ -109,6 +111,7 @@ pub async fn get_usage(
         GroupBy::Day => UsageGrouping::Day,
         GroupBy::Model => UsageGrouping::Model,
         GroupBy::Agent => UsageGrouping::Agent,
+        GroupBy::Run => UsageGrouping::Run,
     };
     let day = |d: NaiveDate| d.format("%Y-%m-%d").to_string();
     let totals = caller

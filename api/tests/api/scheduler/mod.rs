@@ -5,6 +5,7 @@
 mod control_plane;
 mod fleet;
 mod runs;
+mod tokens;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
