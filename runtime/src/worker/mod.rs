@@ -377,8 +377,13 @@ impl Worker {
         let (stop, stopped) = oneshot::channel();
         {
             let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-            if held.contains_key(&lease.run) {
-                // Sent again after a reconnection: it is already under way.
+            if let Some(run) = held.get_mut(&lease.run) {
+                // Sent again (after a reconnection, or a start that came
+                // late): it is already under way; a resend carries a fresh
+                // token, the previous one no longer works.
+                if run.epoch == lease.epoch {
+                    run.token = token;
+                }
                 return;
             }
             held.insert(
