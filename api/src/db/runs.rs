@@ -28,21 +28,16 @@ pub fn store_error(e: store::Error) -> Error {
 
 impl TenantScope<'_> {
     /// Commits a queued run and its audit record together, unless the
-    /// tenant already has `max_queued` runs waiting.
+    /// tenant would have more than `max_queued` runs waiting. Exact under
+    /// concurrency: the insert comes first (on SQLite it takes the write
+    /// lock), then the tenant's row is locked (PostgreSQL), then the count
+    /// sees every committed run and this one.
     pub async fn enqueue_run(
         &self,
         new: NewRun,
         max_queued: u64,
         audit: AuditEvent,
     ) -> Result<Run> {
-        let waiting = runs::queued_count(self.db(), self.tenant_id().as_str())
-            .await
-            .map_err(store_error)?;
-        if waiting >= max_queued {
-            return Err(Error::LimitReached(format!(
-                "at most {max_queued} runs may wait in the queue per tenant"
-            )));
-        }
         let tenant = self.tenant_id().clone();
         self.db()
             .transaction::<_, Run, Error>(|txn| {
@@ -50,6 +45,15 @@ impl TenantScope<'_> {
                     let run = runs::enqueue(txn, tenant.as_str(), new)
                         .await
                         .map_err(store_error)?;
+                    lock_tenant(txn, &tenant).await?;
+                    let waiting = runs::queued_count(txn, tenant.as_str())
+                        .await
+                        .map_err(store_error)?;
+                    if waiting > max_queued {
+                        return Err(Error::LimitReached(format!(
+                            "at most {max_queued} runs may wait in the queue per tenant"
+                        )));
+                    }
                     insert_audit(txn, audit.in_tenant(&tenant).target(run.id.clone())).await?;
                     Ok(run)
                 })
@@ -97,4 +101,21 @@ impl TenantScope<'_> {
             .await
             .map_err(Error::from)
     }
+}
+
+/// Locks the tenant's row until the transaction ends (PostgreSQL; SQLite
+/// has one writer at a time anyway): per-tenant counts checked after it
+/// cannot race another transaction of the same tenant.
+pub(super) async fn lock_tenant(
+    txn: &sea_orm::DatabaseTransaction,
+    tenant: &crate::ids::TenantId,
+) -> Result<()> {
+    use sea_orm::{ConnectionTrait, DbBackend, EntityTrait, QuerySelect};
+    if txn.get_database_backend() == DbBackend::Postgres {
+        super::entities::tenant::Entity::find_by_id(tenant.as_str())
+            .lock_exclusive()
+            .one(txn)
+            .await?;
+    }
+    Ok(())
 }

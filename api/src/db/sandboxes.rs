@@ -165,7 +165,9 @@ impl TenantScope<'_> {
                     .map_err(super::store_error)?;
                     // Lost records count too (they hold nothing on a worker,
                     // but the tenant's records stay bounded); the idle
-                    // timeout removes them.
+                    // timeout removes them. After the tenant's row lock,
+                    // concurrent creations cannot both pass.
+                    super::runs::lock_tenant(txn, &tenant).await?;
                     let count = sandbox::Entity::find()
                         .filter(sandbox::Column::TenantId.eq(tenant.as_str()))
                         .count(txn)

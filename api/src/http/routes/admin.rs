@@ -123,6 +123,13 @@ fn operator(req: &HttpRequest, state: &AppState) -> Result<(), Error> {
     }
 }
 
+/// The operator's check, then the worker id of the path (404 if it is not
+/// one).
+fn operator_on(req: &HttpRequest, state: &AppState, raw: &str) -> Result<WorkerId, Error> {
+    operator(req, state)?;
+    WorkerId::parse(raw).map_err(|_| Error::NotFound)
+}
+
 /// The workers and their load (operator only).
 #[utoipa::path(get, path = "/v1/admin/workers", tag = "operations",
     responses(
@@ -157,8 +164,7 @@ pub async fn drain_worker(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, Error> {
-    operator(&req, &state)?;
-    let id = WorkerId::parse(&id).map_err(|_| Error::NotFound)?;
+    let id = operator_on(&req, &state, &id)?;
     store::drain(&state.db, id.as_str())
         .await
         .map_err(store_error)?;
@@ -192,8 +198,7 @@ pub async fn resume_worker(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, Error> {
-    operator(&req, &state)?;
-    let id = WorkerId::parse(&id).map_err(|_| Error::NotFound)?;
+    let id = operator_on(&req, &state, &id)?;
     store::resume(&state.db, id.as_str())
         .await
         .map_err(store_error)?;
@@ -218,8 +223,7 @@ pub async fn revoke_worker(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, Error> {
-    operator(&req, &state)?;
-    let id = WorkerId::parse(&id).map_err(|_| Error::NotFound)?;
+    let id = operator_on(&req, &state, &id)?;
     store::revoke(&state.db, id.as_str())
         .await
         .map_err(store_error)?;
