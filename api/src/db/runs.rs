@@ -29,9 +29,9 @@ pub fn store_error(e: store::Error) -> Error {
 impl TenantScope<'_> {
     /// Commits a queued run and its audit record together, unless the
     /// tenant would have more than `max_queued` runs waiting. Exact under
-    /// concurrency: the insert comes first (on SQLite it takes the write
-    /// lock), then the tenant's row is locked (PostgreSQL), then the count
-    /// sees every committed run and this one.
+    /// concurrency: the tenant's row is locked first (PostgreSQL; on
+    /// SQLite the insert, the first write, takes the database's write
+    /// lock), then the count sees every committed run and this one.
     pub async fn enqueue_run(
         &self,
         new: NewRun,
@@ -42,10 +42,10 @@ impl TenantScope<'_> {
         self.db()
             .transaction::<_, Run, Error>(|txn| {
                 Box::pin(async move {
+                    lock_tenant(txn, &tenant).await?;
                     let run = runs::enqueue(txn, tenant.as_str(), new)
                         .await
                         .map_err(store_error)?;
-                    lock_tenant(txn, &tenant).await?;
                     let waiting = runs::queued_count(txn, tenant.as_str())
                         .await
                         .map_err(store_error)?;
@@ -105,7 +105,10 @@ impl TenantScope<'_> {
 
 /// Locks the tenant's row until the transaction ends (PostgreSQL; SQLite
 /// has one writer at a time anyway): per-tenant counts checked after it
-/// cannot race another transaction of the same tenant.
+/// cannot race another transaction of the same tenant. Taken before the
+/// transaction inserts anything, and as `FOR NO KEY UPDATE`, which other
+/// transactions' foreign-key checks on the row do not wait for (and which
+/// cannot deadlock with the key-share lock an insert takes).
 pub(super) async fn lock_tenant(
     txn: &sea_orm::DatabaseTransaction,
     tenant: &crate::ids::TenantId,
@@ -113,7 +116,7 @@ pub(super) async fn lock_tenant(
     use sea_orm::{ConnectionTrait, DbBackend, EntityTrait, QuerySelect};
     if txn.get_database_backend() == DbBackend::Postgres {
         super::entities::tenant::Entity::find_by_id(tenant.as_str())
-            .lock_exclusive()
+            .lock(sea_orm::sea_query::LockType::NoKeyUpdate)
             .one(txn)
             .await?;
     }

@@ -140,6 +140,9 @@ impl TenantScope<'_> {
             .db()
             .transaction::<_, sandbox::Model, Error>(|txn| {
                 Box::pin(async move {
+                    // The tenant's row first: concurrent creations cannot
+                    // both pass the quota below.
+                    super::runs::lock_tenant(txn, &tenant).await?;
                     let spec = RunSpec {
                         image: new.image.clone(),
                         command: Vec::new(),
@@ -165,9 +168,7 @@ impl TenantScope<'_> {
                     .map_err(super::store_error)?;
                     // Lost records count too (they hold nothing on a worker,
                     // but the tenant's records stay bounded); the idle
-                    // timeout removes them. After the tenant's row lock,
-                    // concurrent creations cannot both pass.
-                    super::runs::lock_tenant(txn, &tenant).await?;
+                    // timeout removes them.
                     let count = sandbox::Entity::find()
                         .filter(sandbox::Column::TenantId.eq(tenant.as_str()))
                         .count(txn)
