@@ -266,9 +266,7 @@ impl SandboxService {
                 }
                 let scope = TenantScope::new(&db, &tenant);
                 if let Some(run) = &run
-                    && let Ok(run) = crate::db::TenantScope::new(&db, &tenant)
-                        .stop_sandbox_run(run)
-                        .await
+                    && let Ok(run) = scope.stop_sandbox_run(run).await
                 {
                     fleet.deliver_cancel(&run).await;
                 }

@@ -137,6 +137,8 @@ pub async fn enqueue(db: &impl ConnectionTrait, tenant: &str, new: NewRun) -> Re
         )));
     }
     let now = Utc::now();
+    // What it will reserve on its worker, stored for placement.
+    let need = crate::protocol::Resources::of(&new.spec.limits);
     let spec = serde_json::to_string(&new.spec).map_err(|e| Error::Invalid(e.to_string()))?;
     if spec.len() > MAX_SPEC_BYTES {
         return Err(Error::Invalid(format!(
@@ -148,8 +150,8 @@ pub async fn enqueue(db: &impl ConnectionTrait, tenant: &str, new: NewRun) -> Re
         tenant_id: Set(tenant.to_owned()),
         spec: Set(spec),
         image: Set(new.spec.image.clone()),
-        cpu_millis: Set(i64::from(new.spec.limits.cpu_millis)),
-        memory_mib: Set(i64::from(new.spec.limits.memory_mib)),
+        cpu_millis: Set(i64::try_from(need.cpu_millis).unwrap_or(i64::MAX)),
+        memory_mib: Set(i64::try_from(need.memory_mib).unwrap_or(i64::MAX)),
         state: Set(RunState::Queued.as_str().to_owned()),
         reason: Set(None),
         attempts: Set(0),

@@ -14,7 +14,7 @@ use sea_orm::{
 };
 
 use super::entities::{join_token, run, worker};
-use super::runs::{self, Run};
+use super::runs;
 use super::{ACTIVE, Error, Result, digest, new_id, random_secret};
 use crate::protocol::{Lease, Resources, RunSpec, RunToken};
 use crate::run_state::RunState;
@@ -487,25 +487,54 @@ pub async fn list_workers(db: &impl ConnectionTrait) -> Result<Vec<WorkerInfo>> 
         .all(db)
         .await?;
     let taken = used_by_worker(db, None).await?;
-    rows.into_iter()
-        .map(|row| {
-            Ok(WorkerInfo {
-                state: WorkerState::parse(&row.state)?,
-                capacity: Resources {
-                    cpu_millis: u64::try_from(row.cpu_millis).unwrap_or(0),
-                    memory_mib: u64::try_from(row.memory_mib).unwrap_or(0),
-                    slots: u64::try_from(row.slots).unwrap_or(0),
-                },
-                used: taken.get(&row.id).copied().unwrap_or_default(),
-                images: serde_json::from_str(&row.images).unwrap_or_default(),
-                last_heartbeat_at: row.last_heartbeat_at,
-                connected_at: row.connected_at,
-                created_at: row.created_at,
-                name: row.name,
-                id: row.id,
-            })
-        })
-        .collect()
+    rows.into_iter().map(|row| info(row, &taken)).collect()
+}
+
+/// One worker with its load.
+pub async fn worker_info(db: &impl ConnectionTrait, id: &str) -> Result<WorkerInfo> {
+    let row = worker::Entity::find_by_id(id)
+        .one(db)
+        .await?
+        .ok_or(Error::NotFound)?;
+    let taken = used_by_worker(db, Some(&[id.to_owned()])).await?;
+    info(row, &taken)
+}
+
+/// Whether some active worker offers `image` (whether a sandbox of it can
+/// be placed at all): reads only the workers' image lists.
+pub async fn any_offering(db: &impl ConnectionTrait, image: &str) -> Result<bool> {
+    let lists: Vec<String> = worker::Entity::find()
+        .select_only()
+        .column(worker::Column::Images)
+        .filter(worker::Column::State.eq(WorkerState::Active.as_str()))
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(lists.iter().any(|list| {
+        serde_json::from_str::<Vec<String>>(list)
+            .is_ok_and(|images| images.iter().any(|i| i == image))
+    }))
+}
+
+fn info(
+    row: worker::Model,
+    taken: &std::collections::HashMap<String, Resources>,
+) -> Result<WorkerInfo> {
+    Ok(WorkerInfo {
+        state: WorkerState::parse(&row.state)?,
+        capacity: Resources {
+            cpu_millis: u64::try_from(row.cpu_millis).unwrap_or(0),
+            memory_mib: u64::try_from(row.memory_mib).unwrap_or(0),
+            slots: u64::try_from(row.slots).unwrap_or(0),
+        },
+        used: taken.get(&row.id).copied().unwrap_or_default(),
+        images: serde_json::from_str(&row.images).unwrap_or_default(),
+        last_heartbeat_at: row.last_heartbeat_at,
+        connected_at: row.connected_at,
+        created_at: row.created_at,
+        name: row.name,
+        id: row.id,
+    })
 }
 
 /// Drains a worker: it gets no new runs; those it holds go on. A lost
@@ -606,9 +635,4 @@ pub async fn revoke(db: &impl ConnectionTrait, id: &str) -> Result<()> {
         return Err(Error::NotFound);
     }
     Ok(())
-}
-
-/// The runs of a worker (for its operator view and tests).
-pub async fn runs_of(db: &impl ConnectionTrait, id: &str) -> Result<Vec<Run>> {
-    runs::leased_to(db, id).await
 }

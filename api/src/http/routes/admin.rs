@@ -174,14 +174,10 @@ pub async fn drain_worker(
 }
 
 async fn current(state: &AppState, id: &WorkerId) -> Result<WorkerView, Error> {
-    let here = state.fleet.connected();
-    let worker = store::list_workers(&state.db)
+    let worker = store::workers::worker_info(&state.db, id.as_str())
         .await
-        .map_err(store_error)?
-        .into_iter()
-        .find(|w| w.id == id.as_str())
-        .ok_or(Error::NotFound)?;
-    Ok(view(worker, &here))
+        .map_err(store_error)?;
+    Ok(view(worker, &state.fleet.connected()))
 }
 
 /// Take a drained worker back: it gets new runs again (operator only).

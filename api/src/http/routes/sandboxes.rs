@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use actix_web::http::header;
 use actix_web::{HttpResponse, web};
 use carapace_scheduler::RunState;
-use carapace_scheduler::store::{self, WorkerState};
+use carapace_scheduler::store;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -206,13 +206,10 @@ pub async fn create_sandbox(
     let limits = limits(body.limits)?;
     state.sandboxes.check_offered(&image)?;
     // Fail fast when no worker could take it.
-    let workers = store::list_workers(&state.db)
+    let offered = store::workers::any_offering(&state.db, &image)
         .await
         .map_err(crate::db::store_error)?;
-    if !workers
-        .iter()
-        .any(|w| w.state == WorkerState::Active && w.images.contains(&image))
-    {
+    if !offered {
         let local = state
             .sandboxes
             .local_unavailable()
