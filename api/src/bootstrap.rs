@@ -64,6 +64,7 @@ impl Application {
             auth: Authenticator::new(db.clone(), settings.auth_cache_ttl),
             db,
             memory: crate::memory::MemoryStore::new(store.clone()),
+            memory_limits: settings.memory,
             store,
             master_key,
             metrics,

@@ -121,6 +121,12 @@ pub struct SettingsArgs {
     #[serde(default)]
     pub scheduler: Option<crate::fleet::SchedulerArgs>,
 
+    /// Agents' memory quotas and sync interval: the `[memory]` table of
+    /// the settings file only (see `memory::MemoryArgs`).
+    #[arg(skip)]
+    #[serde(default)]
+    pub memory: Option<crate::memory::MemoryArgs>,
+
     /// The model gateway's providers, aliases, prices and limits: the
     /// `[gateway]` table of the settings file only (see `gateway::config`).
     #[arg(skip)]
@@ -197,6 +203,8 @@ pub struct Settings {
     pub admin_token: Option<Secret<String>>,
     /// The scheduler.
     pub scheduler: crate::fleet::SchedulerConfig,
+    /// Agents' memory quotas.
+    pub memory: crate::memory::MemoryLimits,
 }
 
 /// The limit above which a revocation would take too long to apply.
@@ -250,6 +258,7 @@ impl SettingsArgs {
             admin_token: self.admin_token.or(lower.admin_token),
             local_worker: self.local_worker.or(lower.local_worker),
             scheduler: self.scheduler.or(lower.scheduler),
+            memory: self.memory.or(lower.memory),
             gateway: self.gateway.or(lower.gateway),
             sandboxes: self.sandboxes.or(lower.sandboxes),
             sandbox: self.sandbox.or(lower.sandbox),
@@ -308,7 +317,9 @@ impl SettingsArgs {
         if self.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
             bail!("admin_token must be at least 16 characters");
         }
+        let memory = self.memory.unwrap_or_default().resolve()?;
         Ok(Settings {
+            memory,
             scheduler,
             admin_token: self.admin_token.map(Secret::new),
             listen: self

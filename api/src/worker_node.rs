@@ -134,6 +134,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             control_plane_addr(&args.control_plane).await?,
         )],
         gateway_url: format!("http://{SERVICE_HOST}/gateway"),
+        api_url: args.control_plane.trim_end_matches('/').to_owned(),
     };
     tracing::info!(name, slots = args.slots, "worker starting");
     let worker = Worker::new(runtime.clone(), config);

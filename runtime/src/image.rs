@@ -28,11 +28,20 @@ pub const OCI_AGENT_PATH: &str = "/.carapace/carapace-agent";
 
 /// Bumped whenever the layout below changes, so old cache entries are not
 /// reused.
-const LAYOUT_VERSION: &[u8] = b"builtin-image-v1";
+const LAYOUT_VERSION: &[u8] = b"builtin-image-v2";
 
 /// Directories every image needs as mount points (the rootfs is read-only,
 /// so they must exist before a sandbox starts).
-const MOUNT_POINTS: &[&str] = &["proc", "sys", "dev", "tmp", "workspace", "run", "etc"];
+const MOUNT_POINTS: &[&str] = &[
+    "proc",
+    "sys",
+    "dev",
+    "tmp",
+    "workspace",
+    "memory",
+    "run",
+    "etc",
+];
 
 /// Makes sure the built-in image is in `cache`, building it from `busybox`
 /// (a static busybox binary) if needed; its root directory.
@@ -270,7 +279,7 @@ fn build(root: &Path, busybox_bytes: &[u8], busybox: &Path) -> Result<(), Error>
             symlink("busybox", &link).map_err(io("link a busybox applet"))?;
         }
     }
-    for dir in ["", "tmp", "workspace"] {
+    for dir in ["", "tmp", "workspace", "memory"] {
         let mode = if dir == "tmp" { 0o1777 } else { 0o755 };
         fs::set_permissions(root.join(dir), fs::Permissions::from_mode(mode))
             .map_err(io("set a directory mode"))?;

@@ -30,7 +30,7 @@ pub mod sandbox;
 pub mod worker;
 
 pub use capacity::{Capacity, CapacityError};
-pub use sandbox::{Exec, ExecResult, Limits, Runtime, RuntimeConfig, SandboxSpec};
+pub use sandbox::{Area, Exec, ExecResult, Limits, Runtime, RuntimeConfig, SandboxSpec};
 
 /// What can go wrong on a worker.
 #[derive(Debug, thiserror::Error)]

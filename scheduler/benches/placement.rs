@@ -90,6 +90,7 @@ async fn trial(db: &DatabaseConnection, workers: &[String]) -> f64 {
             limits: Limits::default(),
             egress_allow: vec![],
             interactive: false,
+            memory: None,
         };
         runs::enqueue(
             &txn,

@@ -127,6 +127,27 @@ pub struct RunSpec {
     /// calls ([`CallRequest`]), until the run is cancelled.
     #[serde(default)]
     pub interactive: bool,
+    /// The agent memory the sandbox works on, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemorySync>,
+}
+
+/// An agent's memory, synced with a run's sandbox: its current version is
+/// written into the sandbox's `/memory` before the command starts, and
+/// what changed there is committed back as one new version every
+/// `interval_s` seconds and when the run ends. The worker does it through
+/// the control plane's memory API with the run's token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemorySync {
+    /// The agent (`agt_…`) whose memory it is.
+    pub agent: String,
+    /// Seconds between commits while the run goes on.
+    pub interval_s: u32,
+    /// Most files the memory may hold.
+    pub max_files: u32,
+    /// Most bytes its files may hold together.
+    pub max_bytes: u64,
 }
 
 /// A request to a running interactive sandbox, answered by
@@ -431,6 +452,7 @@ mod tests {
                 limits: Limits::default(),
                 egress_allow: vec![],
                 interactive: false,
+                memory: None,
             },
             token: RunToken::new("crt_secret-canary".into()),
         };

@@ -70,6 +70,7 @@ fn spec(command: &str) -> RunSpec {
         limits: Limits::default(),
         egress_allow: vec![],
         interactive: false,
+        memory: None,
     }
 }
 

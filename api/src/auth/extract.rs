@@ -19,7 +19,7 @@ use crate::audit::{Actor, Outcome};
 use crate::db::{TenantScope, platform};
 use crate::error::Error;
 use crate::http::observe::RequestId;
-use crate::ids::TenantId;
+use crate::ids::{AgentId, TenantId};
 use crate::state::AppState;
 
 /// A permission a handler requires: the scope the key must carry, the least
@@ -31,6 +31,9 @@ pub trait Permission {
     const SCOPE: Scope;
     /// Least role.
     const MIN_ROLE: Role;
+    /// Whether a run token bound to an agent may act (on that agent only:
+    /// the handler checks with [`Caller::may_open_agent`]).
+    const RUN_TOKEN: bool = false;
 }
 
 macro_rules! permission {
@@ -65,6 +68,16 @@ permission!(
     /// See the tenant's agents and read and write their memory.
     UseAgents, "agent.use", Scope::Api, Role::Member
 );
+/// Read and write an agent's memory: with an API key, any of the tenant's
+/// agents; with a run token, only its run's agent.
+pub struct UseMemory;
+impl Permission for UseMemory {
+    const ACTION: &'static str = "memory.use";
+    const SCOPE: Scope = Scope::Api;
+    const MIN_ROLE: Role = Role::Member;
+    const RUN_TOKEN: bool = true;
+}
+
 permission!(
     /// Create, change and delete agents.
     ManageAgents, "agent.manage", Scope::Api, Role::Admin
@@ -117,6 +130,26 @@ impl<P: Permission> Caller<P> {
     /// The database, bound to the caller's tenant.
     pub fn scope<'a>(&'a self, db: &'a DatabaseConnection) -> TenantScope<'a> {
         TenantScope::new(db, &self.principal.tenant_id)
+    }
+
+    /// Whether the caller may act on `agent`: an API key on any of its
+    /// tenant's agents, a run token only on its run's. A refusal is
+    /// audited (a sandbox reaching for another agent is an attack).
+    pub async fn may_open_agent(&self, state: &AppState, agent: &AgentId) -> Result<(), Error> {
+        match (&self.principal.credential, &self.principal.agent) {
+            (Credential::ApiKey(_), _) => Ok(()),
+            (Credential::Run(_), Some(own)) if own == agent => Ok(()),
+            (Credential::Run(_), _) => {
+                let reason = "a run token opens only its own agent's memory";
+                let event = self
+                    .actor
+                    .event(P::ACTION, Outcome::Denied)
+                    .in_tenant(&self.principal.tenant_id)
+                    .reason(format!("{reason} (asked for {agent})"));
+                record_refusal(state, event).await;
+                Err(Error::Forbidden(reason.to_owned()))
+            }
+        }
     }
 }
 
@@ -199,10 +232,15 @@ async fn authenticate<P: Permission>(req: &HttpRequest) -> Result<Caller<P>, Err
             return Err(Error::Unauthenticated(reason));
         }
     };
-    if !principal.scopes.contains(P::SCOPE) {
+    let run_token_allowed = P::RUN_TOKEN
+        && matches!(principal.credential, Credential::Run(_))
+        && principal.agent.is_some();
+    if !principal.scopes.contains(P::SCOPE) && !run_token_allowed {
         let reason = match principal.credential {
             Credential::ApiKey(_) => format!("API key lacks the `{}` scope", P::SCOPE.as_str()),
-            Credential::Run(_) => "a run token opens only the model gateway".to_owned(),
+            Credential::Run(_) => {
+                "a run token opens only the model gateway and its own agent's memory".to_owned()
+            }
         };
         deny(state, &anonymous, &principal, P::ACTION, &reason).await?;
         return Err(Error::Forbidden(reason));

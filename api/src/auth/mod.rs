@@ -22,7 +22,7 @@ use self::api_key::{ApiKeySecret, KeyHash};
 use crate::access::{Role, Scopes};
 use crate::db::{ApiKey, Tenant, TenantScope, platform};
 use crate::error::Result;
-use crate::ids::{ApiKeyId, RunId, TenantId};
+use crate::ids::{AgentId, ApiKeyId, RunId, TenantId};
 
 /// Most keys kept in the cache; past it, the cache is emptied and refills
 /// from the hot keys.
@@ -79,6 +79,9 @@ pub struct KeyPrincipal {
     pub role: Role,
     /// Its scopes.
     pub scopes: Scopes,
+    /// For a run token: the agent whose memory its run works on (the only
+    /// memory it opens).
+    pub agent: Option<AgentId>,
     expires_at: Option<DateTime<Utc>>,
     revoked: bool,
     /// The tenant as read with the key, so that the hot path needs no
@@ -108,6 +111,7 @@ impl KeyPrincipal {
             scopes: key.scopes.clone(),
             expires_at: key.expires_at,
             revoked: key.revoked_at.is_some(),
+            agent: None,
         }
     }
 }
@@ -269,6 +273,11 @@ impl Authenticator {
             scopes,
             expires_at: None,
             revoked: false,
+            agent: run
+                .spec
+                .memory
+                .as_ref()
+                .and_then(|m| AgentId::parse(&m.agent).ok()),
             tenant,
         });
         use carapace_scheduler::RunState;

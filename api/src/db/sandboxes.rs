@@ -151,6 +151,7 @@ impl TenantScope<'_> {
                         limits: new.limits,
                         egress_allow: new.egress_allow,
                         interactive: true,
+                        memory: None,
                     };
                     // Placed once: a sandbox whose worker is lost is lost.
                     // The write comes first: on SQLite it takes the write

@@ -29,6 +29,7 @@ pub async fn start_local_worker(
         images,
         services: vec![(SERVICE_HOST.to_owned(), 80, service_addr)],
         gateway_url: format!("http://{SERVICE_HOST}/gateway"),
+        api_url: format!("http://{service_addr}"),
     };
     let worker = Worker::new(runtime, config);
     let welcomed = worker.clone();

@@ -4,8 +4,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::routes::{
-    admin, agents, api_keys, audit, memory, ops, providers, runs, sandbox_calls, sandbox_exec,
-    sandboxes, tenant, usage, workers,
+    admin, agents, api_keys, audit, memory, memory_sync, ops, providers, runs, sandbox_calls,
+    sandbox_exec, sandboxes, tenant, usage, workers,
 };
 
 /// The whole API.
@@ -39,6 +39,8 @@ use super::routes::{
         memory::read_file,
         memory::write_file,
         memory::delete_file,
+        memory_sync::archive,
+        memory_sync::commit,
         sandboxes::create_sandbox,
         sandboxes::list_sandboxes,
         sandboxes::get_sandbox,
@@ -93,6 +95,17 @@ impl Modify for BearerAuth {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some("An API key, `cpk_…`"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "run_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A run's token, `crt_…`, given to its sandbox: the gateway, and its agent's memory",
+                    ))
                     .build(),
             ),
         );

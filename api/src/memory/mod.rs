@@ -27,6 +27,7 @@
 
 mod manifest;
 mod path;
+mod quota;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -38,7 +39,8 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 
 pub use self::manifest::{Content, FileEntry, Manifest};
-pub use self::path::{InvalidPath, MemoryPath};
+pub use self::path::{InvalidPath, MAX_PATH, MemoryPath, WHITEOUT};
+pub use self::quota::{MemoryArgs, MemoryLimits};
 use crate::crypto::DataKey;
 use crate::error::{Error, Result};
 use crate::ids::TenantId;

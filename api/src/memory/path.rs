@@ -6,14 +6,20 @@ use std::fmt;
 /// Longest path, in bytes.
 pub const MAX_PATH: usize = 512;
 
+/// The prefix of a name that, in a memory archive, deletes the file named
+/// by the rest (as in OCI image layers).
+pub const WHITEOUT: &str = ".wh.";
+
 /// Why a path was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid memory path: {0}")]
 pub struct InvalidPath(pub &'static str);
 
 /// A relative path of `/`-separated components: no empty, `.` or `..`
-/// components, no leading `/`, no backslashes or control characters, at
-/// most 512 bytes and 255 per component.
+/// components, no leading `/`, no backslashes or control characters, no
+/// component beginning with `.wh.` (in memory archives such a name means
+/// "delete", see `routes::memory_sync`), at most 512 bytes and 255 per
+/// component.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MemoryPath(String);
 
@@ -37,6 +43,9 @@ impl MemoryPath {
                 "" => return Err(InvalidPath("empty component")),
                 "." | ".." => return Err(InvalidPath("`.` or `..` component")),
                 c if c.len() > 255 => return Err(InvalidPath("component longer than 255 bytes")),
+                c if c.starts_with(WHITEOUT) => {
+                    return Err(InvalidPath("`.wh.` names are reserved"));
+                }
                 _ => {}
             }
         }
@@ -95,6 +104,8 @@ mod tests {
             "a\nb",
             long.as_str(),
             long_component.as_str(),
+            ".wh.notes.md",
+            "a/.wh..wh..opq",
         ] {
             assert!(MemoryPath::parse(bad).is_err(), "{bad:?}");
         }

@@ -359,6 +359,61 @@ fn read_file(path: &[u8], max: u32) -> Result<Vec<u8>, String> {
     Ok(data)
 }
 
+/// Deepest directory nesting [`list_files`] descends into.
+const MAX_DEPTH: usize = 32;
+
+/// The regular files under `root` (see [`Request::ListFiles`]), encoded.
+fn list_files(root: &[u8], max: u32) -> Result<Vec<u8>, String> {
+    let mut files = Vec::new();
+    let root = std::path::Path::new(OsStr::from_bytes(root));
+    walk(root, &[], &mut files, max as usize)?;
+    Ok(protocol::Listing(files).encode())
+}
+
+fn walk(
+    dir: &std::path::Path,
+    prefix: &[u8],
+    files: &mut Vec<protocol::Listed>,
+    max: usize,
+) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound && prefix.is_empty() => return Ok(()),
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| e.to_string())?;
+        // Not followed: a link's target is never what gets listed.
+        let meta = std::fs::symlink_metadata(entry.path()).map_err(|e| e.to_string())?;
+        let depth = prefix.iter().filter(|&&b| b == b'/').count();
+        let mut path = prefix.to_vec();
+        if !path.is_empty() {
+            path.push(b'/');
+        }
+        path.extend_from_slice(entry.file_name().as_bytes());
+        if meta.is_dir() {
+            if depth + 1 < MAX_DEPTH {
+                walk(&entry.path(), &path, files, max)?;
+            }
+        } else if meta.is_file() {
+            if files.len() >= max {
+                return Err(format!("more than {max} files"));
+            }
+            let times = [meta.mtime(), meta.mtime_nsec(), meta.ctime(), meta.ctime_nsec()];
+            let stamp = times
+                .iter()
+                .fold(meta.ino(), |acc, &t| acc.rotate_left(17) ^ (t as u64));
+            files.push(protocol::Listed {
+                path,
+                size: meta.size(),
+                stamp,
+            });
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     // Commands run as the same user as the agent: without this, one could
     // open /proc/1/mem and rewrite the agent (and so forge what the worker
@@ -404,7 +459,9 @@ fn main() {
                 stderr_truncated: false,
                 error: NO_ROOM.into(),
             }),
-            Request::WriteFile { id, .. } | Request::ReadFile { id, .. } => Reply::File {
+            Request::WriteFile { id, .. }
+            | Request::ReadFile { id, .. }
+            | Request::ListFiles { id, .. } => Reply::File {
                 id: *id,
                 result: Err(NO_ROOM.into()),
             },
@@ -421,6 +478,10 @@ fn main() {
                 Request::ReadFile { id, path, max } => Reply::File {
                     id,
                     result: read_file(&path, max),
+                },
+                Request::ListFiles { id, root, max } => Reply::File {
+                    id,
+                    result: list_files(&root, max),
                 },
             };
             send(&out, &reply);

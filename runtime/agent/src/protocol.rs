@@ -28,6 +28,55 @@ pub enum Request {
     },
     /// Read a file, at most `max` bytes.
     ReadFile { id: u64, path: Vec<u8>, max: u32 },
+    /// List the regular files under a directory (recursively, symbolic
+    /// links neither followed nor listed), at most `max` of them; answered
+    /// by a [`Reply::File`] whose data is an encoded [`Listing`].
+    ListFiles { id: u64, root: Vec<u8>, max: u32 },
+}
+
+/// One regular file found by [`Request::ListFiles`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Relative to the listed directory, components joined by `/`.
+    pub path: Vec<u8>,
+    pub size: u64,
+    /// Changes whenever the file's content may have changed (its
+    /// modification and status-change times and inode, mixed).
+    pub stamp: u64,
+}
+
+/// The files of a [`Request::ListFiles`] answer.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Listing(pub Vec<Listed>);
+
+impl Listing {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut enc = Enc(Vec::new());
+        enc.u32(u32::try_from(self.0.len()).unwrap_or(u32::MAX));
+        for file in &self.0 {
+            enc.bytes(&file.path).u64(file.size).u64(file.stamp);
+        }
+        enc.0
+    }
+
+    pub fn decode(data: &[u8]) -> Result<Self, DecodeError> {
+        let mut d = Dec(data);
+        let n = d.u32()? as usize;
+        // Each entry takes at least 20 bytes.
+        if n > d.0.len() / 20 {
+            return Err(DecodeError::Malformed("listing count"));
+        }
+        let mut files = Vec::with_capacity(n);
+        for _ in 0..n {
+            files.push(Listed {
+                path: d.bytes()?,
+                size: d.u64()?,
+                stamp: d.u64()?,
+            });
+        }
+        d.done()?;
+        Ok(Listing(files))
+    }
 }
 
 /// One command to run inside the sandbox.
@@ -122,6 +171,7 @@ impl From<io::Error> for DecodeError {
 const TAG_EXEC: u8 = 1;
 const TAG_WRITE: u8 = 2;
 const TAG_READ: u8 = 3;
+const TAG_LIST: u8 = 4;
 const TAG_READY: u8 = 0x80;
 const TAG_EXEC_REPLY: u8 = 0x81;
 const TAG_FILE_REPLY: u8 = 0x82;
@@ -248,6 +298,11 @@ impl Request {
                 enc.u64(*id).bytes(path).u32(*max);
                 enc.finish()
             }
+            Request::ListFiles { id, root, max } => {
+                let mut enc = Enc::new(TAG_LIST);
+                enc.u64(*id).bytes(root).u32(*max);
+                enc.finish()
+            }
         }
     }
 
@@ -272,6 +327,11 @@ impl Request {
             TAG_READ => Request::ReadFile {
                 id: d.u64()?,
                 path: d.bytes()?,
+                max: d.u32()?,
+            },
+            TAG_LIST => Request::ListFiles {
+                id: d.u64()?,
+                root: d.bytes()?,
                 max: d.u32()?,
             },
             _ => return Err(DecodeError::Malformed("unknown request")),
@@ -439,6 +499,19 @@ mod tests {
             path: b"a".to_vec(),
             max: 3,
         });
+        roundtrip_request(Request::ListFiles {
+            id: 4,
+            root: b"/memory".to_vec(),
+            max: 10,
+        });
+        let listing = Listing(vec![Listed {
+            path: b"a/b.md".to_vec(),
+            size: 5,
+            stamp: 77,
+        }]);
+        assert_eq!(Listing::decode(&listing.encode()).ok(), Some(listing));
+        // A count the data cannot hold.
+        assert!(Listing::decode(&u32::MAX.to_le_bytes()).is_err());
         let reply = Reply::Exec(ExecReply {
             id: 9,
             outcome: Outcome::Signaled(9),

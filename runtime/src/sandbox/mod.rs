@@ -32,6 +32,7 @@ use tokio::task::JoinHandle;
 
 use cleanup::reconcile;
 pub use exec::StreamEvent;
+pub use files::Area;
 pub use spec::Limits;
 
 use crate::egress::{Counters, Policy};

@@ -114,6 +114,7 @@ pub fn build(input: &SpecInput<'_>) -> Value {
             {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
             {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777", format!("size={}m", limits.tmp_mib)]},
             {"destination": "/workspace", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=755", format!("size={}m", limits.workspace_mib)]},
+            {"destination": "/memory", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=755", format!("size={}m", limits.workspace_mib)]},
         ],
         "linux": {
             "uidMappings": map,

@@ -14,6 +14,7 @@
 
 mod calls;
 pub mod link;
+mod memory;
 mod run;
 
 use std::collections::{HashMap, VecDeque};
@@ -45,6 +46,9 @@ pub struct WorkerConfig {
     /// `http://carapace.internal/gateway`), given to commands with the
     /// run's token.
     pub gateway_url: String,
+    /// The control plane's base URL as this worker reaches it (its memory
+    /// API, used with a run's token to sync the run's agent memory).
+    pub api_url: String,
 }
 
 /// Why a run is being stopped.
@@ -405,6 +409,15 @@ impl Worker {
     /// token and where the gateway is, under the names the OpenAI and
     /// Anthropic clients read. A command's own variables of these names
     /// are replaced.
+    /// The current token of a run this worker holds.
+    fn token_of(&self, run: &str) -> Option<RunToken> {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(run)
+            .map(|h| h.token.clone())
+    }
+
     fn with_run_env(&self, run: &str, env: Vec<(String, String)>) -> Vec<(String, String)> {
         let Some(token) = self
             .held

@@ -1,7 +1,9 @@
 //! An agent's encrypted memory over HTTP: list, read, write and delete
 //! files (raw bytes in and out), list versions, restore one. Every change
 //! is a new version (see `memory`). The top-level name `versions` is
-//! reserved for the version endpoints.
+//! reserved for the version endpoints (and `archive` and `commits`, see
+//! `memory_sync`). API keys open any of their tenant's agents; a run token
+//! only its run's agent (what its sandbox and worker use).
 
 use std::sync::Arc;
 
@@ -11,7 +13,7 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::extract::{Caller, UseAgents};
+use crate::auth::extract::{Caller, UseMemory};
 use crate::db::TenantScope;
 use crate::error::Error;
 use crate::http::problem::method_not_allowed;
@@ -19,12 +21,10 @@ use crate::ids::{AgentId, TenantId};
 use crate::memory::{Content, Manifest, MemoryPath, Namespace};
 use crate::state::AppState;
 
-/// Largest file, in bytes.
-pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
-/// Most files in one agent's memory.
-pub const MAX_FILES: usize = 10_000;
 /// Versions kept by the garbage collection that runs every tenth commit.
 pub const KEEP_VERSIONS: usize = 20;
+/// Top-level names taken by endpoints, never files.
+const RESERVED: &[&str] = &["versions", "archive", "commits"];
 /// Times a write of a small file is retried after a concurrent commit.
 const RETRIES: usize = 20;
 
@@ -76,8 +76,8 @@ pub async fn namespace(
 }
 
 /// One of the caller's agents' memory, opened.
-struct Opened<'a> {
-    ns: Namespace,
+pub(super) struct Opened<'a> {
+    pub(super) ns: Namespace,
     agent: AgentId,
     scope: TenantScope<'a>,
 }
@@ -85,7 +85,7 @@ struct Opened<'a> {
 impl Opened<'_> {
     /// The current version, refusing a bucket whose newest manifests were
     /// removed: the database records the newest version ever committed.
-    async fn head(&self, state: &AppState) -> Result<Option<Manifest>, Error> {
+    pub(super) async fn head(&self, state: &AppState) -> Result<Option<Manifest>, Error> {
         match self.versions(state).await?.last() {
             Some(&v) => Ok(Some(state.memory.manifest(&self.ns, v).await?)),
             None => Ok(None),
@@ -111,7 +111,7 @@ impl Opened<'_> {
 
     /// After a commit: records it, collects garbage every tenth version,
     /// and answers with the new version.
-    async fn committed(
+    pub(super) async fn committed(
         &self,
         state: &AppState,
         manifest: &Manifest,
@@ -131,12 +131,13 @@ impl Opened<'_> {
 }
 
 /// Checks the agent is the caller's and opens its memory.
-async fn open<'a>(
-    caller: &'a Caller<UseAgents>,
+pub(super) async fn open<'a>(
+    caller: &'a Caller<UseMemory>,
     state: &'a AppState,
     raw_id: &str,
 ) -> Result<Opened<'a>, Error> {
     let agent = AgentId::parse(raw_id).map_err(|_| Error::NotFound)?;
+    caller.may_open_agent(state, &agent).await?;
     let scope = caller.scope(&state.db);
     scope.agent(&agent).await?;
     let ns = namespace(state, caller.tenant_id(), &agent).await?;
@@ -145,11 +146,12 @@ async fn open<'a>(
 
 /// The file path from the URL (actix has percent-decoded it, so `%2E%2E`
 /// arrives as `..` and is refused like it), validated.
-fn file_path(raw: &str) -> Result<MemoryPath, Error> {
-    if raw == "versions" || raw.starts_with("versions/") {
+pub(super) fn file_path(raw: &str) -> Result<MemoryPath, Error> {
+    let top = raw.split('/').next().unwrap_or_default();
+    if RESERVED.contains(&top) {
         return Err(Error::Invalid {
             field: "path",
-            message: "`versions` is reserved".to_owned(),
+            message: format!("`{top}` is reserved"),
         });
     }
     MemoryPath::parse(raw).map_err(|e| Error::Invalid {
@@ -210,7 +212,7 @@ pub struct ReadQuery {
     responses((status = 200, description = "Files", body = Listing)),
     security(("api_key" = [])))]
 pub async fn list_files(
-    caller: Caller<UseAgents>,
+    caller: Caller<UseMemory>,
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, Error> {
@@ -238,7 +240,7 @@ pub async fn list_files(
     responses((status = 200, description = "Versions", body = VersionList)),
     security(("api_key" = [])))]
 pub async fn list_versions(
-    caller: Caller<UseAgents>,
+    caller: Caller<UseMemory>,
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, Error> {
@@ -266,7 +268,7 @@ pub async fn list_versions(
     ),
     security(("api_key" = [])))]
 pub async fn restore(
-    caller: Caller<UseAgents>,
+    caller: Caller<UseMemory>,
     state: web::Data<AppState>,
     path: web::Path<(String, u64)>,
 ) -> Result<HttpResponse, Error> {
@@ -286,7 +288,7 @@ pub async fn restore(
     ),
     security(("api_key" = [])))]
 pub async fn read_file(
-    caller: Caller<UseAgents>,
+    caller: Caller<UseMemory>,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
     query: web::Query<ReadQuery>,
@@ -350,7 +352,7 @@ pub async fn read_file(
     ),
     security(("api_key" = [])))]
 pub async fn write_file(
-    caller: Caller<UseAgents>,
+    caller: Caller<UseMemory>,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
     mut body: web::Payload,
@@ -360,13 +362,14 @@ pub async fn write_file(
     let opened = open(&caller, &state, &id).await?;
     let ns = &opened.ns;
     let mut attempt = 0;
+    let limits = state.memory_limits;
     let mut base = opened.head(&state).await?;
-    if base
-        .as_ref()
-        .is_some_and(|m| m.files.len() >= MAX_FILES && !m.files.contains_key(file.as_str()))
-    {
+    if base.as_ref().is_some_and(|m| {
+        m.files.len() >= limits.max_files && !m.files.contains_key(file.as_str())
+    }) {
         return Err(Error::LimitReached(format!(
-            "an agent's memory holds at most {MAX_FILES} files"
+            "an agent's memory holds at most {} files",
+            limits.max_files
         )));
     }
     let mut writer = state.memory.writer(ns, file.clone(), base.as_ref())?;
@@ -375,15 +378,18 @@ pub async fn write_file(
         let chunk =
             chunk.map_err(|e| Error::InvalidQuery(format!("failed to read the body: {e}")))?;
         size += chunk.len() as u64;
-        if size > MAX_FILE_BYTES {
+        if size > limits.max_file_bytes {
             return Err(Error::PayloadTooLarge {
-                limit: MAX_FILE_BYTES as usize,
+                limit: usize::try_from(limits.max_file_bytes).unwrap_or(usize::MAX),
             });
         }
         writer.write(&chunk).await?;
     }
     let entry = writer.finish().await?;
     loop {
+        if let Some(base) = &base {
+            check_total(base, [(&entry.0, entry.1.size)], &[], &limits)?;
+        }
         match state
             .memory
             .commit(ns, base.as_ref(), vec![entry.clone()], &[])
@@ -413,7 +419,7 @@ pub async fn write_file(
     ),
     security(("api_key" = [])))]
 pub async fn delete_file(
-    caller: Caller<UseAgents>,
+    caller: Caller<UseMemory>,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, Error> {
@@ -442,4 +448,39 @@ pub async fn delete_file(
     Err(Error::Conflict(
         "memory keeps changing; try again".to_owned(),
     ))
+}
+
+/// Refuses a version over the total-size quota: `base` with `puts`
+/// (path, size) written and `deletes` removed.
+pub(super) fn check_total<'p>(
+    base: &Manifest,
+    puts: impl IntoIterator<Item = (&'p MemoryPath, u64)>,
+    deletes: &[MemoryPath],
+    limits: &crate::memory::MemoryLimits,
+) -> Result<(), Error> {
+    let mut sizes: std::collections::BTreeMap<&str, u64> = base
+        .files
+        .iter()
+        .map(|(path, entry)| (path.as_str(), entry.size))
+        .collect();
+    for path in deletes {
+        sizes.remove(path.as_str());
+    }
+    for (path, size) in puts {
+        sizes.insert(path.as_str(), size);
+    }
+    let total: u64 = sizes.values().sum();
+    if total > limits.max_total_bytes {
+        return Err(Error::LimitReached(format!(
+            "an agent's memory holds at most {} bytes (this version would hold {total})",
+            limits.max_total_bytes
+        )));
+    }
+    if sizes.len() > limits.max_files {
+        return Err(Error::LimitReached(format!(
+            "an agent's memory holds at most {} files",
+            limits.max_files
+        )));
+    }
+    Ok(())
 }

@@ -7,6 +7,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod docs;
 pub mod memory;
+pub mod memory_sync;
 pub mod ops;
 pub mod providers;
 pub mod runs;

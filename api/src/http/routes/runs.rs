@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use actix_web::http::header;
 use actix_web::{HttpResponse, web};
 use carapace_scheduler::RunState;
-use carapace_scheduler::protocol::RunSpec;
+use carapace_scheduler::protocol::{MemorySync, RunSpec};
 use carapace_scheduler::store::{NewRun, Run, RunFilter};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -18,7 +18,7 @@ use crate::auth::extract::{Caller, UseRuns};
 use crate::error::Error;
 use crate::http::problem::method_not_allowed;
 use crate::http::validate;
-use crate::ids::RunId;
+use crate::ids::{AgentId, RunId};
 use crate::state::AppState;
 
 /// Command timeout when the request names none.
@@ -71,6 +71,18 @@ pub struct CreateRun {
     /// a command is not assumed safe to run twice]
     #[serde(default)]
     max_attempts: Option<u32>,
+    /// One of the tenant's agents whose memory the run works on: its
+    /// current version is in the sandbox's `/memory` when the command
+    /// starts, and what changes there is committed back as one new version
+    /// every `memory_sync_interval_s` seconds and when the run ends. The
+    /// run's token (`CARAPACE_RUN_TOKEN`) then also opens that agent's
+    /// memory API, and only that agent's.
+    #[serde(default)]
+    agent_id: Option<String>,
+    /// Seconds between memory commits while the run goes on (1 to 3600).
+    /// [default: the server's `[memory] sync_interval_secs`, 30]
+    #[serde(default)]
+    memory_sync_interval_s: Option<u32>,
 }
 
 /// A run.
@@ -90,6 +102,8 @@ pub struct RunView {
     timeout_s: u32,
     limits: LimitsView,
     egress_allow: Vec<String>,
+    /// The agent whose memory the run works on, if any.
+    agent_id: Option<String>,
     /// Placements so far, and allowed.
     attempts: u32,
     max_attempts: u32,
@@ -123,6 +137,7 @@ impl From<Run> for RunView {
             timeout_s: run.spec.timeout_s,
             limits: LimitsView::from(l),
             egress_allow: run.spec.egress_allow,
+            agent_id: run.spec.memory.map(|m| m.agent),
             attempts: run.attempts,
             max_attempts: run.max_attempts,
             worker_id: run.worker,
@@ -205,6 +220,42 @@ pub async fn create_run(
             ),
         ));
     }
+    let memory = match body.agent_id {
+        None if body.memory_sync_interval_s.is_some() => {
+            return Err(invalid(
+                "memory_sync_interval_s",
+                "applies only to a run with an agent_id".to_owned(),
+            ));
+        }
+        None => None,
+        Some(raw) => {
+            let agent = AgentId::parse(&raw)
+                .map_err(|_| invalid("agent_id", "no such agent".to_owned()))?;
+            match caller.scope(&state.db).agent(&agent).await {
+                Ok(_) => {}
+                Err(Error::NotFound) => {
+                    return Err(invalid("agent_id", "no such agent".to_owned()));
+                }
+                Err(e) => return Err(e),
+            }
+            let limits = state.memory_limits;
+            let interval_s = body
+                .memory_sync_interval_s
+                .unwrap_or(limits.sync_interval_s);
+            if !(1..=3600).contains(&interval_s) {
+                return Err(invalid(
+                    "memory_sync_interval_s",
+                    "must be between 1 and 3600".to_owned(),
+                ));
+            }
+            Some(MemorySync {
+                agent: agent.as_str().to_owned(),
+                interval_s,
+                max_files: u32::try_from(limits.max_files).unwrap_or(u32::MAX),
+                max_bytes: limits.max_total_bytes,
+            })
+        }
+    };
     let new = NewRun {
         spec: RunSpec {
             image,
@@ -214,6 +265,7 @@ pub async fn create_run(
             limits,
             egress_allow,
             interactive: false,
+            memory,
         },
         max_attempts,
     };

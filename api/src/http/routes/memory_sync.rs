@@ -1,0 +1,552 @@
+//! A whole version of an agent's memory in one request, each way, as a tar
+//! archive: `GET /v1/agents/{id}/memory/archive` streams a version's files;
+//! `POST /v1/agents/{id}/memory/commits?base=N` commits the files of an
+//! archive (and deletes those named `.wh.<name>`) as ONE new version on
+//! top of version `base`, or not at all. This is how a worker syncs a
+//! run's sandbox (with the run's token), and how a client moves many
+//! files atomically.
+//!
+//! The archive in a commit is hostile input: it is read as it arrives (a
+//! file's bytes go straight to its encrypted writer), headers are
+//! checksummed, only regular files, directories, GNU long names and PAX
+//! `path` records are accepted, every path is validated like any memory
+//! path, and the quotas are checked before anything is made current.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use actix_web::web::Bytes;
+use actix_web::{HttpResponse, web};
+use futures_util::StreamExt;
+use serde::Deserialize;
+
+use super::memory::{check_total, file_path, open};
+use crate::auth::extract::{Caller, UseMemory};
+use crate::error::Error;
+use crate::http::problem::method_not_allowed;
+use crate::memory::{Content, FileEntry, Manifest, MemoryPath, Namespace, WHITEOUT};
+use crate::state::AppState;
+
+/// A tar block.
+const BLOCK: usize = 512;
+
+/// Registers the routes (before `memory`'s catch-all file route).
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/agents/{id}/memory/archive")
+            .route(web::get().to(archive))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/agents/{id}/memory/commits")
+            .route(web::post().to(commit))
+            .default_service(web::to(method_not_allowed)),
+    );
+}
+
+/// Which version to archive.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ArchiveQuery {
+    /// A version number; default the current one.
+    version: Option<u64>,
+}
+
+/// What a commit builds on.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CommitQuery {
+    /// The version the archive's changes apply to (`0`: memory that has
+    /// no version yet). If another version was committed since, the
+    /// commit is refused with 409 and nothing changes.
+    base: u64,
+}
+
+/// A version's files as a tar archive (regular files only, sorted by
+/// path), streamed; its version number in `x-memory-version` (`0` for
+/// memory that has no version yet: an empty archive).
+#[utoipa::path(get, path = "/v1/agents/{id}/memory/archive", tag = "memory",
+    params(("id" = String, Path, description = "Agent id"), ArchiveQuery),
+    responses(
+        (status = 200, description = "The files", content_type = "application/x-tar"),
+        (status = 404, description = "No such agent or version", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []), ("run_token" = [])))]
+pub async fn archive(
+    caller: Caller<UseMemory>,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    query: web::Query<ArchiveQuery>,
+) -> Result<HttpResponse, Error> {
+    let opened = open(&caller, &state, &id).await?;
+    let head = opened.head(&state).await?;
+    let manifest = match (query.version, head) {
+        (Some(v), _) => state.memory.manifest(&opened.ns, v).await?,
+        (None, Some(head)) => head,
+        (None, None) => Manifest {
+            version: 0,
+            parent: None,
+            created_at: chrono::Utc::now(),
+            files: Default::default(),
+        },
+    };
+    let version = manifest.version;
+    let mut pieces = Vec::new();
+    for (path, entry) in &manifest.files {
+        let path = MemoryPath::parse(path)
+            .map_err(|_| Error::Integrity(format!("a manifest names an invalid path {path:?}")))?;
+        pieces.push(Piece::Header(tar_header(path.as_str(), entry.size)?));
+        pieces.push(Piece::Content(path, entry.clone()));
+        let pad = padding(entry.size);
+        if pad > 0 {
+            pieces.push(Piece::Header(Bytes::from(vec![0u8; pad])));
+        }
+    }
+    pieces.push(Piece::Header(Bytes::from(vec![0u8; 2 * BLOCK])));
+    let shared = Arc::new((state.memory.clone(), opened.ns, manifest));
+    // One piece at a time; a chunked file chunk by chunk. A piece that
+    // fails its check ends the response abruptly (the client sees a broken
+    // transfer), never with unverified bytes.
+    let stream = futures_util::stream::iter(pieces).flat_map(move |piece| {
+        let shared = shared.clone();
+        match piece {
+            Piece::Header(bytes) => futures_util::stream::iter(vec![Ok(bytes)]).left_stream(),
+            Piece::Content(path, entry) => file_stream(shared, path, entry).right_stream(),
+        }
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("application/x-tar")
+        .insert_header(("x-memory-version", version.to_string()))
+        .streaming(stream))
+}
+
+/// Part of an archive being sent.
+enum Piece {
+    Header(Bytes),
+    Content(MemoryPath, FileEntry),
+}
+
+type Shared = Arc<(crate::memory::MemoryStore, Namespace, Manifest)>;
+
+/// One file's bytes, chunk by chunk, checked to add up to its size.
+fn file_stream(
+    shared: Shared,
+    path: MemoryPath,
+    entry: FileEntry,
+) -> impl futures_util::Stream<Item = Result<Bytes, actix_web::Error>> {
+    let chunks = match &entry.content {
+        Content::Inline { .. } => 1,
+        Content::Chunks { chunks, .. } => *chunks,
+    };
+    let start = (0u32, 0u64, shared, path, entry);
+    futures_util::stream::unfold(
+        start,
+        move |(index, sent, shared, path, entry)| async move {
+            if index >= chunks {
+                return None;
+            }
+            let (memory, ns, manifest) = &*shared;
+            let read = match entry.content {
+                Content::Inline { .. } => memory.read_file(ns, manifest, &path).await,
+                Content::Chunks { .. } => memory.read_chunk(ns, &path, &entry, index).await,
+            };
+            let sent_now = sent + read.as_ref().map_or(0, |b| b.len() as u64);
+            let read = read.and_then(|bytes| {
+                let complete = index + 1 == chunks;
+                if sent_now > entry.size || (complete && sent_now != entry.size) {
+                    return Err(Error::Integrity(format!(
+                        "{path} does not match its manifest"
+                    )));
+                }
+                Ok(bytes)
+            });
+            match read {
+                Ok(bytes) => Some((
+                    Ok(Bytes::from(bytes)),
+                    (index + 1, sent_now, shared, path, entry),
+                )),
+                Err(e) => {
+                    tracing::error!(error = ?e, "memory archive failed mid-stream");
+                    let error = actix_web::error::ErrorInternalServerError("memory read failed");
+                    Some((Err(error), (chunks, sent_now, shared, path, entry)))
+                }
+            }
+        },
+    )
+}
+
+/// Zero bytes after `size` bytes of content, to the next block.
+fn padding(size: u64) -> usize {
+    (BLOCK - (size % BLOCK as u64) as usize) % BLOCK
+}
+
+/// The header block(s) of a regular file (a GNU long-name entry first for
+/// paths over 100 bytes).
+fn tar_header(path: &str, size: u64) -> Result<Bytes, Error> {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    let mut builder = tar::Builder::new(Vec::new());
+    builder
+        .append_data(&mut header, path, std::io::empty())
+        .map_err(|e| anyhow::anyhow!("tar header for a memory file: {e}"))?;
+    // Only the header: the content follows from the store. (The builder's
+    // end-of-archive blocks go to the emptied buffer it is dropped with.)
+    Ok(Bytes::from(std::mem::take(builder.get_mut())))
+}
+
+/// Commit an archive's files as one new version on top of `base`:
+/// regular files are written (replacing any of the same path), an empty
+/// file named `<dir>/.wh.<name>` deletes `<dir>/<name>` (if it exists),
+/// directories are ignored. All or nothing; a body that stops short, a
+/// bad header or a path that is not allowed changes nothing.
+#[utoipa::path(post, path = "/v1/agents/{id}/memory/commits", tag = "memory",
+    params(("id" = String, Path, description = "Agent id"), CommitQuery),
+    request_body(content = Vec<u8>, content_type = "application/x-tar"),
+    responses(
+        (status = 200, description = "Committed (or nothing to change: the current version)", body = super::memory::Committed),
+        (status = 409, description = "Memory is no longer at version `base`, or a quota would be exceeded", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "A file over the size limit", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not an acceptable archive, or an invalid path", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []), ("run_token" = [])))]
+pub async fn commit(
+    caller: Caller<UseMemory>,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    query: web::Query<CommitQuery>,
+    body: web::Payload,
+) -> Result<HttpResponse, Error> {
+    let opened = open(&caller, &state, &id).await?;
+    let base = opened.head(&state).await?;
+    let current = base.as_ref().map_or(0, |m| m.version);
+    if current != query.base {
+        return Err(Error::Conflict(format!(
+            "memory is at version {current}, not {}",
+            query.base
+        )));
+    }
+    let limits = state.memory_limits;
+    let mut reader = TarReader::new(body);
+    let mut puts: Vec<(MemoryPath, FileEntry)> = Vec::new();
+    let mut deletes: Vec<MemoryPath> = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut put_bytes = 0u64;
+    while let Some(entry) = reader.next_entry().await? {
+        let (path, delete) = entry_path(&entry.name)?;
+        if !seen.insert(path.clone()) {
+            return Err(bad_archive(format!("{path} appears twice")));
+        }
+        if seen.len() > limits.max_files.saturating_mul(2) {
+            return Err(Error::LimitReached(format!(
+                "an agent's memory holds at most {} files",
+                limits.max_files
+            )));
+        }
+        if delete {
+            if entry.size != 0 {
+                return Err(bad_archive(format!("the deletion of {path} has content")));
+            }
+            deletes.push(path);
+            continue;
+        }
+        put_bytes = put_bytes.saturating_add(entry.size);
+        if put_bytes > limits.max_total_bytes {
+            return Err(Error::LimitReached(format!(
+                "an agent's memory holds at most {} bytes",
+                limits.max_total_bytes
+            )));
+        }
+        if entry.size > limits.max_file_bytes {
+            return Err(Error::PayloadTooLarge {
+                limit: usize::try_from(limits.max_file_bytes).unwrap_or(usize::MAX),
+            });
+        }
+        let mut writer = state.memory.writer(&opened.ns, path, base.as_ref())?;
+        let mut left = entry.size;
+        while left > 0 {
+            let piece = reader.content(left).await?;
+            left -= piece.len() as u64;
+            writer.write(&piece).await?;
+        }
+        reader.skip(padding(entry.size)).await?;
+        puts.push(writer.finish().await?);
+    }
+    let present = |p: &MemoryPath| base.as_ref().is_some_and(|m| m.files.contains_key(p.as_str()));
+    deletes.retain(present);
+    if puts.is_empty() && deletes.is_empty() {
+        return Ok(HttpResponse::Ok().json(serde_json::json!({ "version": current })));
+    }
+    let empty = Manifest {
+        version: 0,
+        parent: None,
+        created_at: chrono::Utc::now(),
+        files: Default::default(),
+    };
+    check_total(
+        base.as_ref().unwrap_or(&empty),
+        puts.iter().map(|(path, entry)| (path, entry.size)),
+        &deletes,
+        &limits,
+    )?;
+    let manifest = state
+        .memory
+        .commit(&opened.ns, base.as_ref(), puts, &deletes)
+        .await?;
+    opened.committed(&state, &manifest).await
+}
+
+fn bad_archive(message: String) -> Error {
+    Error::Invalid {
+        field: "body",
+        message,
+    }
+}
+
+/// The memory path an entry names, and whether it is a deletion.
+fn entry_path(name: &[u8]) -> Result<(MemoryPath, bool), Error> {
+    let name = std::str::from_utf8(name)
+        .map_err(|_| bad_archive("an entry's name is not UTF-8".to_owned()))?;
+    let name = name.strip_prefix("./").unwrap_or(name);
+    let (dir, last) = match name.rsplit_once('/') {
+        Some((dir, last)) => (Some(dir), last),
+        None => (None, name),
+    };
+    match last.strip_prefix(WHITEOUT) {
+        Some(target) => {
+            let target = match dir {
+                Some(dir) => format!("{dir}/{target}"),
+                None => target.to_owned(),
+            };
+            Ok((file_path(&target)?, true))
+        }
+        None => Ok((file_path(name)?, false)),
+    }
+}
+
+/// A regular file's header, read from an archive.
+struct TarEntry {
+    name: Vec<u8>,
+    size: u64,
+}
+
+/// Reads a tar archive from a request body as it arrives.
+struct TarReader {
+    body: web::Payload,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl TarReader {
+    fn new(body: web::Payload) -> Self {
+        TarReader {
+            body,
+            buf: Vec::new(),
+            pos: 0,
+        }
+    }
+
+    /// Makes at least `n` unread bytes available; false at the body's end.
+    async fn fill(&mut self, n: usize) -> Result<bool, Error> {
+        while self.buf.len() - self.pos < n {
+            if self.pos > 0 {
+                self.buf.drain(..self.pos);
+                self.pos = 0;
+            }
+            match self.body.next().await {
+                Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
+                Some(Err(e)) => {
+                    return Err(Error::InvalidQuery(format!("failed to read the body: {e}")));
+                }
+                None => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
+    async fn take(&mut self, n: usize) -> Result<&[u8], Error> {
+        if !self.fill(n).await? {
+            return Err(bad_archive("the archive ends early".to_owned()));
+        }
+        let start = self.pos;
+        self.pos += n;
+        Ok(&self.buf[start..self.pos])
+    }
+
+    async fn skip(&mut self, n: usize) -> Result<(), Error> {
+        self.take(n).await.map(|_| ())
+    }
+
+    /// Up to `left` bytes of the current file's content (at least one).
+    async fn content(&mut self, left: u64) -> Result<Vec<u8>, Error> {
+        if !self.fill(1).await? {
+            return Err(bad_archive("the archive ends early".to_owned()));
+        }
+        let available = (self.buf.len() - self.pos) as u64;
+        let n = usize::try_from(available.min(left).min(1 << 20)).unwrap_or(1 << 20);
+        Ok(self.take(n).await?.to_vec())
+    }
+
+    /// The next regular file or deletion; `None` at the end-of-archive
+    /// block (or a body that ends cleanly between entries).
+    async fn next_entry(&mut self) -> Result<Option<TarEntry>, Error> {
+        let mut long_name: Option<Vec<u8>> = None;
+        loop {
+            if !self.fill(BLOCK).await? {
+                if self.buf.len() == self.pos && long_name.is_none() {
+                    return Ok(None);
+                }
+                return Err(bad_archive("the archive ends early".to_owned()));
+            }
+            let block = self.take(BLOCK).await?.to_vec();
+            if block.iter().all(|&b| b == 0) {
+                return match long_name {
+                    None => Ok(None),
+                    Some(_) => Err(bad_archive("a long name without its entry".to_owned())),
+                };
+            }
+            let header = tar::Header::from_byte_slice(&block);
+            check_sum(&block, header)?;
+            let size = header
+                .entry_size()
+                .map_err(|_| bad_archive("an entry's size is unreadable".to_owned()))?;
+            let kind = header.entry_type();
+            match kind {
+                tar::EntryType::GNULongName | tar::EntryType::XHeader => {
+                    if size > 4096 || long_name.is_some() {
+                        return Err(bad_archive("an oversized or repeated name record".to_owned()));
+                    }
+                    let data = self.take(size as usize).await?.to_vec();
+                    self.skip(padding(size)).await?;
+                    long_name = Some(if kind == tar::EntryType::XHeader {
+                        pax_path(&data)?
+                    } else {
+                        data.split(|&b| b == 0).next().unwrap_or_default().to_vec()
+                    });
+                }
+                tar::EntryType::Directory => {
+                    long_name = None;
+                    if size != 0 {
+                        return Err(bad_archive("a directory with content".to_owned()));
+                    }
+                }
+                tar::EntryType::Regular | tar::EntryType::Continuous => {
+                    let name = match long_name.take() {
+                        Some(name) => name,
+                        None => header.path_bytes().into_owned(),
+                    };
+                    return Ok(Some(TarEntry { name, size }));
+                }
+                other => {
+                    return Err(bad_archive(format!(
+                        "only regular files and directories may be committed, not {other:?}"
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// Refuses a header whose checksum is wrong (garbage, not a tar archive).
+fn check_sum(block: &[u8], header: &tar::Header) -> Result<(), Error> {
+    let stored = header
+        .cksum()
+        .map_err(|_| bad_archive("not a tar archive (unreadable checksum)".to_owned()))?;
+    let computed: u32 = block
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u32::from(b) })
+        .sum();
+    if stored != computed {
+        return Err(bad_archive(
+            "not a tar archive (a header checksum is wrong)".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// The `path` of a PAX extended header (its records are `LEN key=value\n`);
+/// a `size` record is refused (sizes here fit the ordinary header).
+fn pax_path(data: &[u8]) -> Result<Vec<u8>, Error> {
+    let mut rest = data;
+    let mut path = None;
+    while !rest.is_empty() {
+        let space = rest
+            .iter()
+            .position(|&b| b == b' ')
+            .ok_or_else(|| bad_archive("a malformed PAX record".to_owned()))?;
+        let len: usize = std::str::from_utf8(&rest[..space])
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .filter(|&n| n > space + 1 && n <= rest.len())
+            .ok_or_else(|| bad_archive("a malformed PAX record".to_owned()))?;
+        let record = &rest[space + 1..len];
+        let record = record.strip_suffix(b"\n").unwrap_or(record);
+        let eq = record
+            .iter()
+            .position(|&b| b == b'=')
+            .ok_or_else(|| bad_archive("a malformed PAX record".to_owned()))?;
+        match &record[..eq] {
+            b"path" => path = Some(record[eq + 1..].to_vec()),
+            b"size" => return Err(bad_archive("PAX sizes are not supported".to_owned())),
+            _ => {}
+        }
+        rest = &rest[len..];
+    }
+    path.ok_or_else(|| bad_archive("a PAX header without a path".to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whiteouts_name_deletions_and_paths_are_checked() {
+        let (path, delete) = entry_path(b"notes/.wh.old.md").unwrap();
+        assert_eq!((path.as_str(), delete), ("notes/old.md", true));
+        let (path, delete) = entry_path(b"./MEMORY.md").unwrap();
+        assert_eq!((path.as_str(), delete), ("MEMORY.md", false));
+        for bad in [
+            &b"../etc/passwd"[..],
+            b"/etc/passwd",
+            b"a/../../b",
+            b".wh...",
+            b"versions/1",
+            b"\xff",
+        ] {
+            assert!(entry_path(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn pax_paths_are_read_and_sizes_refused() {
+        let record = b"20 path=a/long.md\n";
+        assert_eq!(pax_path(record).unwrap(), b"a/long.md");
+        assert!(pax_path(b"12 size=999\n").is_err());
+        assert!(pax_path(b"99 path=x\n").is_err());
+        assert!(pax_path(b"nonsense").is_err());
+    }
+
+    #[test]
+    fn headers_round_trip_through_the_tar_crate() {
+        let long = format!("{}/file.md", "d".repeat(150));
+        let mut archive = Vec::new();
+        for (path, content) in [("a.md", &b"hello"[..]), (long.as_str(), b"x")] {
+            archive.extend_from_slice(&tar_header(path, content.len() as u64).unwrap());
+            archive.extend_from_slice(content);
+            archive.extend(std::iter::repeat_n(0, padding(content.len() as u64)));
+        }
+        archive.extend_from_slice(&[0; 2 * BLOCK]);
+        let mut read = tar::Archive::new(&archive[..]);
+        let names: Vec<String> = read
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(names, ["a.md", long.as_str()]);
+    }
+}

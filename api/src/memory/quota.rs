@@ -1,0 +1,103 @@
+//! How much an agent may keep in memory, and how often a run commits it:
+//! the `[memory]` table of the settings file.
+
+use anyhow::bail;
+use serde::Deserialize;
+
+/// The `[memory]` settings table; every field optional.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryArgs {
+    /// Most files in one agent's memory. [default: 10000; 1 to 100000]
+    pub max_files: Option<u32>,
+    /// Largest file, in MiB. [default: 64; 1 to 1024]
+    pub max_file_mib: Option<u64>,
+    /// Most bytes one version of an agent's memory may hold, in MiB.
+    /// [default: 1024; at least `max_file_mib`]
+    pub max_total_mib: Option<u64>,
+    /// Seconds between a run's commits of its sandbox's `/memory` (it also
+    /// commits when it ends). [default: 30; 1 to 3600]
+    pub sync_interval_secs: Option<u32>,
+}
+
+/// The memory quota every agent gets (the same for every tenant until
+/// plans exist).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryLimits {
+    /// Most files in one version.
+    pub max_files: usize,
+    /// Largest file.
+    pub max_file_bytes: u64,
+    /// Most bytes of all files of one version together.
+    pub max_total_bytes: u64,
+    /// Default seconds between a run's commits.
+    pub sync_interval_s: u32,
+}
+
+impl Default for MemoryLimits {
+    fn default() -> Self {
+        MemoryLimits {
+            max_files: 10_000,
+            max_file_bytes: 64 << 20,
+            max_total_bytes: 1 << 30,
+            sync_interval_s: 30,
+        }
+    }
+}
+
+impl MemoryArgs {
+    /// Fills in defaults and validates.
+    pub fn resolve(&self) -> anyhow::Result<MemoryLimits> {
+        let d = MemoryLimits::default();
+        let max_files = self.max_files.map_or(d.max_files, |n| n as usize);
+        if !(1..=100_000).contains(&max_files) {
+            bail!("memory.max_files must be between 1 and 100000");
+        }
+        let max_file_bytes = self.max_file_mib.map_or(d.max_file_bytes, |m| m << 20);
+        if !(1 << 20..=1 << 30).contains(&max_file_bytes) {
+            bail!("memory.max_file_mib must be between 1 and 1024");
+        }
+        let max_total_bytes = self.max_total_mib.map_or(d.max_total_bytes, |m| m << 20);
+        if max_total_bytes < max_file_bytes || max_total_bytes > 1 << 40 {
+            bail!("memory.max_total_mib must be at least max_file_mib and at most 1048576");
+        }
+        let sync_interval_s = self.sync_interval_secs.unwrap_or(d.sync_interval_s);
+        if !(1..=3600).contains(&sync_interval_s) {
+            bail!("memory.sync_interval_secs must be between 1 and 3600");
+        }
+        Ok(MemoryLimits {
+            max_files,
+            max_file_bytes,
+            max_total_bytes,
+            sync_interval_s,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_bounds() {
+        assert_eq!(
+            MemoryArgs::default().resolve().unwrap(),
+            MemoryLimits::default()
+        );
+        let small = MemoryArgs {
+            max_files: Some(3),
+            max_file_mib: Some(1),
+            max_total_mib: Some(2),
+            sync_interval_secs: Some(1),
+        };
+        assert_eq!(small.resolve().unwrap().max_total_bytes, 2 << 20);
+        for bad in [
+            MemoryArgs { max_files: Some(0), ..Default::default() },
+            MemoryArgs { max_file_mib: Some(0), ..Default::default() },
+            MemoryArgs { max_total_mib: Some(1), max_file_mib: Some(2), ..Default::default() },
+            MemoryArgs { sync_interval_secs: Some(0), ..Default::default() },
+        ] {
+            assert!(bad.resolve().is_err(), "{bad:?}");
+        }
+    }
+}
