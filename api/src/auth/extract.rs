@@ -141,6 +141,11 @@ impl<P: Permission> Caller<P> {
             (Credential::Run(_), Some(own)) if own == agent => Ok(()),
             (Credential::Run(_), _) => {
                 let reason = "a run token opens only its own agent's memory";
+                let subject = self.principal.credential.to_string();
+                if !state.auth.should_audit_refusal(&subject) {
+                    tracing::warn!(credential = %subject, reason, "credential refused (audit throttled)");
+                    return Err(Error::Forbidden(reason.to_owned()));
+                }
                 let event = self
                     .actor
                     .event(P::ACTION, Outcome::Denied)

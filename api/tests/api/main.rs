@@ -13,6 +13,7 @@ mod gateway;
 mod helpers;
 mod isolation;
 mod memory;
+mod memory_archive;
 mod operations;
 mod repository;
 mod sandboxes;

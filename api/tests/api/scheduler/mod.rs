@@ -4,6 +4,7 @@
 
 mod control_plane;
 mod fleet;
+mod memory_sync;
 mod runs;
 mod tokens;
 
