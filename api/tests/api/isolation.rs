@@ -59,6 +59,16 @@ const CASES: &[Case] = &[
         "/v1/agents/{agent}/memory/versions/1/restore",
         Expect::NotFound,
     ),
+    Case(
+        Method::GET,
+        "/v1/agents/{agent}/memory/archive",
+        Expect::NotFound,
+    ),
+    Case(
+        Method::POST,
+        "/v1/agents/{agent}/memory/commits?base=1",
+        Expect::NotFound,
+    ),
     Case(Method::GET, "/v1/sandboxes/{sandbox}", Expect::NotFound),
     Case(
         Method::POST,
