@@ -299,3 +299,24 @@ async fn a_run_over_its_memory_quota_fails_with_the_reason_and_commits_nothing()
     );
     assert_eq!(memory(&app, &t.key, &id).await.0, before);
 }
+
+#[tokio::test]
+async fn a_worker_node_syncs_memory_through_the_control_planes_api() {
+    let app = spawn_app_with(super::remote_workers_only).await;
+    let t = app.create_tenant("Acme").await;
+    let _worker = super::WorkerProcess::join(&app, "remote", 2).await;
+    let id = agent(&app, &t.key, json!({"name": "remote", "model": "fast"})).await;
+    let before = put(&app, &t.key, &id, "MEMORY.md", "seen before").await;
+    let run_id = submit(
+        &app,
+        &t.key,
+        json!({"command": ["sh", "-c", "cat /memory/MEMORY.md; echo ' and after' >> /memory/MEMORY.md"], "agent_id": id}),
+    )
+    .await;
+    let done = finished(&app, &t.key, &run_id).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["stdout"], "seen before", "{done}");
+    let (version, files) = memory(&app, &t.key, &id).await;
+    assert_eq!(version, before + 1);
+    assert_eq!(files, [("MEMORY.md".to_owned(), "seen before and after\n".to_owned())]);
+}
