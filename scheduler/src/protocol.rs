@@ -179,6 +179,8 @@ pub enum CallRequest {
         /// Relative path.
         path: String,
     },
+    /// Commit the run's `/memory` now (a run with [`RunSpec::memory`]).
+    CommitMemory,
 }
 
 /// Which stream a chunk belongs to.
@@ -231,6 +233,12 @@ pub enum CallResult {
     Written,
     /// The file was read (its content came as chunks).
     Read,
+    /// The run's memory was committed: the version it is now at (the
+    /// same as before when nothing had changed).
+    Committed {
+        /// The agent memory's version.
+        version: u64,
+    },
     /// The call failed.
     Failed {
         /// How.

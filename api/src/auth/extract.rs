@@ -122,6 +122,14 @@ impl<P: Permission> Caller<P> {
         &self.actor
     }
 
+    /// The run whose token the caller presented, if it did.
+    pub fn run(&self) -> Option<&crate::ids::RunId> {
+        match &self.principal.credential {
+            Credential::Run(run) => Some(run),
+            Credential::ApiKey(_) => None,
+        }
+    }
+
     /// The verified key.
     pub fn principal(&self) -> &KeyPrincipal {
         &self.principal

@@ -41,6 +41,7 @@ use super::routes::{
         memory::delete_file,
         memory_sync::archive,
         memory_sync::commit,
+        memory_sync::commit_run_memory,
         sandboxes::create_sandbox,
         sandboxes::list_sandboxes,
         sandboxes::get_sandbox,

@@ -92,10 +92,23 @@ mod tests {
         };
         assert_eq!(small.resolve().unwrap().max_total_bytes, 2 << 20);
         for bad in [
-            MemoryArgs { max_files: Some(0), ..Default::default() },
-            MemoryArgs { max_file_mib: Some(0), ..Default::default() },
-            MemoryArgs { max_total_mib: Some(1), max_file_mib: Some(2), ..Default::default() },
-            MemoryArgs { sync_interval_secs: Some(0), ..Default::default() },
+            MemoryArgs {
+                max_files: Some(0),
+                ..Default::default()
+            },
+            MemoryArgs {
+                max_file_mib: Some(0),
+                ..Default::default()
+            },
+            MemoryArgs {
+                max_total_mib: Some(1),
+                max_file_mib: Some(2),
+                ..Default::default()
+            },
+            MemoryArgs {
+                sync_interval_secs: Some(0),
+                ..Default::default()
+            },
         ] {
             assert!(bad.resolve().is_err(), "{bad:?}");
         }

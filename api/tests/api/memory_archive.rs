@@ -30,7 +30,13 @@ fn archive(entries: &[(&str, &[u8])]) -> Vec<u8> {
     builder.into_inner().unwrap()
 }
 
-async fn commit(app: &TestApp, key: &str, agent: &str, base: u64, body: Vec<u8>) -> reqwest::Response {
+async fn commit(
+    app: &TestApp,
+    key: &str,
+    agent: &str,
+    base: u64,
+    body: Vec<u8>,
+) -> reqwest::Response {
     app.request(
         Method::POST,
         &format!("/v1/agents/{agent}/memory/commits?base={base}"),
@@ -92,13 +98,24 @@ async fn an_archive_commits_as_one_version_and_comes_back_whole() {
     let (version, files) = download(&app, &acme.key, &id).await;
     assert_eq!(version, 1);
     let names: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
-    assert_eq!(names, ["MEMORY.md", "big.bin", long.as_str(), "memory/2026-11-26.md"]);
+    assert_eq!(
+        names,
+        [
+            "MEMORY.md",
+            "big.bin",
+            long.as_str(),
+            "memory/2026-11-26.md"
+        ]
+    );
     assert_eq!(files[1].1, big);
     assert_eq!(files[0].1, b"remember the milk");
 
     // A second commit replaces one file and deletes another (whiteout):
     // one version, the rest untouched.
-    let body = archive(&[("MEMORY.md", b"milk bought"), ("memory/.wh.2026-11-26.md", b"")]);
+    let body = archive(&[
+        ("MEMORY.md", b"milk bought"),
+        ("memory/.wh.2026-11-26.md", b""),
+    ]);
     let res = commit(&app, &acme.key, &id, 1, body).await;
     assert_eq!(res.json::<Value>().await.unwrap()["version"], 2);
     let (version, files) = download(&app, &acme.key, &id).await;
@@ -109,7 +126,10 @@ async fn an_archive_commits_as_one_version_and_comes_back_whole() {
 
     // An older version on request.
     let res = app
-        .get(&format!("/v1/agents/{id}/memory/archive?version=1"), &acme.key)
+        .get(
+            &format!("/v1/agents/{id}/memory/archive?version=1"),
+            &acme.key,
+        )
         .send()
         .await
         .unwrap();
@@ -121,7 +141,10 @@ async fn an_archive_commits_as_one_version_and_comes_back_whole() {
     // A base that is not current any more: 409, nothing changes.
     let res = commit(&app, &acme.key, &id, 1, archive(&[("x.md", b"x")])).await;
     let problem = assert_problem(res, 409, "conflict").await;
-    assert!(problem["detail"].as_str().unwrap().contains("version 2"), "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("version 2"),
+        "{problem}"
+    );
     assert_eq!(download(&app, &acme.key, &id).await.0, 2);
 }
 
@@ -155,14 +178,39 @@ async fn hostile_archives_change_nothing() {
     };
     let end = vec![0u8; 1024];
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
-        ("traversal", [raw(b"../../etc/passwd", b'0', b"x"), end.clone()].concat(), 422),
-        ("absolute", [raw(b"/etc/passwd", b'0', b"x"), end.clone()].concat(), 422),
-        ("reserved", [raw(b"versions/9", b'0', b"x"), end.clone()].concat(), 422),
-        ("symlink", [raw(b"link.md", b'2', b""), end.clone()].concat(), 422),
-        ("device", [raw(b"dev", b'3', b""), end.clone()].concat(), 422),
+        (
+            "traversal",
+            [raw(b"../../etc/passwd", b'0', b"x"), end.clone()].concat(),
+            422,
+        ),
+        (
+            "absolute",
+            [raw(b"/etc/passwd", b'0', b"x"), end.clone()].concat(),
+            422,
+        ),
+        (
+            "reserved",
+            [raw(b"versions/9", b'0', b"x"), end.clone()].concat(),
+            422,
+        ),
+        (
+            "symlink",
+            [raw(b"link.md", b'2', b""), end.clone()].concat(),
+            422,
+        ),
+        (
+            "device",
+            [raw(b"dev", b'3', b""), end.clone()].concat(),
+            422,
+        ),
         (
             "twice",
-            [raw(b"a.md", b'0', b"1"), raw(b"a.md", b'0', b"2"), end.clone()].concat(),
+            [
+                raw(b"a.md", b'0', b"1"),
+                raw(b"a.md", b'0', b"2"),
+                end.clone(),
+            ]
+            .concat(),
             422,
         ),
         (
@@ -172,7 +220,11 @@ async fn hostile_archives_change_nothing() {
         ),
         ("not tar", b"this is not an archive at all".repeat(40), 422),
         // A file cut off in the middle of its content.
-        ("truncated", raw(b"a.md", b'0', &[1u8; 2000])[..1000].to_vec(), 422),
+        (
+            "truncated",
+            raw(b"a.md", b'0', &[1u8; 2000])[..1000].to_vec(),
+            422,
+        ),
     ];
     for (what, body, status) in cases {
         let res = commit(&app, &acme.key, &id, 1, body).await;
@@ -226,7 +278,14 @@ async fn an_archive_over_the_quota_is_refused() {
     )
     .await;
     assert_problem(res, 409, "limit_reached").await;
-    let res = commit(&app, &acme.key, &id, 0, archive(&[("a", &mib), ("b", b"2")])).await;
+    let res = commit(
+        &app,
+        &acme.key,
+        &id,
+        0,
+        archive(&[("a", &mib), ("b", b"2")]),
+    )
+    .await;
     assert_eq!(res.status(), 200);
     // The single-file API counts the same quota.
     let res = app

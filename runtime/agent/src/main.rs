@@ -400,7 +400,12 @@ fn walk(
             if files.len() >= max {
                 return Err(format!("more than {max} files"));
             }
-            let times = [meta.mtime(), meta.mtime_nsec(), meta.ctime(), meta.ctime_nsec()];
+            let times = [
+                meta.mtime(),
+                meta.mtime_nsec(),
+                meta.ctime(),
+                meta.ctime_nsec(),
+            ];
             let stamp = times
                 .iter()
                 .fold(meta.ino(), |acc, &t| acc.rotate_left(17) ^ (t as u64));

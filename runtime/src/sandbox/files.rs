@@ -58,7 +58,9 @@ impl Runtime {
                 result: Ok(data), ..
             } => match Listing::decode(&data) {
                 Ok(listing) if listing.0.len() <= max as usize => Ok(listing),
-                _ => Err(Error::Sandbox("the sandbox agent sent a bad listing".into())),
+                _ => Err(Error::Sandbox(
+                    "the sandbox agent sent a bad listing".into(),
+                )),
             },
             Reply::File { result: Err(e), .. } => Err(Error::File(e)),
             _ => Err(Error::Sandbox(

@@ -122,6 +122,10 @@ impl Worker {
                     Err(e) => call_error(id, e),
                 }
             }
+            CallRequest::CommitMemory => match self.commit_memory_now(id).await {
+                Ok(version) => CallResult::Committed { version },
+                Err(message) => failed(CallError::Failed, &message),
+            },
             CallRequest::ReadFile { path } => match self.runtime.read_file(id, &path).await {
                 Ok(data) => {
                     send_chunks(out, call, Part::File, &data).await;

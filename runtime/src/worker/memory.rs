@@ -117,7 +117,11 @@ impl MemorySession {
             .filter(|(path, state)| self.known.get(*path) != Some(state))
             .map(|(path, _)| path)
             .collect();
-        let deleted: Vec<&String> = self.known.keys().filter(|p| !now.contains_key(*p)).collect();
+        let deleted: Vec<&String> = self
+            .known
+            .keys()
+            .filter(|p| !now.contains_key(*p))
+            .collect();
         if changed.is_empty() && deleted.is_empty() {
             return Ok(None);
         }
@@ -161,11 +165,18 @@ impl MemorySession {
                 .json()
                 .await
                 .map_err(|e| format!("an unreadable answer: {e}"))?;
-            break body["version"].as_u64().ok_or("an answer without a version")?;
+            break body["version"]
+                .as_u64()
+                .ok_or("an answer without a version")?;
         };
         self.version = version;
         self.known = now;
         Ok(Some(version))
+    }
+
+    /// The version the sandbox's files were last in step with.
+    pub(super) fn version(&self) -> u64 {
+        self.version
     }
 
     /// The agent's current version, as the API says.
@@ -208,7 +219,10 @@ impl MemorySession {
                 Ok(path) => {
                     tracing::warn!(run = id, path = %path.escape_debug(), "memory file with a name that is not allowed left out");
                 }
-                Err(_) => tracing::warn!(run = id, "memory file with a name that is not UTF-8 left out"),
+                Err(_) => tracing::warn!(
+                    run = id,
+                    "memory file with a name that is not UTF-8 left out"
+                ),
             }
         }
         Ok(files)

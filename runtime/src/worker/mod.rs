@@ -80,6 +80,8 @@ pub struct Worker {
     uploads: Mutex<HashMap<u64, Vec<u8>>>,
     /// Calls whose upload went over a limit.
     oversize: Mutex<std::collections::HashSet<u64>>,
+    /// The memory of each run that syncs one, for commits asked for.
+    memories: Mutex<HashMap<String, Arc<tokio::sync::Mutex<memory::MemorySession>>>>,
     /// Welcomes received so far.
     welcomes: tokio::sync::watch::Sender<u64>,
 }
@@ -134,6 +136,7 @@ impl Worker {
             calls_out: Mutex::default(),
             uploads: Mutex::default(),
             oversize: Mutex::default(),
+            memories: Mutex::default(),
             welcomes: tokio::sync::watch::Sender::new(0),
         })
     }
@@ -454,6 +457,10 @@ impl Worker {
 
     fn release(&self, run: &str) {
         self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(run);
+        self.memories
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(run);

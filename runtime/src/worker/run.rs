@@ -95,12 +95,19 @@ impl Worker {
         }
         let mut env = self.with_run_env(id, spec.env.clone());
         if let Some(sync) = &spec.memory {
-            env.retain(|(k, _)| k != "CARAPACE_MEMORY_DIR" && k != "CARAPACE_MEMORY_URL");
-            env.push(("CARAPACE_MEMORY_DIR".into(), Area::Memory.dir().into()));
-            env.push((
-                "CARAPACE_MEMORY_URL".into(),
-                format!("http://{SERVICE_HOST}/v1/agents/{}/memory", sync.agent),
-            ));
+            let ours = [
+                ("CARAPACE_MEMORY_DIR", Area::Memory.dir().to_owned()),
+                (
+                    "CARAPACE_MEMORY_URL",
+                    format!("http://{SERVICE_HOST}/v1/agents/{}/memory", sync.agent),
+                ),
+                (
+                    "CARAPACE_MEMORY_COMMIT_URL",
+                    format!("http://{SERVICE_HOST}/v1/runs/{id}/memory/commit"),
+                ),
+            ];
+            env.retain(|(k, _)| !ours.iter().any(|(name, _)| name == k));
+            env.extend(ours.into_iter().map(|(k, v)| (k.to_owned(), v)));
         }
         let exec = Exec {
             argv: spec.command.clone(),
@@ -138,13 +145,7 @@ impl Worker {
         }
     }
 
-    async fn finish(
-        &self,
-        id: &str,
-        how: Stop,
-        memory: Option<Syncing>,
-        say: &impl Fn(RunEvent),
-    ) {
+    async fn finish(&self, id: &str, how: Stop, memory: Option<Syncing>, say: &impl Fn(RunEvent)) {
         if how == Stop::Cancel {
             // Cancelled, not killed: what it remembered so far is kept.
             if let Err(reason) = self.final_commit(id, memory).await {
@@ -167,10 +168,19 @@ impl Worker {
     async fn load_memory(self: &Arc<Self>, id: &str, sync: MemorySync) -> Result<Syncing, String> {
         let token = self.token_of(id).ok_or("the run's token is gone")?;
         let interval = Duration::from_secs(u64::from(sync.interval_s.max(1)));
-        let session =
-            MemorySession::load(&self.runtime, id, &self.config.api_url, sync, token.reveal())
-                .await?;
+        let session = MemorySession::load(
+            &self.runtime,
+            id,
+            &self.config.api_url,
+            sync,
+            token.reveal(),
+        )
+        .await?;
         let session = Arc::new(tokio::sync::Mutex::new(session));
+        self.memories
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.to_owned(), session.clone());
         let (stop, mut stopped) = oneshot::channel::<()>();
         let (worker, run, shared) = (self.clone(), id.to_owned(), session.clone());
         let ticker = tokio::spawn(async move {
@@ -183,7 +193,12 @@ impl Worker {
                     return;
                 };
                 // Not cancelled halfway: a stop waits for this commit.
-                match shared.lock().await.commit(&worker.runtime, &run, token.reveal()).await {
+                match shared
+                    .lock()
+                    .await
+                    .commit(&worker.runtime, &run, token.reveal())
+                    .await
+                {
                     Ok(Some(version)) => tracing::info!(run, version, "memory committed"),
                     Ok(None) => {}
                     Err(reason) => tracing::warn!(run, reason, "memory not committed"),
@@ -195,6 +210,21 @@ impl Worker {
             stop,
             ticker,
         })
+    }
+
+    /// Commits the run's memory at once (the run asked); its version.
+    pub(super) async fn commit_memory_now(&self, id: &str) -> Result<u64, String> {
+        let session = self
+            .memories
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+            .cloned()
+            .ok_or("this run has no agent memory (or it is still loading)")?;
+        let token = self.token_of(id).ok_or("the run's token is gone")?;
+        let mut session = session.lock().await;
+        session.commit(&self.runtime, id, token.reveal()).await?;
+        Ok(session.version())
     }
 
     /// Stops the periodic commits and commits what is left.

@@ -364,9 +364,10 @@ pub async fn write_file(
     let mut attempt = 0;
     let limits = state.memory_limits;
     let mut base = opened.head(&state).await?;
-    if base.as_ref().is_some_and(|m| {
-        m.files.len() >= limits.max_files && !m.files.contains_key(file.as_str())
-    }) {
+    if base
+        .as_ref()
+        .is_some_and(|m| m.files.len() >= limits.max_files && !m.files.contains_key(file.as_str()))
+    {
         return Err(Error::LimitReached(format!(
             "an agent's memory holds at most {} files",
             limits.max_files

@@ -22,8 +22,12 @@ use serde::Deserialize;
 
 use super::memory::{check_total, file_path, open};
 use crate::auth::extract::{Caller, UseMemory};
+use carapace_scheduler::RunState;
+use carapace_scheduler::protocol::{CallError, CallRequest, CallResult};
+
 use crate::error::Error;
 use crate::http::problem::method_not_allowed;
+use crate::ids::{AgentId, RunId};
 use crate::memory::{Content, FileEntry, Manifest, MemoryPath, Namespace, WHITEOUT};
 use crate::state::AppState;
 
@@ -41,7 +45,69 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/v1/agents/{id}/memory/commits")
             .route(web::post().to(commit))
             .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/runs/{id}/memory/commit")
+            .route(web::post().to(commit_run_memory))
+            .default_service(web::to(method_not_allowed)),
     );
+}
+
+/// Commit a running run's `/memory` now, rather than at its next periodic
+/// commit: what an agent inside the sandbox calls (with its run token, as
+/// `http://carapace.internal/v1/runs/<its run>/memory/commit`) after it
+/// has written something it must not lose. Answers with the version the
+/// memory is at.
+#[utoipa::path(post, path = "/v1/runs/{id}/memory/commit", tag = "memory",
+    params(("id" = String, Path, description = "Run id")),
+    responses(
+        (status = 200, description = "Committed (or nothing had changed)", body = super::memory::Committed),
+        (status = 404, description = "No such run in this tenant", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The run is not running, has no agent memory, or its memory could not be committed", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Its worker is connected to another replica, or did not answer", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []), ("run_token" = [])))]
+pub async fn commit_run_memory(
+    caller: Caller<UseMemory>,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    let id = RunId::parse(&id).map_err(|_| Error::NotFound)?;
+    if caller.run().is_some_and(|own| *own != id) {
+        return Err(Error::Forbidden(
+            "a run token commits only its own run's memory".into(),
+        ));
+    }
+    let run = caller.scope(&state.db).run(&id).await?;
+    let Some(memory) = &run.spec.memory else {
+        return Err(Error::Conflict("this run has no agent memory".into()));
+    };
+    let agent = AgentId::parse(&memory.agent).map_err(|_| Error::NotFound)?;
+    caller.may_open_agent(&state, &agent).await?;
+    let (RunState::Running, Some((worker, lease))) = (run.state, run.lease()) else {
+        return Err(Error::Conflict(format!(
+            "the run is {}, not running",
+            run.state.as_str()
+        )));
+    };
+    let replies = state
+        .fleet
+        .call(&worker, lease, CallRequest::CommitMemory, None)
+        .await
+        .map_err(|e| Error::Unavailable(format!("{e}; retry shortly")))?;
+    match super::sandbox_calls::collect(replies).await?.result {
+        CallResult::Committed { version } => {
+            Ok(HttpResponse::Ok().json(serde_json::json!({ "version": version })))
+        }
+        CallResult::Failed {
+            error: CallError::Gone,
+            ..
+        } => Err(Error::Conflict("the run is not running any more".into())),
+        CallResult::Failed { message, .. } => Err(Error::Conflict(format!(
+            "the memory could not be committed: {message}"
+        ))),
+        other => Err(anyhow::anyhow!("a worker answered a memory commit with {other:?}").into()),
+    }
 }
 
 /// Which version to archive.
@@ -276,7 +342,10 @@ pub async fn commit(
         reader.skip(padding(entry.size)).await?;
         puts.push(writer.finish().await?);
     }
-    let present = |p: &MemoryPath| base.as_ref().is_some_and(|m| m.files.contains_key(p.as_str()));
+    let present = |p: &MemoryPath| {
+        base.as_ref()
+            .is_some_and(|m| m.files.contains_key(p.as_str()))
+    };
     deletes.retain(present);
     if puts.is_empty() && deletes.is_empty() {
         return Ok(HttpResponse::Ok().json(serde_json::json!({ "version": current })));
@@ -418,7 +487,9 @@ impl TarReader {
             match kind {
                 tar::EntryType::GNULongName | tar::EntryType::XHeader => {
                     if size > 4096 || long_name.is_some() {
-                        return Err(bad_archive("an oversized or repeated name record".to_owned()));
+                        return Err(bad_archive(
+                            "an oversized or repeated name record".to_owned(),
+                        ));
                     }
                     let data = self.take(size as usize).await?.to_vec();
                     self.skip(padding(size)).await?;
@@ -459,7 +530,13 @@ fn check_sum(block: &[u8], header: &tar::Header) -> Result<(), Error> {
     let computed: u32 = block
         .iter()
         .enumerate()
-        .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u32::from(b) })
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u32::from(b)
+            }
+        })
         .sum();
     if stored != computed {
         return Err(bad_archive(

@@ -20,13 +20,19 @@ async fn agent(app: &TestApp, key: &str, body: Value) -> String {
 
 async fn put(app: &TestApp, key: &str, agent: &str, path: &str, body: &str) -> u64 {
     let res = app
-        .request(Method::PUT, &format!("/v1/agents/{agent}/memory/{path}"), key)
+        .request(
+            Method::PUT,
+            &format!("/v1/agents/{agent}/memory/{path}"),
+            key,
+        )
         .body(body.to_owned())
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    res.json::<Value>().await.unwrap()["version"].as_u64().unwrap()
+    res.json::<Value>().await.unwrap()["version"]
+        .as_u64()
+        .unwrap()
 }
 
 /// The current version and its files (path → content).
@@ -132,8 +138,7 @@ async fn a_run_works_on_its_agents_memory_and_commits_it_as_one_version() {
     let done = finished(&app, &t.key, &run_id).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(
-        done["stdout"],
-        "learned\nAGENTS.md\nmemory\nnew.md\n",
+        done["stdout"], "learned\nAGENTS.md\nmemory\nnew.md\n",
         "{done}"
     );
     // A run that changes nothing commits nothing.
@@ -171,7 +176,11 @@ async fn a_run_token_opens_its_own_agents_memory_and_no_other() {
         .lines()
         .map(|l| l.split(' ').nth(1).unwrap_or("?"))
         .collect();
-    assert_eq!(statuses, ["200", "403", "403", "403", "403", "403"], "{done}");
+    assert_eq!(
+        statuses,
+        ["200", "403", "403", "403", "403", "403"],
+        "{done}"
+    );
     // The other agent's memory is as it was, and the attempts are audited.
     let (_, files) = memory(&app, &t.key, &other).await;
     assert_eq!(files, [("secret.md".to_owned(), "not yours".to_owned())]);
@@ -224,7 +233,10 @@ async fn memory_is_committed_while_the_run_goes_on_and_when_it_is_cancelled() {
     // killed now would lose nothing of it.
     wait_for(Duration::from_secs(20), "a.md to be committed", || async {
         let (_, files) = memory(&app, &t.key, &id).await;
-        files.iter().any(|(p, c)| p == "a.md" && c == "one\n").then_some(())
+        files
+            .iter()
+            .any(|(p, c)| p == "a.md" && c == "one\n")
+            .then_some(())
     })
     .await;
     assert_eq!(run(&app, &t.key, &run_id).await["state"], "running");
@@ -294,7 +306,10 @@ async fn a_run_over_its_memory_quota_fails_with_the_reason_and_commits_nothing()
     let done = finished(&app, &t.key, &run_id).await;
     assert_eq!(done["state"], "failed", "{done}");
     assert!(
-        done["reason"].as_str().unwrap().contains("more than 5 files"),
+        done["reason"]
+            .as_str()
+            .unwrap()
+            .contains("more than 5 files"),
         "{done}"
     );
     assert_eq!(memory(&app, &t.key, &id).await.0, before);
@@ -318,5 +333,76 @@ async fn a_worker_node_syncs_memory_through_the_control_planes_api() {
     assert_eq!(done["stdout"], "seen before", "{done}");
     let (version, files) = memory(&app, &t.key, &id).await;
     assert_eq!(version, before + 1);
-    assert_eq!(files, [("MEMORY.md".to_owned(), "seen before and after\n".to_owned())]);
+    assert_eq!(
+        files,
+        [("MEMORY.md".to_owned(), "seen before and after\n".to_owned())]
+    );
+}
+
+#[tokio::test]
+async fn a_run_commits_its_memory_when_it_asks() {
+    let app = spawn_app_with(with_sandboxes).await;
+    let t = app.create_tenant("Acme").await;
+    let id = agent(&app, &t.key, json!({"name": "careful", "model": "fast"})).await;
+    let other = agent(&app, &t.key, json!({"name": "other", "model": "fast"})).await;
+    let other_run = submit(
+        &app,
+        &t.key,
+        json!({"command": ["sleep", "60"], "agent_id": other}),
+    )
+    .await;
+    let ask = from_inside("POST", "/v1/runs/$RUN/memory/commit").replace("$RUN", "'\"$RUN\"'");
+    let script = format!(
+        "echo important > /memory/now.md; RUN=${{CARAPACE_MEMORY_COMMIT_URL#*/runs/}}; RUN=${{RUN%%/*}}; {ask}; RUN={other_run}; {ask}; sleep 60"
+    );
+    let run_id = submit(
+        &app,
+        &t.key,
+        // No periodic commit for an hour: only the asked-for one.
+        json!({"command": ["sh", "-c", script], "agent_id": id, "memory_sync_interval_s": 3600}),
+    )
+    .await;
+    wait_for(
+        Duration::from_secs(20),
+        "now.md to be committed",
+        || async {
+            let (_, files) = memory(&app, &t.key, &id).await;
+            files
+                .iter()
+                .any(|(p, c)| p == "now.md" && c == "important\n")
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(run(&app, &t.key, &run_id).await["state"], "running");
+    // A client may ask too; nothing changed since, the version stays.
+    let res = app
+        .post(
+            &format!("/v1/runs/{run_id}/memory/commit"),
+            &t.key,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let version = res.json::<Value>().await.unwrap()["version"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(version, memory(&app, &t.key, &id).await.0);
+    // The same run could not commit the other run's memory.
+    assert!(memory(&app, &t.key, &other).await.1.is_empty());
+    for run_id in [&run_id, &other_run] {
+        app.post(&format!("/v1/runs/{run_id}/cancel"), &t.key, &json!({}))
+            .await;
+    }
+    // A run without memory, or one that is over: a clear 409.
+    let done = finished(&app, &t.key, &other_run).await;
+    assert_eq!(done["state"], "cancelled");
+    let res = app
+        .post(
+            &format!("/v1/runs/{other_run}/memory/commit"),
+            &t.key,
+            &json!({}),
+        )
+        .await;
+    crate::helpers::assert_problem(res, 409, "conflict").await;
 }
