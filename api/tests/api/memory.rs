@@ -46,10 +46,68 @@ async fn backends() -> Vec<(
         .with_virtual_hosted_style_request(false)
         .build()
         .unwrap();
+    let azure = azure_container().await;
     vec![
         ("file", Arc::new(local), Some(dir)),
         ("s3", Arc::new(s3), None),
+        ("azure", azure, None),
     ]
+}
+
+/// The Azure emulator's well-known account and key.
+const AZURE_ACCOUNT: &str = "devstoreaccount1";
+const AZURE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// A fresh container on the Azure Blob Storage emulator (Azurite), created
+/// with a request signed like Azure's own clients sign them (SharedKey).
+async fn azure_container() -> Arc<dyn ObjectStore> {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    let endpoint = std::env::var("CARAPACE_TEST_AZURE_ENDPOINT").expect(
+        "CARAPACE_TEST_AZURE_ENDPOINT is not set: run the tests with infra/test (it starts Azurite)",
+    );
+    let container = format!("carapace-test-{}", uuid::Uuid::now_v7().simple());
+    let date = chrono::Utc::now()
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
+    let version = "2021-08-06";
+    let to_sign = format!(
+        "PUT\n{}x-ms-date:{date}\nx-ms-version:{version}\n/{AZURE_ACCOUNT}/{AZURE_ACCOUNT}/{container}\nrestype:container",
+        "\n".repeat(11)
+    );
+    let key = ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &STANDARD.decode(AZURE_KEY).unwrap(),
+    );
+    let signature = STANDARD.encode(ring::hmac::sign(&key, to_sign.as_bytes()));
+    let res = reqwest::Client::new()
+        .put(format!("{endpoint}/{container}?restype=container"))
+        .header("x-ms-date", &date)
+        .header("x-ms-version", version)
+        .header(
+            "authorization",
+            format!("SharedKey {AZURE_ACCOUNT}:{signature}"),
+        )
+        .header("content-length", "0")
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    assert!(
+        status.is_success(),
+        "could not create container: {status} {}",
+        res.text().await.unwrap_or_default()
+    );
+    let store = object_store::azure::MicrosoftAzureBuilder::new()
+        .with_account(AZURE_ACCOUNT)
+        .with_access_key(AZURE_KEY)
+        .with_endpoint(endpoint)
+        .with_allow_http(true)
+        .with_container_name(&container)
+        .build()
+        .unwrap();
+    Arc::new(store)
 }
 
 fn path(p: &str) -> MemoryPath {
