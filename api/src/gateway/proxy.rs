@@ -247,8 +247,11 @@ async fn proxy(
             ),
         })?;
 
+    // A run token's calls are its run's agent's; it may not name another.
+    let bound = caller.principal().agent.clone();
     let agent = match forwardable(req, "x-carapace-agent") {
-        None => None,
+        None => bound,
+        Some(raw) if bound.as_ref().is_some_and(|own| own.as_str() == raw) => bound,
         Some(raw) => {
             let not_found = || {
                 GatewayError::new(
@@ -259,6 +262,13 @@ async fn proxy(
             };
             let id = crate::ids::AgentId::parse(&raw).map_err(|_| not_found())?;
             match caller.scope(&state.db).agent(&id).await {
+                Ok(_) if caller.run().is_some() => {
+                    return Err(GatewayError::new(
+                        StatusCode::FORBIDDEN,
+                        "agent_not_allowed",
+                        "a run token calls models only for its own run's agent",
+                    ));
+                }
                 Ok(agent) => Some(agent.id),
                 Err(Error::NotFound) => return Err(not_found()),
                 Err(e) => return Err(e.into()),

@@ -169,13 +169,40 @@ async fn a_runs_model_calls_go_upstream_with_the_provider_key_and_are_counted_by
     })
     .await;
     let t = app.create_tenant("Acme").await;
+    let agent = |name: &str| {
+        let (app, key) = (&app, t.key.clone());
+        let name = name.to_owned();
+        async move {
+            let res = app
+                .post("/v1/agents", &key, &json!({"name": name, "model": "model-a"}))
+                .await;
+            res.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let (own, other) = (agent("own").await, agent("other").await);
     let body =
         json!({"model": "model-a", "messages": [{"role": "user", "content": "hello"}]}).to_string();
+    let call = |agent_header: &str| {
+        format!(
+            "printf 'POST http://carapace.internal/gateway/v1/chat/completions HTTP/1.1\\r\\nHost: carapace.internal\\r\\nAuthorization: Bearer %s\\r\\n{agent_header}Content-Type: application/json\\r\\nContent-Length: {}\\r\\nConnection: close\\r\\n\\r\\n%s' \"$OPENAI_API_KEY\" '{body}' | nc -w 10 127.0.0.1 3128 | head -n 1",
+            body.len()
+        )
+    };
+    // Its own agent's call; then one claiming another agent of the tenant.
     let request = format!(
-        "printf 'POST http://carapace.internal/gateway/v1/chat/completions HTTP/1.1\\r\\nHost: carapace.internal\\r\\nAuthorization: Bearer %s\\r\\nContent-Type: application/json\\r\\nContent-Length: {}\\r\\nConnection: close\\r\\n\\r\\n%s' \"$OPENAI_API_KEY\" '{body}' | nc -w 10 127.0.0.1 3128 | head -n 1",
-        body.len()
+        "{}; {}",
+        call(""),
+        call(&format!("x-carapace-agent: {other}\\r\\n"))
     );
-    let id = submit(&app, &t.key, json!({"command": ["sh", "-c", request]})).await;
+    let id = submit(
+        &app,
+        &t.key,
+        json!({"command": ["sh", "-c", request], "agent_id": own}),
+    )
+    .await;
     let done = run_in(
         &app,
         &t.key,
@@ -186,6 +213,7 @@ async fn a_runs_model_calls_go_upstream_with_the_provider_key_and_are_counted_by
     .await;
     let out = done["stdout"].as_str().unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{done}");
+    assert!(out.lines().nth(1).unwrap().starts_with("HTTP/1.1 403"), "{done}");
     // Upstream saw the platform's key, never the run's token.
     let received = llm.shared.received.lock().unwrap().clone();
     assert_eq!(received.len(), 1);
@@ -214,4 +242,12 @@ async fn a_runs_model_calls_go_upstream_with_the_provider_key_and_are_counted_by
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["key"], id.as_str());
     assert_eq!(rows[0]["requests"], 1);
+    // And under the run's agent.
+    let res = app.get("/v1/usage?group_by=agent", &t.key).send().await.unwrap();
+    let rows = res.json::<Value>().await.unwrap()["data"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["key"], own.as_str());
 }
