@@ -96,6 +96,10 @@ define_id!(
     /// A worker node.
     WorkerId, "wrk"
 );
+define_id!(
+    /// A sealed record of one gateway call's prompt and completion.
+    TranscriptId, "gtr"
+);
 
 #[cfg(test)]
 mod tests {

@@ -20,6 +20,7 @@ mod m0008_sandboxes;
 mod m0009_scheduler;
 mod m0010_sandbox_runs;
 mod m0011_run_tokens;
+mod m0012_gateway_transcripts;
 
 /// Every migration, in the order it is applied.
 pub struct Migrator;
@@ -39,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0009_scheduler::Migration),
             Box::new(m0010_sandbox_runs::Migration),
             Box::new(m0011_run_tokens::Migration),
+            Box::new(m0012_gateway_transcripts::Migration),
         ]
     }
 }

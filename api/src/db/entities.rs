@@ -11,6 +11,7 @@ pub mod tenant {
         pub id: String,
         pub name: String,
         pub created_at: ChronoDateTimeUtc,
+        pub record_gateway_bodies: bool,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -244,6 +245,29 @@ pub mod sandbox {
         pub created_at: ChronoDateTimeUtc,
         pub last_used_at: ChronoDateTimeUtc,
         pub run_id: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod gateway_transcript {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "gateway_transcripts")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub created_at: ChronoDateTimeUtc,
+        pub run_id: Option<String>,
+        pub agent_id: Option<String>,
+        pub model: String,
+        pub status: i32,
+        pub sealed: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

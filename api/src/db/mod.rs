@@ -19,6 +19,7 @@ mod runs;
 mod sandboxes;
 mod tenant_scope;
 mod tenant_secrets;
+mod transcripts;
 mod usage;
 
 use std::time::Duration;
@@ -37,6 +38,7 @@ pub use sandboxes::{
 };
 pub use tenant_scope::TenantScope;
 pub use tenant_secrets::StoredProvider;
+pub use transcripts::{StoredTranscript, TranscriptFilter};
 pub use usage::{UsageEntry, UsageGrouping, UsageTotal, append_usage};
 
 /// Opens a connection pool.

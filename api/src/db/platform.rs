@@ -75,6 +75,7 @@ pub async fn create_tenant_with_owner(
                     id: Set(tenant_id.to_string()),
                     name: Set(name),
                     created_at: Set(now),
+                    record_gateway_bodies: Set(false),
                 }
                 .insert(txn)
                 .await?;

@@ -19,6 +19,9 @@ pub struct Tenant {
     pub name: String,
     /// Creation time.
     pub created_at: DateTime<Utc>,
+    /// Whether the gateway keeps (sealed) the prompts and completions of
+    /// its calls.
+    pub record_gateway_bodies: bool,
 }
 
 impl TryFrom<tenant::Model> for Tenant {
@@ -28,6 +31,7 @@ impl TryFrom<tenant::Model> for Tenant {
             id: TenantId::parse(&row.id).context("stored tenant id is malformed")?,
             name: row.name,
             created_at: row.created_at,
+            record_gateway_bodies: row.record_gateway_bodies,
         })
     }
 }
