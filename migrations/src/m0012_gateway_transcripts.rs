@@ -69,10 +69,26 @@ impl MigrationTrait for Migration {
                             .timestamp_with_time_zone()
                             .not_null(),
                     )
-                    .col(ColumnDef::new(GatewayTranscripts::RunId).string_len(40).null())
-                    .col(ColumnDef::new(GatewayTranscripts::AgentId).string_len(40).null())
-                    .col(ColumnDef::new(GatewayTranscripts::Model).string_len(200).not_null())
-                    .col(ColumnDef::new(GatewayTranscripts::Status).integer().not_null())
+                    .col(
+                        ColumnDef::new(GatewayTranscripts::RunId)
+                            .string_len(40)
+                            .null(),
+                    )
+                    .col(
+                        ColumnDef::new(GatewayTranscripts::AgentId)
+                            .string_len(40)
+                            .null(),
+                    )
+                    .col(
+                        ColumnDef::new(GatewayTranscripts::Model)
+                            .string_len(200)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(GatewayTranscripts::Status)
+                            .integer()
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(GatewayTranscripts::Sealed).text().not_null())
                     .foreign_key(
                         ForeignKey::create()

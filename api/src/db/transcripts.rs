@@ -121,9 +121,7 @@ impl TenantScope<'_> {
             .limit(filter.limit)
             .all(self.db())
             .await?;
-        rows.into_iter()
-            .map(|row| Ok(row.try_into()?))
-            .collect()
+        rows.into_iter().map(|row| Ok(row.try_into()?)).collect()
     }
 
     /// One of the tenant's transcripts.

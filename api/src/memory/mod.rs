@@ -228,6 +228,39 @@ impl MemoryStore {
         FileWriter::new(self, ns, path, base.map_or(1, |m| m.version + 1), true)
     }
 
+    /// Like [`writer`](Self::writer), choosing whether a small file may be
+    /// kept inline (in the request's memory until the commit) or must go
+    /// to the store as a chunk at once.
+    pub fn writer_inline<'a>(
+        &'a self,
+        ns: &'a Namespace,
+        path: MemoryPath,
+        base: Option<&Manifest>,
+        inline: bool,
+    ) -> Result<FileWriter<'a>> {
+        FileWriter::new(self, ns, path, base.map_or(1, |m| m.version + 1), inline)
+    }
+
+    /// Deletes the chunks of files written for a commit that will not
+    /// happen (best effort: what fails is left to `gc`).
+    pub async fn discard(&self, ns: &Namespace, files: &[(MemoryPath, FileEntry)]) {
+        for (_, entry) in files {
+            if let Content::Chunks {
+                blob,
+                written_in,
+                chunks,
+            } = &entry.content
+            {
+                for index in 0..*chunks {
+                    let location = ns.chunk_path(*written_in, blob, index);
+                    if let Err(e) = self.store.delete(&location).await {
+                        tracing::warn!(error = %e, "an abandoned memory chunk was not deleted");
+                    }
+                }
+            }
+        }
+    }
+
     /// Commits the version after `base`: `base`'s files, with `puts` added
     /// or replaced and `deletes` removed. Fails with [`Error::Conflict`] if
     /// another version was committed after `base` meanwhile.
@@ -597,6 +630,16 @@ impl<'a> FileWriter<'a> {
             .map_err(store_error)?;
         self.index += 1;
         Ok(())
+    }
+
+    /// Gives the file up: deletes the chunks written so far (best effort).
+    pub async fn abandon(self) {
+        for index in 0..self.index {
+            let location = self.ns.chunk_path(self.written_in, &self.blob, index);
+            if let Err(e) = self.store.store.delete(&location).await {
+                tracing::warn!(error = %e, "an abandoned memory chunk was not deleted");
+            }
+        }
     }
 
     /// Ends the file; the entry goes into [`MemoryStore::commit`]. A small

@@ -8,12 +8,14 @@ use serde::Deserialize;
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryArgs {
-    /// Most files in one agent's memory. [default: 10000; 1 to 100000]
+    /// Most files in one agent's memory. [default: 10000; 1 to 50000]
     pub max_files: Option<u32>,
-    /// Largest file, in MiB. [default: 64; 1 to 1024]
+    /// Largest file, in MiB. [default: 32; 1 to 32, what moves into or out
+    /// of a sandbox in one piece]
     pub max_file_mib: Option<u64>,
     /// Most bytes one version of an agent's memory may hold, in MiB.
-    /// [default: 1024; at least `max_file_mib`]
+    /// [default: 256; from `max_file_mib` to 1024, what a sandbox's
+    /// `/memory` holds]
     pub max_total_mib: Option<u64>,
     /// Seconds between a run's commits of its sandbox's `/memory` (it also
     /// commits when it ends). [default: 30; 1 to 3600]
@@ -38,8 +40,8 @@ impl Default for MemoryLimits {
     fn default() -> Self {
         MemoryLimits {
             max_files: 10_000,
-            max_file_bytes: 64 << 20,
-            max_total_bytes: 1 << 30,
+            max_file_bytes: 32 << 20,
+            max_total_bytes: 256 << 20,
             sync_interval_s: 30,
         }
     }
@@ -50,17 +52,19 @@ impl MemoryArgs {
     pub fn resolve(&self) -> anyhow::Result<MemoryLimits> {
         let d = MemoryLimits::default();
         let max_files = self.max_files.map_or(d.max_files, |n| n as usize);
-        if !(1..=100_000).contains(&max_files) {
-            bail!("memory.max_files must be between 1 and 100000");
+        if !(1..=50_000).contains(&max_files) {
+            bail!("memory.max_files must be between 1 and 50000");
         }
-        let max_file_bytes = self.max_file_mib.map_or(d.max_file_bytes, |m| m << 20);
-        if !(1 << 20..=1 << 30).contains(&max_file_bytes) {
-            bail!("memory.max_file_mib must be between 1 and 1024");
+        let max_file_mib = self.max_file_mib.unwrap_or(d.max_file_bytes >> 20);
+        if !(1..=32).contains(&max_file_mib) {
+            bail!("memory.max_file_mib must be between 1 and 32");
         }
-        let max_total_bytes = self.max_total_mib.map_or(d.max_total_bytes, |m| m << 20);
-        if max_total_bytes < max_file_bytes || max_total_bytes > 1 << 40 {
-            bail!("memory.max_total_mib must be at least max_file_mib and at most 1048576");
+        let max_file_bytes = max_file_mib << 20;
+        let max_total_mib = self.max_total_mib.unwrap_or(d.max_total_bytes >> 20);
+        if max_total_mib < max_file_mib || max_total_mib > 1024 {
+            bail!("memory.max_total_mib must be at least max_file_mib and at most 1024");
         }
+        let max_total_bytes = max_total_mib << 20;
         let sync_interval_s = self.sync_interval_secs.unwrap_or(d.sync_interval_s);
         if !(1..=3600).contains(&sync_interval_s) {
             bail!("memory.sync_interval_secs must be between 1 and 3600");

@@ -296,3 +296,61 @@ async fn an_archive_over_the_quota_is_refused() {
         .unwrap();
     assert_problem(res, 409, "limit_reached").await;
 }
+
+/// Every file under a directory, recursively.
+fn files_under(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let path = e.path();
+            if path.is_dir() { files_under(&path) } else { 1 }
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn a_refused_archive_leaves_nothing_in_the_store() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("Acme").await;
+    let id = agent(&app, &acme.key, "scribe").await;
+    let objects = app.data_dir.join("objects").join("mem");
+    let before = files_under(&objects);
+    // Two large files (chunks written as they arrive), then garbage.
+    let big = vec![3u8; 3 * 1024 * 1024];
+    let mut body = archive(&[("a.bin", &big), ("b.bin", &big)]);
+    body.truncate(body.len() - 1024);
+    body.extend_from_slice(&[0xAB; 512]);
+    let res = commit(&app, &acme.key, &id, 0, body).await;
+    assert_eq!(res.status(), 422);
+    // Cut off in the middle of the second file's content.
+    let mut body = archive(&[("a.bin", &big), ("b.bin", &big)]);
+    body.truncate(big.len() + 2048);
+    let res = commit(&app, &acme.key, &id, 0, body).await;
+    assert_eq!(res.status(), 422);
+    // Over the file-count quota after the files were written.
+    let app2 = crate::helpers::spawn_app_with(|args| {
+        args.memory = Some(carapace_api::memory::MemoryArgs {
+            max_files: Some(1),
+            ..Default::default()
+        });
+    })
+    .await;
+    let t2 = app2.create_tenant("Two").await;
+    let id2 = agent(&app2, &t2.key, "scribe").await;
+    let objects2 = app2.data_dir.join("objects").join("mem");
+    let before2 = files_under(&objects2);
+    let res = commit(
+        &app2,
+        &t2.key,
+        &id2,
+        0,
+        archive(&[("a.bin", &big), ("b.bin", &big)]),
+    )
+    .await;
+    assert_problem(res, 409, "limit_reached").await;
+    assert_eq!(files_under(&objects), before);
+    assert_eq!(files_under(&objects2), before2);
+}

@@ -40,6 +40,11 @@ mod sys {
     pub const P_ALL: u32 = 0;
     pub const WEXITED: i32 = 4;
     pub const WNOWAIT: i32 = 0x0100_0000;
+    pub const O_NONBLOCK: i32 = 0o4000;
+    #[cfg(any(target_arch = "aarch64", target_arch = "arm"))]
+    pub const O_NOFOLLOW: i32 = 0o100000;
+    #[cfg(not(any(target_arch = "aarch64", target_arch = "arm")))]
+    pub const O_NOFOLLOW: i32 = 0o400000;
 }
 
 /// Waits for a zombie among our children without reaping it; its pid.
@@ -348,7 +353,17 @@ fn write_file(path: &[u8], data: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 fn read_file(path: &[u8], max: u32) -> Result<Vec<u8>, String> {
-    let file = std::fs::File::open(OsStr::from_bytes(path)).map_err(|e| e.to_string())?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Not through a link at the end of the path (a file swapped for one
+    // after it was listed), and never blocking on a FIFO.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(sys::O_NOFOLLOW | sys::O_NONBLOCK)
+        .open(OsStr::from_bytes(path))
+        .map_err(|e| e.to_string())?;
+    if !file.metadata().map_err(|e| e.to_string())?.is_file() {
+        return Err("not a regular file".to_owned());
+    }
     let mut data = Vec::new();
     file.take(u64::from(max) + 1)
         .read_to_end(&mut data)

@@ -195,7 +195,10 @@ impl Control {
     /// Sends `request` (whose id must come from [`Control::next_id`]) and
     /// waits up to `within` for its reply.
     pub async fn call(&self, id: u64, request: &Request, within: Duration) -> Result<Reply, Error> {
-        let big = matches!(request, Request::ReadFile { .. });
+        let big = matches!(
+            request,
+            Request::ReadFile { .. } | Request::ListFiles { .. }
+        );
         if big {
             self.big_reads.fetch_add(1, Ordering::SeqCst);
         }

@@ -22,6 +22,11 @@ use super::seccomp;
 /// How many user and group ids each sandbox's user namespace maps.
 pub const ID_RANGE: u32 = 65_536;
 
+/// The most an agent's memory can hold in a sandbox's `/memory` (a tmpfs:
+/// a ceiling, not a reservation; what it holds counts against the
+/// sandbox's memory limit). The memory quota is checked when it syncs.
+pub const MEMORY_DIR_MIB: u64 = 1024;
+
 pub use carapace_scheduler::Limits;
 
 /// The paths of `/proc` and `/sys` hidden from sandboxes (Docker's list).
@@ -114,7 +119,7 @@ pub fn build(input: &SpecInput<'_>) -> Value {
             {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
             {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777", format!("size={}m", limits.tmp_mib)]},
             {"destination": "/workspace", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=755", format!("size={}m", limits.workspace_mib)]},
-            {"destination": "/memory", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=755", format!("size={}m", limits.workspace_mib)]},
+            {"destination": "/memory", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=755", format!("size={MEMORY_DIR_MIB}m")]},
         ],
         "linux": {
             "uidMappings": map,

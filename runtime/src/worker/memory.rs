@@ -79,11 +79,19 @@ impl MemorySession {
             .saturating_add(u64::from(spec.max_files).saturating_mul(1536))
             .saturating_add(1024);
         let archive = read_bounded(res, limit).await?;
-        for (path, data) in unpack(&archive, spec.max_files)? {
-            runtime
-                .write_file_in(id, Area::Memory, &path, data)
+        for (path, range) in unpack(&archive, spec.max_files)? {
+            match runtime
+                .write_file_in(id, Area::Memory, &path, archive[range].to_vec())
                 .await
-                .map_err(|e| format!("{path} could not be written into the sandbox: {e}"))?;
+            {
+                Ok(()) => {}
+                // E.g. a file where the sandbox has a directory: left out
+                // (and so left as it is in the store).
+                Err(Error::File(e)) => {
+                    tracing::warn!(run = id, path = %path.escape_debug(), error = %e, "memory file not written into the sandbox");
+                }
+                Err(e) => return Err(format!("{path} could not be written into the sandbox: {e}")),
+            }
         }
         let mut session = MemorySession {
             http,
@@ -104,45 +112,70 @@ impl MemorySession {
         id: &str,
         token: &str,
     ) -> Result<Option<u64>, Failure> {
-        let now = self.listing(runtime, id).await?;
-        let total: u64 = now.values().map(|(size, _)| size).sum();
-        if total > self.spec.max_bytes {
-            return Err(format!(
+        let mut now = self.listing(runtime, id).await?;
+        let total = now
+            .values()
+            .fold(0u64, |total, (size, _)| total.saturating_add(*size));
+        let over = |total: u64| {
+            format!(
                 "/memory holds {total} bytes; an agent's memory holds at most {}",
                 self.spec.max_bytes
-            ));
+            )
+        };
+        if total > self.spec.max_bytes {
+            return Err(over(total));
         }
-        let changed: Vec<&String> = now
+        let changed: Vec<String> = now
             .iter()
             .filter(|(path, state)| self.known.get(*path) != Some(state))
-            .map(|(path, _)| path)
+            .map(|(path, _)| path.clone())
             .collect();
-        let deleted: Vec<&String> = self
+        let deleted: Vec<String> = self
             .known
             .keys()
             .filter(|p| !now.contains_key(*p))
+            .cloned()
             .collect();
         if changed.is_empty() && deleted.is_empty() {
             return Ok(None);
         }
         let mut archive = tar::Builder::new(Vec::new());
-        for path in changed {
-            let data = runtime
-                .read_file_in(id, Area::Memory, path)
-                .await
-                .map_err(|e| format!("{path} could not be read from the sandbox: {e}"))?;
-            append(&mut archive, path, &data)?;
+        // What the sandbox listed is only a hint: the bytes it actually
+        // hands over are what count against the quota.
+        let mut read = 0u64;
+        for path in &changed {
+            match runtime.read_file_in(id, Area::Memory, path).await {
+                Ok(data) => {
+                    read = read.saturating_add(data.len() as u64);
+                    if read > self.spec.max_bytes {
+                        return Err(over(read));
+                    }
+                    append(&mut archive, path, &data)?;
+                }
+                // Too large to move, gone meanwhile, not a regular file:
+                // left out this time (the store keeps what it had).
+                Err(Error::File(e)) => {
+                    tracing::warn!(run = id, path = %path.escape_debug(), error = %e, "memory file left out of a commit");
+                    match self.known.get(path) {
+                        Some(state) => now.insert(path.clone(), *state),
+                        None => now.remove(path),
+                    };
+                }
+                Err(e) => return Err(format!("{path} could not be read from the sandbox: {e}")),
+            }
         }
-        for path in deleted {
+        for path in &deleted {
             let whiteout = match path.rsplit_once('/') {
                 Some((dir, name)) => format!("{dir}/.wh.{name}"),
                 None => format!(".wh.{path}"),
             };
             append(&mut archive, &whiteout, &[])?;
         }
-        let archive = archive
-            .into_inner()
-            .map_err(|e| format!("the archive could not be built: {e}"))?;
+        let archive = bytes::Bytes::from(
+            archive
+                .into_inner()
+                .map_err(|e| format!("the archive could not be built: {e}"))?,
+        );
         let mut attempt = 0;
         let version = loop {
             let res = self
@@ -155,6 +188,12 @@ impl MemorySession {
                 .await
                 .map_err(|e| format!("the control plane is unreachable: {e}"))?;
             if res.status() == reqwest::StatusCode::CONFLICT && attempt < REBASES {
+                let problem: serde_json::Value = res.json().await.unwrap_or_default();
+                if problem["code"] != "conflict" {
+                    // A quota, not a race: sending it again will not help.
+                    let detail = problem["detail"].as_str().unwrap_or_default();
+                    return Err(format!("the memory API answered 409: {detail}"));
+                }
                 // Changed meanwhile: the same changes on the new version.
                 attempt += 1;
                 self.version = self.current(token).await?;
@@ -229,24 +268,31 @@ impl MemorySession {
     }
 }
 
-/// The regular files of an archive from the memory API, checked.
-fn unpack(archive: &[u8], max_files: u32) -> Result<Vec<(String, Vec<u8>)>, Failure> {
+/// The regular files of an archive from the memory API, checked: each
+/// one's path and where its content is in the archive.
+fn unpack(
+    archive: &[u8],
+    max_files: u32,
+) -> Result<Vec<(String, std::ops::Range<usize>)>, Failure> {
     let mut files = Vec::new();
     let mut entries = tar::Archive::new(archive);
     for entry in entries
         .entries()
         .map_err(|e| format!("a bad archive: {e}"))?
     {
-        let mut entry = entry.map_err(|e| format!("a bad archive: {e}"))?;
+        let entry = entry.map_err(|e| format!("a bad archive: {e}"))?;
         if entry.header().entry_type() != tar::EntryType::Regular {
             continue;
         }
-        let path = entry
+        let Some(path) = entry
             .path()
             .ok()
             .and_then(|p| p.to_str().map(str::to_owned))
             .filter(|p| acceptable(p))
-            .ok_or("the archive names a path that is not allowed")?;
+        else {
+            tracing::warn!("a memory file with a name that is not allowed left out");
+            continue;
+        };
         if entry.size() > u64::from(MAX_FILE) {
             return Err(format!(
                 "{path} is larger than a sandbox takes in one file ({MAX_FILE} bytes)"
@@ -255,10 +301,13 @@ fn unpack(archive: &[u8], max_files: u32) -> Result<Vec<(String, Vec<u8>)>, Fail
         if files.len() >= max_files as usize {
             return Err(format!("more than {max_files} files"));
         }
-        let mut data = Vec::new();
-        std::io::Read::read_to_end(&mut entry, &mut data)
-            .map_err(|e| format!("a bad archive: {e}"))?;
-        files.push((path, data));
+        let start = usize::try_from(entry.raw_file_position()).map_err(|e| e.to_string())?;
+        let end = usize::try_from(entry.size())
+            .ok()
+            .and_then(|size| start.checked_add(size))
+            .filter(|&end| end <= archive.len())
+            .ok_or("a bad archive: a file runs past its end")?;
+        files.push((path, start..end));
     }
     Ok(files)
 }

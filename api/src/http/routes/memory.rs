@@ -273,6 +273,12 @@ pub async fn restore(
     path: web::Path<(String, u64)>,
 ) -> Result<HttpResponse, Error> {
     let (id, version) = path.into_inner();
+    if caller.run().is_some() {
+        // A sandbox may change its memory, not roll it back.
+        return Err(Error::Forbidden(
+            "a run token cannot restore old versions".to_owned(),
+        ));
+    }
     let opened = open(&caller, &state, &id).await?;
     opened.head(&state).await?;
     let manifest = state.memory.restore(&opened.ns, version).await?;

@@ -28,7 +28,10 @@ use carapace_scheduler::protocol::{CallError, CallRequest, CallResult};
 use crate::error::Error;
 use crate::http::problem::method_not_allowed;
 use crate::ids::{AgentId, RunId};
-use crate::memory::{Content, FileEntry, Manifest, MemoryPath, Namespace, WHITEOUT};
+use crate::memory::{
+    Content, FileEntry, INLINE_MAX, INLINE_TOTAL_MAX, Manifest, MemoryLimits, MemoryPath,
+    Namespace, WHITEOUT,
+};
 use crate::state::AppState;
 
 /// A tar block.
@@ -161,8 +164,12 @@ pub async fn archive(
     let version = manifest.version;
     let mut pieces = Vec::new();
     for (path, entry) in &manifest.files {
-        let path = MemoryPath::parse(path)
-            .map_err(|_| Error::Integrity(format!("a manifest names an invalid path {path:?}")))?;
+        // A name allowed when it was written and refused now is left out
+        // (and logged), not a reason to refuse the whole version.
+        let Ok(path) = MemoryPath::parse(path) else {
+            tracing::warn!(path = %path.escape_debug(), "memory file with a name no longer allowed left out of an archive");
+            continue;
+        };
         pieces.push(Piece::Header(tar_header(path.as_str(), entry.size)?));
         pieces.push(Piece::Content(path, entry.clone()));
         let pad = padding(entry.size);
@@ -297,28 +304,94 @@ pub async fn commit(
         )));
     }
     let limits = state.memory_limits;
-    let mut reader = TarReader::new(body);
-    let mut puts: Vec<(MemoryPath, FileEntry)> = Vec::new();
-    let mut deletes: Vec<MemoryPath> = Vec::new();
+    let mut changes = Changes::default();
+    let read = read_changes(
+        &state,
+        &opened.ns,
+        base.as_ref(),
+        &limits,
+        TarReader::new(body, &limits),
+        &mut changes,
+    )
+    .await;
+    let Changes { puts, mut deletes } = changes;
+    let present = |p: &MemoryPath| {
+        base.as_ref()
+            .is_some_and(|m| m.files.contains_key(p.as_str()))
+    };
+    deletes.retain(present);
+    let empty = Manifest {
+        version: 0,
+        parent: None,
+        created_at: chrono::Utc::now(),
+        files: Default::default(),
+    };
+    let checked = read.and_then(|()| {
+        check_total(
+            base.as_ref().unwrap_or(&empty),
+            puts.iter().map(|(path, entry)| (path, entry.size)),
+            &deletes,
+            &limits,
+        )
+    });
+    if let Err(e) = checked {
+        // Nothing of a refused commit stays in the store.
+        state.memory.discard(&opened.ns, &puts).await;
+        return Err(e);
+    }
+    if puts.is_empty() && deletes.is_empty() {
+        return Ok(HttpResponse::Ok().json(serde_json::json!({ "version": current })));
+    }
+    let committed = state
+        .memory
+        .commit(&opened.ns, base.as_ref(), puts.clone(), &deletes)
+        .await;
+    match committed {
+        Ok(manifest) => opened.committed(&state, &manifest).await,
+        Err(e) => {
+            state.memory.discard(&opened.ns, &puts).await;
+            Err(e)
+        }
+    }
+}
+
+/// What an archive asks for.
+#[derive(Default)]
+struct Changes {
+    puts: Vec<(MemoryPath, FileEntry)>,
+    deletes: Vec<MemoryPath>,
+}
+
+/// Reads the archive, writing each file (encrypted) as it comes, into
+/// `changes`; on an error, what was written so far is in `changes` (and a
+/// file cut short has been discarded).
+async fn read_changes(
+    state: &AppState,
+    ns: &Namespace,
+    base: Option<&Manifest>,
+    limits: &MemoryLimits,
+    mut reader: TarReader,
+    changes: &mut Changes,
+) -> Result<(), Error> {
     let mut seen = BTreeSet::new();
-    let mut put_bytes = 0u64;
+    let (mut put_bytes, mut inline_bytes) = (0u64, 0u64);
     while let Some(entry) = reader.next_entry().await? {
         let (path, delete) = entry_path(&entry.name)?;
         if !seen.insert(path.clone()) {
             return Err(bad_archive(format!("{path} appears twice")));
         }
-        if seen.len() > limits.max_files.saturating_mul(2) {
-            return Err(Error::LimitReached(format!(
-                "an agent's memory holds at most {} files",
-                limits.max_files
-            )));
-        }
         if delete {
             if entry.size != 0 {
                 return Err(bad_archive(format!("the deletion of {path} has content")));
             }
-            deletes.push(path);
+            changes.deletes.push(path);
             continue;
+        }
+        if changes.puts.len() >= limits.max_files {
+            return Err(Error::LimitReached(format!(
+                "an agent's memory holds at most {} files",
+                limits.max_files
+            )));
         }
         put_bytes = put_bytes.saturating_add(entry.size);
         if put_bytes > limits.max_total_bytes {
@@ -332,41 +405,37 @@ pub async fn commit(
                 limit: usize::try_from(limits.max_file_bytes).unwrap_or(usize::MAX),
             });
         }
-        let mut writer = state.memory.writer(&opened.ns, path, base.as_ref())?;
-        let mut left = entry.size;
-        while left > 0 {
-            let piece = reader.content(left).await?;
-            left -= piece.len() as u64;
-            writer.write(&piece).await?;
+        // Small files are kept in the request (inline) only up to the
+        // manifest's inline budget; past it, they go to the store too.
+        let small = entry.size <= INLINE_MAX as u64;
+        let inline = small && inline_bytes + entry.size <= INLINE_TOTAL_MAX;
+        if inline {
+            inline_bytes += entry.size;
         }
-        reader.skip(padding(entry.size)).await?;
-        puts.push(writer.finish().await?);
+        let mut writer = state.memory.writer_inline(ns, path, base, inline)?;
+        let copied = copy_content(&mut reader, &mut writer, entry.size).await;
+        if let Err(e) = copied {
+            writer.abandon().await;
+            return Err(e);
+        }
+        changes.puts.push(writer.finish().await?);
     }
-    let present = |p: &MemoryPath| {
-        base.as_ref()
-            .is_some_and(|m| m.files.contains_key(p.as_str()))
-    };
-    deletes.retain(present);
-    if puts.is_empty() && deletes.is_empty() {
-        return Ok(HttpResponse::Ok().json(serde_json::json!({ "version": current })));
+    Ok(())
+}
+
+/// A file's content from the archive into its writer, and its padding.
+async fn copy_content(
+    reader: &mut TarReader,
+    writer: &mut crate::memory::FileWriter<'_>,
+    size: u64,
+) -> Result<(), Error> {
+    let mut left = size;
+    while left > 0 {
+        let piece = reader.content(left).await?;
+        left -= piece.len() as u64;
+        writer.write(&piece).await?;
     }
-    let empty = Manifest {
-        version: 0,
-        parent: None,
-        created_at: chrono::Utc::now(),
-        files: Default::default(),
-    };
-    check_total(
-        base.as_ref().unwrap_or(&empty),
-        puts.iter().map(|(path, entry)| (path, entry.size)),
-        &deletes,
-        &limits,
-    )?;
-    let manifest = state
-        .memory
-        .commit(&opened.ns, base.as_ref(), puts, &deletes)
-        .await?;
-    opened.committed(&state, &manifest).await
+    reader.skip(padding(size)).await
 }
 
 fn bad_archive(message: String) -> Error {
@@ -408,14 +477,18 @@ struct TarReader {
     body: web::Payload,
     buf: Vec<u8>,
     pos: usize,
+    /// Header blocks still allowed (every entry, directories and name
+    /// records included, takes at least one): a body cannot go on forever.
+    headers_left: usize,
 }
 
 impl TarReader {
-    fn new(body: web::Payload) -> Self {
+    fn new(body: web::Payload, limits: &MemoryLimits) -> Self {
         TarReader {
             body,
             buf: Vec::new(),
             pos: 0,
+            headers_left: limits.max_files.saturating_mul(4).saturating_add(64),
         }
     }
 
@@ -472,6 +545,12 @@ impl TarReader {
                 return Err(bad_archive("the archive ends early".to_owned()));
             }
             let block = self.take(BLOCK).await?.to_vec();
+            if self.headers_left == 0 {
+                return Err(Error::LimitReached(
+                    "the archive has too many entries".to_owned(),
+                ));
+            }
+            self.headers_left -= 1;
             if block.iter().all(|&b| b == 0) {
                 return match long_name {
                     None => Ok(None),

@@ -160,6 +160,11 @@ async fn a_run_token_opens_its_own_agents_memory_and_no_other() {
         from_inside("DELETE", &format!("/v1/agents/{other}/memory/secret.md")),
         from_inside("GET", "/v1/agents"),
         from_inside("GET", "/v1/runs"),
+        // Its own memory may change, not roll back.
+        from_inside(
+            "POST",
+            &format!("/v1/agents/{own}/memory/versions/1/restore"),
+        ),
     ]
     .join("; ");
     let run_id = submit(
@@ -178,7 +183,7 @@ async fn a_run_token_opens_its_own_agents_memory_and_no_other() {
         .collect();
     assert_eq!(
         statuses,
-        ["200", "403", "403", "403", "403", "403"],
+        ["200", "403", "403", "403", "403", "403", "403"],
         "{done}"
     );
     // The other agent's memory is as it was, and the attempts are audited.
@@ -405,4 +410,28 @@ async fn a_run_commits_its_memory_when_it_asks() {
         )
         .await;
     crate::helpers::assert_problem(res, 409, "conflict").await;
+}
+
+#[tokio::test]
+async fn files_a_sandbox_cannot_hand_over_are_left_out_and_the_rest_is_committed() {
+    let app = spawn_app_with(with_sandboxes).await;
+    let t = app.create_tenant("Acme").await;
+    let id = agent(&app, &t.key, json!({"name": "mixed", "model": "fast"})).await;
+    let script = [
+        // Larger than a sandbox hands over in one piece (32 MiB).
+        "head -c 34000000 /dev/zero > /memory/huge.bin",
+        "mkfifo /memory/pipe",
+        "echo fine > /memory/fine.md",
+    ]
+    .join(" && ");
+    let run_id = submit(
+        &app,
+        &t.key,
+        json!({"command": ["sh", "-c", script], "agent_id": id, "limits": {"memory_mib": 512}}),
+    )
+    .await;
+    let done = finished(&app, &t.key, &run_id).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (_, files) = memory(&app, &t.key, &id).await;
+    assert_eq!(files, [("fine.md".to_owned(), "fine\n".to_owned())]);
 }

@@ -174,7 +174,11 @@ async fn a_runs_model_calls_go_upstream_with_the_provider_key_and_are_counted_by
         let name = name.to_owned();
         async move {
             let res = app
-                .post("/v1/agents", &key, &json!({"name": name, "model": "model-a"}))
+                .post(
+                    "/v1/agents",
+                    &key,
+                    &json!({"name": name, "model": "model-a"}),
+                )
                 .await;
             res.json::<Value>().await.unwrap()["id"]
                 .as_str()
@@ -213,7 +217,10 @@ async fn a_runs_model_calls_go_upstream_with_the_provider_key_and_are_counted_by
     .await;
     let out = done["stdout"].as_str().unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{done}");
-    assert!(out.lines().nth(1).unwrap().starts_with("HTTP/1.1 403"), "{done}");
+    assert!(
+        out.lines().nth(1).unwrap().starts_with("HTTP/1.1 403"),
+        "{done}"
+    );
     // Upstream saw the platform's key, never the run's token.
     let received = llm.shared.received.lock().unwrap().clone();
     assert_eq!(received.len(), 1);
@@ -243,7 +250,11 @@ async fn a_runs_model_calls_go_upstream_with_the_provider_key_and_are_counted_by
     assert_eq!(rows[0]["key"], id.as_str());
     assert_eq!(rows[0]["requests"], 1);
     // And under the run's agent.
-    let res = app.get("/v1/usage?group_by=agent", &t.key).send().await.unwrap();
+    let res = app
+        .get("/v1/usage?group_by=agent", &t.key)
+        .send()
+        .await
+        .unwrap();
     let rows = res.json::<Value>().await.unwrap()["data"]
         .as_array()
         .unwrap()
