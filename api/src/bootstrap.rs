@@ -27,6 +27,7 @@ pub struct Application {
     port: u16,
     state: web::Data<AppState>,
     ledger_task: tokio::task::JoinHandle<()>,
+    transcripts_task: tokio::task::JoinHandle<()>,
     limit_sync: tokio::task::JoinHandle<()>,
     idle_reaper: tokio::task::JoinHandle<()>,
     fleet_loops: tokio::task::JoinHandle<()>,
@@ -54,7 +55,14 @@ impl Application {
         );
         let metrics = Metrics::new()?;
         let (ledger, ledger_task) = Ledger::start(db.clone());
-        let gateway = Gateway::new(settings.gateway.clone(), ledger, metrics.registry())?;
+        let (transcripts, transcripts_task) =
+            crate::gateway::Transcripts::start(db.clone(), master_key.clone());
+        let gateway = Gateway::new(
+            settings.gateway.clone(),
+            ledger,
+            transcripts,
+            metrics.registry(),
+        )?;
         let limit_sync = tokio::spawn(gateway.limit_sync(db.clone()));
         let sandboxes = std::sync::Arc::new(SandboxService::start(settings.sandbox.clone()).await?);
         let fleet = crate::fleet::Fleet::new(db.clone(), settings.scheduler.clone());
@@ -99,6 +107,7 @@ impl Application {
             port,
             state,
             ledger_task,
+            transcripts_task,
             limit_sync,
             idle_reaper,
             fleet_loops,
@@ -149,6 +158,12 @@ impl Application {
             .is_err()
         {
             tracing::error!("usage ledger did not drain within 10 s");
+        }
+        if tokio::time::timeout(std::time::Duration::from_secs(10), self.transcripts_task)
+            .await
+            .is_err()
+        {
+            tracing::error!("gateway transcripts did not drain within 10 s");
         }
         tracing::info!("shut down");
         Ok(())

@@ -10,7 +10,9 @@ use anyhow::{Context, bail};
 
 use crate::secret::Secret;
 
-/// The master key, held only in memory.
+/// The master key, held only in memory (a clone is another zeroized copy,
+/// for the background writers that seal with tenant keys).
+#[derive(Clone)]
 pub struct MasterKey(Secret<[u8; 32]>);
 
 impl MasterKey {

@@ -95,6 +95,14 @@ permission!(
     ReadUsage, "usage.read", Scope::Api, Role::Member
 );
 permission!(
+    /// Turn the gateway's transcripts on or off.
+    ManageGateway, "gateway.settings", Scope::Api, Role::Admin
+);
+permission!(
+    /// Read the gateway's transcripts (prompts and completions).
+    ReadTranscripts, "gateway.transcripts", Scope::Api, Role::Admin
+);
+permission!(
     /// Read the tenant's audit log.
     ReadAudit, "audit.read", Scope::Api, Role::Admin
 );

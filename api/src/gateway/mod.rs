@@ -15,13 +15,15 @@
 //! monthly budget, with the buckets shared between replicas through the
 //! database.
 //!
-//! Not here yet: run tokens (they come with runs).
+//! Transcripts (`transcripts`): a tenant may opt in to keeping each call's
+//! prompt and completion, sealed with its data key.
 
 pub mod config;
 mod ledger;
 pub(crate) mod limits;
 pub(crate) mod proxy;
 mod tenant_providers;
+pub mod transcripts;
 pub mod usage;
 mod wire_error;
 
@@ -35,6 +37,7 @@ pub use self::ledger::Ledger;
 use self::limits::Limiter;
 use self::tenant_providers::{PublicOnly, TenantProviders};
 pub use self::tenant_providers::{key_aad, validate_endpoint};
+pub use self::transcripts::Transcripts;
 
 /// What the gateway's handlers share.
 pub struct Gateway {
@@ -45,6 +48,7 @@ pub struct Gateway {
     tenant_providers: TenantProviders,
     limiter: Arc<Limiter>,
     ledger: Ledger,
+    transcripts: Transcripts,
     upstream_seconds: HistogramVec,
     overhead_seconds: HistogramVec,
 }
@@ -54,6 +58,7 @@ impl Gateway {
     pub fn new(
         config: GatewayConfig,
         ledger: Ledger,
+        transcripts: Transcripts,
         registry: &prometheus::Registry,
     ) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
@@ -100,6 +105,7 @@ impl Gateway {
             tenant_client,
             tenant_providers: TenantProviders::default(),
             ledger,
+            transcripts,
             upstream_seconds,
             overhead_seconds,
         })

@@ -1,6 +1,7 @@
 //! The gateway's handlers: authenticate, limit, route to a provider with
 //! retries and fallback, and pass the answer through.
 
+use super::transcripts::{CallFacts, Capture};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -289,6 +290,12 @@ async fn proxy(
         started,
         started_at: chrono::Utc::now()
             - chrono::TimeDelta::from_std(started.elapsed()).unwrap_or_default(),
+        // Only for a tenant that opted in (as of its cached record).
+        capture: caller
+            .principal()
+            .tenant()
+            .record_gateway_bodies
+            .then(|| Capture::new(&body)),
     };
     let mut last_failure = String::from("no attempt made");
     for target in &targets {
@@ -417,9 +424,23 @@ struct Call<'a> {
     requested: String,
     started: Instant,
     started_at: chrono::DateTime<chrono::Utc>,
+    /// The bodies, when the tenant keeps transcripts.
+    capture: Option<Capture>,
 }
 
 impl Call<'_> {
+    /// The facts of a transcript of this call.
+    fn facts(&self, target: &Target, status: StatusCode) -> CallFacts {
+        CallFacts {
+            tenant: self.tenant.clone(),
+            run: self.run.clone(),
+            agent: self.agent.clone(),
+            model: target.model.clone(),
+            status: status.as_u16(),
+            at: self.started_at,
+        }
+    }
+
     fn endpoint(&self) -> &'static str {
         match self.format {
             WireFormat::OpenAi => "chat_completions",
@@ -472,7 +493,7 @@ impl Call<'_> {
     }
 
     async fn respond(
-        self,
+        mut self,
         res: reqwest::Response,
         target: &Target,
         permit: Permit,
@@ -491,7 +512,13 @@ impl Call<'_> {
                 status,
                 "client_disconnected",
             );
+            let transcript = self
+                .capture
+                .take()
+                .map(|capture| (self.facts(target, status), capture));
             let stream = TappedStream {
+                transcript,
+                transcripts: self.gateway.transcripts.clone(),
                 price: self.gateway.config.prices.get(&target.model).copied(),
                 inner: Box::pin(res.bytes_stream()),
                 tap: StreamTap::new(self.format),
@@ -539,6 +566,11 @@ impl Call<'_> {
             .cost_micro_usd(&target.model, used.input, used.output);
         permit.record(used.input.saturating_add(used.output), cost);
         drop(permit);
+        if let Some(mut capture) = self.capture.take() {
+            capture.feed(&body);
+            let facts = self.facts(target, status);
+            self.gateway.transcripts.record(facts, capture);
+        }
         Ok(HttpResponse::build(status)
             .content_type(content_type)
             .body(body.freeze()))
@@ -592,6 +624,9 @@ struct TappedStream {
     tenant: TenantId,
     started: Instant,
     permit: Permit,
+    /// The call's transcript being gathered, when the tenant keeps them.
+    transcript: Option<(CallFacts, Capture)>,
+    transcripts: super::Transcripts,
 }
 
 impl TappedStream {
@@ -611,6 +646,9 @@ impl TappedStream {
                 u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
             self.ledger.record(self.tenant.clone(), entry);
         }
+        if let Some((facts, capture)) = self.transcript.take() {
+            self.transcripts.record(facts, capture);
+        }
     }
 }
 
@@ -621,6 +659,9 @@ impl Stream for TappedStream {
         match self.inner.as_mut().poll_next(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
                 self.tap.feed(&chunk);
+                if let Some((_, capture)) = &mut self.transcript {
+                    capture.feed(&chunk);
+                }
                 Poll::Ready(Some(Ok(chunk)))
             }
             Poll::Ready(Some(Err(e))) => {

@@ -5,7 +5,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::routes::{
     admin, agents, api_keys, audit, memory, memory_sync, ops, providers, runs, sandbox_calls,
-    sandbox_exec, sandboxes, tenant, usage, workers,
+    sandbox_exec, sandboxes, tenant, transcripts, usage, workers,
 };
 
 /// The whole API.
@@ -42,6 +42,10 @@ use super::routes::{
         memory_sync::archive,
         memory_sync::commit,
         memory_sync::commit_run_memory,
+        transcripts::get_settings,
+        transcripts::put_settings,
+        transcripts::list_transcripts,
+        transcripts::get_transcript,
         sandboxes::create_sandbox,
         sandboxes::list_sandboxes,
         sandboxes::get_sandbox,

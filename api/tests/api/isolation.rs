@@ -91,6 +91,11 @@ const CASES: &[Case] = &[
     Case(Method::POST, "/v1/runs/{run}/cancel", Expect::NotFound),
     Case(Method::GET, "/v1/runs", Expect::ListsNothingOfB),
     Case(Method::GET, "/v1/api-keys", Expect::ListsNothingOfB),
+    Case(
+        Method::GET,
+        "/v1/gateway/transcripts",
+        Expect::ListsNothingOfB,
+    ),
     Case(Method::GET, "/v1/audit", Expect::ListsNothingOfB),
     Case(Method::GET, "/v1/tenant", Expect::ListsNothingOfB),
     Case(

@@ -18,3 +18,4 @@ mod operations;
 mod repository;
 mod sandboxes;
 mod scheduler;
+mod transcripts;

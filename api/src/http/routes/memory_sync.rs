@@ -680,7 +680,7 @@ mod tests {
 
     #[test]
     fn pax_paths_are_read_and_sizes_refused() {
-        let record = b"20 path=a/long.md\n";
+        let record = b"18 path=a/long.md\n";
         assert_eq!(pax_path(record).unwrap(), b"a/long.md");
         assert!(pax_path(b"12 size=999\n").is_err());
         assert!(pax_path(b"99 path=x\n").is_err());

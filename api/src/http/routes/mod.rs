@@ -16,5 +16,6 @@ pub mod sandbox_exec;
 pub mod sandbox_stream;
 pub mod sandboxes;
 pub mod tenant;
+pub mod transcripts;
 pub mod usage;
 pub mod workers;
