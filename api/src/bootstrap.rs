@@ -72,7 +72,7 @@ impl Application {
             auth: Authenticator::new(db.clone(), settings.auth_cache_ttl),
             db,
             memory: crate::memory::MemoryStore::new(store.clone()),
-            memory_limits: settings.memory,
+            plans: settings.plans.clone(),
             store,
             master_key,
             metrics,

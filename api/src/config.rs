@@ -121,6 +121,12 @@ pub struct SettingsArgs {
     #[serde(default)]
     pub scheduler: Option<crate::fleet::SchedulerArgs>,
 
+    /// Plans (per-tenant gateway limits and memory quotas): the
+    /// `[plans.NAME]` tables of the settings file only (see `plans`).
+    #[arg(skip)]
+    #[serde(default)]
+    pub plans: Option<std::collections::BTreeMap<String, crate::plans::PlanArgs>>,
+
     /// Agents' memory quotas and sync interval: the `[memory]` table of
     /// the settings file only (see `memory::MemoryArgs`).
     #[arg(skip)]
@@ -203,8 +209,10 @@ pub struct Settings {
     pub admin_token: Option<Secret<String>>,
     /// The scheduler.
     pub scheduler: crate::fleet::SchedulerConfig,
-    /// Agents' memory quotas.
+    /// Agents' memory quotas (the default plan's).
     pub memory: crate::memory::MemoryLimits,
+    /// Every plan, `default` included.
+    pub plans: crate::plans::Plans,
 }
 
 /// The limit above which a revocation would take too long to apply.
@@ -259,6 +267,7 @@ impl SettingsArgs {
             local_worker: self.local_worker.or(lower.local_worker),
             scheduler: self.scheduler.or(lower.scheduler),
             memory: self.memory.or(lower.memory),
+            plans: self.plans.or(lower.plans),
             gateway: self.gateway.or(lower.gateway),
             sandboxes: self.sandboxes.or(lower.sandboxes),
             sandbox: self.sandbox.or(lower.sandbox),
@@ -317,9 +326,18 @@ impl SettingsArgs {
         if self.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
             bail!("admin_token must be at least 16 characters");
         }
-        let memory = self.memory.unwrap_or_default().resolve()?;
+        let memory_args = self.memory.unwrap_or_default();
+        let memory = memory_args.resolve()?;
+        let gateway = self.gateway.unwrap_or_default().resolve()?;
+        let plans = crate::plans::Plans::resolve(
+            self.plans.unwrap_or_default(),
+            gateway.limits,
+            &memory_args,
+        )?;
         Ok(Settings {
             memory,
+            plans,
+            gateway,
             scheduler,
             admin_token: self.admin_token.map(Secret::new),
             listen: self
@@ -339,7 +357,6 @@ impl SettingsArgs {
             http_workers,
             auth_cache_ttl: Duration::from_millis(auth_cache_ttl_ms),
             metrics_token: self.metrics_token.map(Secret::new),
-            gateway: self.gateway.unwrap_or_default().resolve()?,
             sandbox,
         })
     }

@@ -28,6 +28,7 @@ pub mod http;
 pub mod ids;
 pub mod master_key;
 pub mod memory;
+pub mod plans;
 pub mod sandboxes;
 pub mod secret;
 pub mod state;

@@ -20,8 +20,8 @@ pub struct AppState {
     pub store: Arc<dyn ObjectStore>,
     /// Agents' encrypted memory, on `store`.
     pub memory: crate::memory::MemoryStore,
-    /// What each agent may keep there.
-    pub memory_limits: crate::memory::MemoryLimits,
+    /// What each tenant may use (gateway limits, memory quotas).
+    pub plans: crate::plans::Plans,
     /// Master key (wraps tenant data keys; used by the memory service).
     pub master_key: MasterKey,
     /// Prometheus metrics.

@@ -21,6 +21,7 @@ mod m0009_scheduler;
 mod m0010_sandbox_runs;
 mod m0011_run_tokens;
 mod m0012_gateway_transcripts;
+mod m0013_plans;
 
 /// Every migration, in the order it is applied.
 pub struct Migrator;
@@ -41,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0010_sandbox_runs::Migration),
             Box::new(m0011_run_tokens::Migration),
             Box::new(m0012_gateway_transcripts::Migration),
+            Box::new(m0013_plans::Migration),
         ]
     }
 }

@@ -12,6 +12,7 @@ pub mod tenant {
         pub name: String,
         pub created_at: ChronoDateTimeUtc,
         pub record_gateway_bodies: bool,
+        pub plan: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

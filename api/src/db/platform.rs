@@ -76,6 +76,7 @@ pub async fn create_tenant_with_owner(
                     name: Set(name),
                     created_at: Set(now),
                     record_gateway_bodies: Set(false),
+                    plan: Set(crate::plans::DEFAULT.to_owned()),
                 }
                 .insert(txn)
                 .await?;

@@ -22,6 +22,8 @@ pub struct Tenant {
     /// Whether the gateway keeps (sealed) the prompts and completions of
     /// its calls.
     pub record_gateway_bodies: bool,
+    /// Its plan's name (see `plans`).
+    pub plan: String,
 }
 
 impl TryFrom<tenant::Model> for Tenant {
@@ -32,6 +34,7 @@ impl TryFrom<tenant::Model> for Tenant {
             name: row.name,
             created_at: row.created_at,
             record_gateway_bodies: row.record_gateway_bodies,
+            plan: row.plan,
         })
     }
 }

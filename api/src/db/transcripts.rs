@@ -1,6 +1,6 @@
-//! The gateway's opt-in transcripts in the database: the tenant's switch
-//! and the sealed records (sealing and opening are `gateway::transcripts`'
-//! job; rows here hold ciphertext only).
+//! A tenant's settings (its plan, its gateway transcripts switch) and the
+//! gateway's sealed transcripts in the database (sealing and opening are
+//! `gateway::transcripts`' job; rows here hold ciphertext only).
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -65,6 +65,32 @@ impl TryFrom<gateway_transcript::Model> for StoredTranscript {
 }
 
 impl TenantScope<'_> {
+    /// Moves the tenant to another plan (whose name the caller checked).
+    pub async fn set_plan(&self, plan: &str, audit: AuditEvent) -> Result<()> {
+        let tenant = self.tenant_id().clone();
+        let plan = plan.to_owned();
+        self.db()
+            .transaction::<_, _, Error>(|txn| {
+                Box::pin(async move {
+                    let found = tenant::Entity::find_by_id(tenant.as_str()).one(txn).await?;
+                    if found.is_none() {
+                        return Err(Error::NotFound);
+                    }
+                    tenant::ActiveModel {
+                        id: Set(tenant.to_string()),
+                        plan: Set(plan),
+                        ..Default::default()
+                    }
+                    .update(txn)
+                    .await?;
+                    insert_audit(txn, audit.in_tenant(&tenant)).await?;
+                    Ok(())
+                })
+            })
+            .await?;
+        Ok(())
+    }
+
     /// Turns the recording of gateway prompts and completions on or off.
     pub async fn set_record_gateway_bodies(&self, on: bool, audit: AuditEvent) -> Result<()> {
         let tenant = self.tenant_id().clone();

@@ -30,7 +30,7 @@ const SPEND_REFRESH: Duration = Duration::from_secs(5);
 const IDLE_EVICTION: Duration = Duration::from_secs(300);
 
 /// The configured limits.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
     /// Requests per minute per tenant.
     pub tenant_rpm: u32,
@@ -63,6 +63,16 @@ impl Bucket {
             refilled: Instant::now(),
             unsynced: 0.0,
             used: Instant::now(),
+        }
+    }
+
+    /// Takes a new capacity (the tenant's plan changed), keeping the
+    /// level within it.
+    fn resize(&mut self, capacity: f64) {
+        if self.capacity != capacity {
+            self.capacity = capacity;
+            self.per_second = capacity / 60.0;
+            self.level = self.level.min(capacity);
         }
     }
 
@@ -141,7 +151,8 @@ fn key_rpm(k: &impl std::fmt::Display) -> String {
 }
 
 impl Limiter {
-    /// A limiter for `limits`.
+    /// A limiter whose default limits are `limits` (a tenant's plan may
+    /// give it others: the `_for` methods).
     pub fn new(limits: Limits) -> Arc<Self> {
         Arc::new(Self {
             limits,
@@ -155,7 +166,12 @@ impl Limiter {
 
     /// Whether the tenant's month-to-date spend must be re-read first.
     pub fn spend_is_stale(&self, tenant: &TenantId) -> bool {
-        if self.limits.monthly_budget_micro_usd.is_none() {
+        self.spend_is_stale_for(tenant, &self.limits)
+    }
+
+    /// [`spend_is_stale`](Self::spend_is_stale) under a plan's `limits`.
+    pub fn spend_is_stale_for(&self, tenant: &TenantId, limits: &Limits) -> bool {
+        if limits.monthly_budget_micro_usd.is_none() {
             return false;
         }
         let state = self.lock();
@@ -187,10 +203,21 @@ impl Limiter {
         tenant: &TenantId,
         key: &impl std::fmt::Display,
     ) -> Result<(), sea_orm::DbErr> {
+        self.prime_for(db, tenant, key, &self.limits).await
+    }
+
+    /// [`prime`](Self::prime) under a plan's `limits`.
+    pub async fn prime_for(
+        &self,
+        db: &DatabaseConnection,
+        tenant: &TenantId,
+        key: &impl std::fmt::Display,
+        limits: &Limits,
+    ) -> Result<(), sea_orm::DbErr> {
         let wanted = [
-            (tenant_rpm(tenant), f64::from(self.limits.tenant_rpm)),
-            (key_rpm(key), f64::from(self.limits.key_rpm)),
-            (tenant_tpm(tenant), self.limits.tenant_tpm as f64),
+            (tenant_rpm(tenant), f64::from(limits.tenant_rpm)),
+            (key_rpm(key), f64::from(limits.key_rpm)),
+            (tenant_tpm(tenant), limits.tenant_tpm as f64),
         ];
         let missing: Vec<(String, f64)> = {
             let state = self.lock();
@@ -216,6 +243,16 @@ impl Limiter {
         key: &impl std::fmt::Display,
     ) -> Result<Permit, Refusal> {
         let limits = self.limits;
+        self.acquire_for(tenant, key, &limits)
+    }
+
+    /// [`acquire`](Self::acquire) under a plan's `limits`.
+    pub fn acquire_for(
+        self: &Arc<Self>,
+        tenant: &TenantId,
+        key: &impl std::fmt::Display,
+        limits: &Limits,
+    ) -> Result<Permit, Refusal> {
         let mut state = self.lock();
         if let Some(budget) = limits.monthly_budget_micro_usd {
             let spent = state
@@ -261,6 +298,7 @@ impl Limiter {
                 .buckets
                 .entry(name.clone())
                 .or_insert_with(|| Bucket::new(*capacity));
+            bucket.resize(*capacity);
             bucket.refill();
             if bucket.level < *needed {
                 return Err(Refusal::Rate {

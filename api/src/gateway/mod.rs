@@ -20,7 +20,7 @@
 
 pub mod config;
 mod ledger;
-pub(crate) mod limits;
+pub mod limits;
 pub(crate) mod proxy;
 mod tenant_providers;
 pub mod transcripts;

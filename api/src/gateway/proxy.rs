@@ -213,23 +213,32 @@ async fn proxy(
             Some(_) => return Err(invalid("`stream_options` must be an object")),
         }
     }
-    if gateway.limiter.spend_is_stale(caller.tenant_id()) {
+    let limits = state.plans.get(&caller.principal().tenant().plan).gateway;
+    if gateway
+        .limiter
+        .spend_is_stale_for(caller.tenant_id(), &limits)
+    {
         let first_of_month = chrono::Utc::now().format("%Y-%m-01").to_string();
         let spent = caller.scope(&state.db).spend_since(&first_of_month).await?;
         gateway.limiter.set_spend(caller.tenant_id(), spent);
     }
     gateway
         .limiter
-        .prime(
+        .prime_for(
             &state.db,
             caller.tenant_id(),
             &caller.principal().credential.id(),
+            &limits,
         )
         .await
         .map_err(Error::from)?;
     let permit = gateway
         .limiter
-        .acquire(caller.tenant_id(), &caller.principal().credential.id())
+        .acquire_for(
+            caller.tenant_id(),
+            &caller.principal().credential.id(),
+            &limits,
+        )
         .map_err(|refusal| match refusal {
             Refusal::Rate {
                 reason,

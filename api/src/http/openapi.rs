@@ -42,6 +42,7 @@ use super::routes::{
         memory_sync::archive,
         memory_sync::commit,
         memory_sync::commit_run_memory,
+        admin::set_plan,
         transcripts::get_settings,
         transcripts::put_settings,
         transcripts::list_transcripts,

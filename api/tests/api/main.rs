@@ -15,6 +15,7 @@ mod isolation;
 mod memory;
 mod memory_archive;
 mod operations;
+mod plans;
 mod repository;
 mod sandboxes;
 mod scheduler;

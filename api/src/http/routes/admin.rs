@@ -1,6 +1,7 @@
 //! Operator endpoints: `GET /v1/admin/workers` (the fleet and its load),
 //! `POST /v1/admin/workers/{id}/drain` and `.../resume`,
-//! `DELETE /v1/admin/workers/{id}` (revoke). They answer only the operator's
+//! `DELETE /v1/admin/workers/{id}` (revoke), `PUT /v1/admin/tenants/{id}/plan`
+//! (a tenant's plan). They answer only the operator's
 //! `admin_token` — no tenant's key, whatever its role — and are off (403)
 //! when no token is configured.
 
@@ -11,10 +12,15 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 
-use crate::db::store_error;
+use actix_web::HttpMessage;
+
+use crate::audit::{Actor, Outcome};
+use crate::auth::extract::client_ip;
+use crate::db::{TenantScope, store_error};
 use crate::error::Error;
+use crate::http::observe::RequestId;
 use crate::http::problem::method_not_allowed;
-use crate::ids::WorkerId;
+use crate::ids::{TenantId, WorkerId};
 use crate::state::AppState;
 
 /// Registers the routes.
@@ -32,6 +38,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/v1/admin/workers/{id}/drain")
             .route(web::post().to(drain_worker))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/admin/tenants/{id}/plan")
+            .route(web::put().to(set_plan))
             .default_service(web::to(method_not_allowed)),
     )
     .service(
@@ -128,6 +139,58 @@ fn operator(req: &HttpRequest, state: &AppState) -> Result<(), Error> {
 fn operator_on(req: &HttpRequest, state: &AppState, raw: &str) -> Result<WorkerId, Error> {
     operator(req, state)?;
     WorkerId::parse(raw).map_err(|_| Error::NotFound)
+}
+
+/// A tenant's new plan.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanChange {
+    /// One of the configured plans (`[plans.NAME]`, or `default`).
+    plan: String,
+}
+
+/// Move a tenant to another plan (operator only; audited in the tenant's
+/// log). Takes effect within the authentication cache's lifetime.
+#[utoipa::path(put, path = "/v1/admin/tenants/{id}/plan", tag = "operations",
+    params(("id" = String, Path, description = "Tenant id")),
+    request_body = PlanChange,
+    responses(
+        (status = 200, description = "The tenant's plan now", body = crate::plans::PlanView),
+        (status = 403, description = "Not the operator", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No such plan", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("admin_token" = [])))]
+pub async fn set_plan(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Json<PlanChange>,
+) -> Result<HttpResponse, Error> {
+    operator(&req, &state)?;
+    let tenant = TenantId::parse(&id).map_err(|_| Error::NotFound)?;
+    if !state.plans.contains(&body.plan) {
+        return Err(Error::Invalid {
+            field: "plan",
+            message: format!(
+                "no such plan; configured: {}",
+                state.plans.names().join(", ")
+            ),
+        });
+    }
+    let actor = Actor {
+        principal: "operator".to_owned(),
+        client_ip: client_ip(&req),
+        request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()),
+    };
+    let audit = actor
+        .event("tenant.plan", Outcome::Success)
+        .reason(format!("plan = {}", body.plan));
+    TenantScope::new(&state.db, &tenant)
+        .set_plan(&body.plan, audit)
+        .await?;
+    tracing::info!(tenant_id = %tenant, plan = %body.plan, "tenant moved to another plan by the operator");
+    Ok(HttpResponse::Ok().json(state.plans.view(&body.plan)))
 }
 
 /// The workers and their load (operator only).

@@ -368,7 +368,7 @@ pub async fn write_file(
     let opened = open(&caller, &state, &id).await?;
     let ns = &opened.ns;
     let mut attempt = 0;
-    let limits = state.memory_limits;
+    let limits = state.plans.get(&caller.principal().tenant().plan).memory;
     let mut base = opened.head(&state).await?;
     if base
         .as_ref()

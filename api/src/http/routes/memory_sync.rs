@@ -303,7 +303,7 @@ pub async fn commit(
             query.base
         )));
     }
-    let limits = state.memory_limits;
+    let limits = state.plans.get(&caller.principal().tenant().plan).memory;
     let mut changes = Changes::default();
     let read = read_changes(
         &state,

@@ -238,7 +238,7 @@ pub async fn create_run(
                 }
                 Err(e) => return Err(e),
             }
-            let limits = state.memory_limits;
+            let limits = state.plans.get(&caller.principal().tenant().plan).memory;
             let interval_s = body
                 .memory_sync_interval_s
                 .unwrap_or(limits.sync_interval_s);

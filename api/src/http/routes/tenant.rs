@@ -32,6 +32,8 @@ pub struct TenantView {
     role: Role,
     /// The caller.
     principal: PrincipalView,
+    /// The tenant's plan and what it allows.
+    plan: crate::plans::PlanView,
 }
 
 /// The authenticated principal.
@@ -55,7 +57,10 @@ pub struct PrincipalView {
     ),
     security(("api_key" = []))
 )]
-pub async fn get_tenant(caller: Caller<ReadTenant>) -> Result<HttpResponse, Error> {
+pub async fn get_tenant(
+    caller: Caller<ReadTenant>,
+    state: actix_web::web::Data<crate::state::AppState>,
+) -> Result<HttpResponse, Error> {
     // Read with the key at verification (at most the cache TTL old).
     let principal = caller.principal();
     let tenant = principal.tenant();
@@ -69,5 +74,6 @@ pub async fn get_tenant(caller: Caller<ReadTenant>) -> Result<HttpResponse, Erro
             id: principal.credential.id(),
             scopes: principal.scopes.as_slice().to_vec(),
         },
+        plan: state.plans.view(&tenant.plan),
     }))
 }

@@ -245,9 +245,11 @@ async fn a_worker_back_from_a_partition_is_fenced_off_its_old_runs() {
     assert_eq!(done["attempts"], 2);
     // The old worker was told, and let the run go (its log line may come
     // a moment after the control plane's audit record).
-    wait_for(Duration::from_secs(5), "the old worker's log line", || async {
-        old.log().contains("report refused").then_some(())
-    })
+    wait_for(
+        Duration::from_secs(5),
+        "the old worker's log line",
+        || async { old.log().contains("report refused").then_some(()) },
+    )
     .await;
 }
 
