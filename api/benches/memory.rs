@@ -6,8 +6,9 @@
 //!   file of that size and committing it, encrypted through the memory
 //!   store, versus putting the same bytes as 1 MiB objects directly.
 //! - `memory_get_mib_s_{1,64}mib` / `plain_get_mib_s_{1,64}mib`: reading it
-//!   back chunk by chunk, as a download streams (decrypting and verifying),
-//!   versus getting the raw objects.
+//!   back chunk by chunk, as a download streams (decrypting and verifying,
+//!   `READ_AHEAD` chunks ahead), versus getting the raw objects with the
+//!   same read-ahead.
 //! - `memory_put_ratio_64mib`, `memory_get_ratio_64mib`: encrypted over
 //!   plaintext throughput, from the same run.
 //! - `memory_commit_100_files_ms`: writing 100 files of 1 KiB and
@@ -48,19 +49,23 @@ async fn plain_put(store: &Arc<dyn ObjectStore>, name: &str, data: &[u8]) {
     }
 }
 
+/// The raw objects, fetched with the same read-ahead as memory reads.
 async fn plain_get(store: &Arc<dyn ObjectStore>, name: &str, chunks: usize) -> usize {
-    let mut total = 0;
-    for i in 0..chunks {
-        let bytes = store
-            .get(&ObjectPath::from(format!("plain/{name}/{i:08}")))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        total += bytes.len();
-    }
-    total
+    use futures_util::StreamExt;
+    futures_util::stream::iter(0..chunks)
+        .map(|i| async move {
+            store
+                .get(&ObjectPath::from(format!("plain/{name}/{i:08}")))
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+                .len()
+        })
+        .buffered(carapace_api::memory::READ_AHEAD)
+        .fold(0, |total, n| async move { total + n })
+        .await
 }
 
 fn main() {
@@ -73,12 +78,14 @@ fn main() {
         let store: Arc<dyn ObjectStore> =
             Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap());
         let memory = MemoryStore::new(store.clone());
-        let ns = Namespace::new(
-            TenantId::generate(),
-            "bench-agent",
-            DataKey::generate().unwrap(),
-        )
-        .unwrap();
+        let ns = Arc::new(
+            Namespace::new(
+                TenantId::generate(),
+                "bench-agent",
+                DataKey::generate().unwrap(),
+            )
+            .unwrap(),
+        );
         let mut head = None;
         let mut ratios = (0.0, 0.0);
 
@@ -98,22 +105,24 @@ fn main() {
                     .unwrap();
                 put.push(size as f64 / MIB / started.elapsed().as_secs_f64());
 
-                // Read as a download streams: chunk by chunk, not
-                // assembled into one buffer.
-                let entry = &manifest.files[path.as_str()];
-                let chunks = match &entry.content {
-                    Content::Chunks { chunks, .. } => *chunks,
-                    Content::Inline { .. } => unreachable!("benchmark files are chunked"),
-                };
+                // Read as a download streams: chunk by chunk (a few
+                // ahead), not assembled into one buffer.
+                let entry = manifest.files[path.as_str()].clone();
+                assert!(
+                    matches!(entry.content, Content::Chunks { .. }),
+                    "benchmark files are chunked"
+                );
                 let started = Instant::now();
-                let mut read = 0;
-                for index in 0..chunks {
-                    read += memory
-                        .read_chunk(&ns, &path, entry, index)
+                let read = {
+                    use futures_util::StreamExt;
+                    memory
+                        .chunk_stream(ns.clone(), path.clone(), entry)
+                        .fold(
+                            0,
+                            |total, chunk| async move { total + chunk.unwrap().len() },
+                        )
                         .await
-                        .unwrap()
-                        .len();
-                }
+                };
                 get.push(size as f64 / MIB / started.elapsed().as_secs_f64());
                 assert_eq!(read, size);
                 head = Some(manifest);

@@ -45,6 +45,31 @@ use crate::crypto::DataKey;
 use crate::error::{Error, Result};
 use crate::ids::TenantId;
 
+/// Chunks fetched and decrypted ahead of a reader.
+pub const READ_AHEAD: usize = 4;
+
+/// Verifies and decrypts one chunk of `entry`.
+fn open_chunk(
+    ns: &Namespace,
+    path: &MemoryPath,
+    entry: &FileEntry,
+    index: u32,
+    sealed: &[u8],
+) -> Result<Vec<u8>> {
+    let Content::Chunks {
+        blob,
+        written_in,
+        chunks,
+    } = &entry.content
+    else {
+        return Err(anyhow::anyhow!("{path} is stored inline, not in chunks").into());
+    };
+    let last = index + 1 == *chunks;
+    ns.key
+        .open(sealed, &ns.chunk_aad(path, *written_in, blob, index, last))
+        .map_err(|_| Error::Integrity(format!("chunk {index} of {path} does not authenticate")))
+}
+
 /// Size of one encrypted chunk's plaintext.
 pub const CHUNK_SIZE: usize = 1024 * 1024;
 /// Files up to this size are kept inside the manifest.
@@ -393,28 +418,65 @@ impl MemoryStore {
         entry: &FileEntry,
         index: u32,
     ) -> Result<Vec<u8>> {
+        let sealed = self.fetch_chunk(ns, path, entry, index).await?;
+        open_chunk(ns, path, entry, index, &sealed)
+    }
+
+    /// One chunk's sealed bytes.
+    async fn fetch_chunk(
+        &self,
+        ns: &Namespace,
+        path: &MemoryPath,
+        entry: &FileEntry,
+        index: u32,
+    ) -> Result<bytes::Bytes> {
         let Content::Chunks {
-            blob,
-            written_in,
-            chunks,
+            blob, written_in, ..
         } = &entry.content
         else {
             return Err(anyhow::anyhow!("{path} is stored inline, not in chunks").into());
         };
         let location = ns.chunk_path(*written_in, blob, index);
-        let sealed = match self.store.get(&location).await {
-            Ok(result) => result.bytes().await.map_err(store_error)?,
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(Error::Integrity(format!(
-                    "chunk {index} of {path} is missing"
-                )));
-            }
-            Err(e) => return Err(store_error(e)),
+        match self.store.get(&location).await {
+            Ok(result) => result.bytes().await.map_err(store_error),
+            Err(object_store::Error::NotFound { .. }) => Err(Error::Integrity(format!(
+                "chunk {index} of {path} is missing"
+            ))),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    /// A chunked file's chunks in order, each fetched and verified ahead
+    /// of the reader ([`READ_AHEAD`] at a time, decrypted on the blocking
+    /// pool), so that fetching and decrypting overlap and use more than
+    /// one core. The first chunk that fails ends the stream with its error.
+    pub fn chunk_stream(
+        &self,
+        ns: Arc<Namespace>,
+        path: MemoryPath,
+        entry: FileEntry,
+    ) -> impl futures_util::Stream<Item = Result<Vec<u8>>> + Send + 'static {
+        let chunks = match &entry.content {
+            Content::Chunks { chunks, .. } => *chunks,
+            Content::Inline { .. } => 0,
         };
-        let last = index + 1 == *chunks;
-        ns.key
-            .open(&sealed, &ns.chunk_aad(path, *written_in, blob, index, last))
-            .map_err(|_| Error::Integrity(format!("chunk {index} of {path} does not authenticate")))
+        let shared = Arc::new((self.clone(), ns, path, entry));
+        futures_util::stream::iter(0..chunks)
+            .map(move |index| {
+                let shared = shared.clone();
+                async move {
+                    let (store, ns, path, entry) = &*shared;
+                    let sealed = store.fetch_chunk(ns, path, entry, index).await?;
+                    let opened = shared.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let (_, ns, path, entry) = &*opened;
+                        open_chunk(ns, path, entry, index, &sealed)
+                    })
+                    .await
+                    .map_err(|e| anyhow::anyhow!("chunk decryption stopped: {e}"))?
+                }
+            })
+            .buffered(READ_AHEAD)
     }
 
     /// A whole file (for small files; large ones are read chunk by chunk

@@ -316,30 +316,29 @@ pub async fn read_file(
     let mut res = HttpResponse::Ok();
     res.content_type("application/octet-stream")
         .insert_header(("x-memory-version", manifest.version.to_string()));
-    if let Content::Chunks { chunks, .. } = entry.content {
-        // Streamed chunk by chunk, never whole in memory. A chunk that
-        // fails its check ends the response abruptly (the client sees a
-        // broken transfer) rather than serving anything unverified.
-        let start = (0u32, state.memory.clone(), Arc::new(ns), file, entry);
-        let stream = futures_util::stream::unfold(
-            start,
-            move |(index, memory, ns, file, entry)| async move {
-                if index >= chunks {
-                    return None;
+    if let Content::Chunks { .. } = entry.content {
+        // Streamed chunk by chunk (a few fetched and decrypted ahead),
+        // never whole in memory. A chunk that fails its check ends the
+        // response abruptly (the client sees a broken transfer) rather
+        // than serving anything unverified.
+        let stream = state
+            .memory
+            .chunk_stream(Arc::new(ns), file, entry)
+            .map(|chunk| match chunk {
+                Ok(chunk) => Ok(Bytes::from(chunk)),
+                Err(e) => {
+                    tracing::error!(error = ?e, "memory read failed mid-stream");
+                    Err(actix_web::error::ErrorInternalServerError(
+                        "memory read failed",
+                    ))
                 }
-                match memory.read_chunk(&ns, &file, &entry, index).await {
-                    Ok(chunk) => {
-                        Some((Ok(Bytes::from(chunk)), (index + 1, memory, ns, file, entry)))
-                    }
-                    Err(e) => {
-                        tracing::error!(error = ?e, "memory read failed mid-stream");
-                        let error =
-                            actix_web::error::ErrorInternalServerError("memory read failed");
-                        Some((Err(error), (chunks, memory, ns, file, entry)))
-                    }
-                }
-            },
-        );
+            })
+            .scan(false, |failed, item| {
+                // Nothing after the first failure.
+                let stop = *failed;
+                *failed |= item.is_err();
+                std::future::ready((!stop).then_some(item))
+            });
         return Ok(res.streaming(stream));
     }
     let content = state.memory.read_file(&ns, &manifest, &file).await?;
