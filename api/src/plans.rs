@@ -178,6 +178,7 @@ static FALLBACK: Plan = Plan {
         max_file_bytes: 32 << 20,
         max_total_bytes: 256 << 20,
         sync_interval_s: 30,
+        keep_versions: 20,
     },
 };
 
@@ -220,6 +221,7 @@ impl PlanArgs {
             max_file_mib: own.max_file_mib.or(memory.max_file_mib),
             max_total_mib: own.max_total_mib.or(memory.max_total_mib),
             sync_interval_secs: own.sync_interval_secs.or(memory.sync_interval_secs),
+            keep_versions: own.keep_versions.or(memory.keep_versions),
         }
         .resolve()?;
         Ok(Plan { gateway, memory })

@@ -20,6 +20,9 @@ pub struct MemoryArgs {
     /// Seconds between a run's commits of its sandbox's `/memory` (it also
     /// commits when it ends). [default: 30; 1 to 3600]
     pub sync_interval_secs: Option<u32>,
+    /// Versions kept when old ones are collected (every tenth commit).
+    /// [default: 20; 1 to 1000]
+    pub keep_versions: Option<usize>,
 }
 
 /// The memory quota every agent gets (the same for every tenant until
@@ -34,6 +37,8 @@ pub struct MemoryLimits {
     pub max_total_bytes: u64,
     /// Default seconds between a run's commits.
     pub sync_interval_s: u32,
+    /// Versions kept by garbage collection.
+    pub keep_versions: usize,
 }
 
 impl Default for MemoryLimits {
@@ -43,6 +48,7 @@ impl Default for MemoryLimits {
             max_file_bytes: 32 << 20,
             max_total_bytes: 256 << 20,
             sync_interval_s: 30,
+            keep_versions: 20,
         }
     }
 }
@@ -69,11 +75,16 @@ impl MemoryArgs {
         if !(1..=3600).contains(&sync_interval_s) {
             bail!("memory.sync_interval_secs must be between 1 and 3600");
         }
+        let keep_versions = self.keep_versions.unwrap_or(d.keep_versions);
+        if !(1..=1000).contains(&keep_versions) {
+            bail!("memory.keep_versions must be between 1 and 1000");
+        }
         Ok(MemoryLimits {
             max_files,
             max_file_bytes,
             max_total_bytes,
             sync_interval_s,
+            keep_versions,
         })
     }
 }
@@ -93,6 +104,7 @@ mod tests {
             max_file_mib: Some(1),
             max_total_mib: Some(2),
             sync_interval_secs: Some(1),
+            keep_versions: Some(3),
         };
         assert_eq!(small.resolve().unwrap().max_total_bytes, 2 << 20);
         for bad in [

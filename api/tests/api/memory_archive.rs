@@ -251,6 +251,7 @@ async fn an_archive_over_the_quota_is_refused() {
             max_file_mib: Some(1),
             max_total_mib: Some(2),
             sync_interval_secs: None,
+            keep_versions: None,
         });
     })
     .await;
@@ -353,4 +354,43 @@ async fn a_refused_archive_leaves_nothing_in_the_store() {
     assert_problem(res, 409, "limit_reached").await;
     assert_eq!(files_under(&objects), before);
     assert_eq!(files_under(&objects2), before2);
+}
+
+#[tokio::test]
+async fn old_versions_are_collected_down_to_the_configured_retention() {
+    let app = crate::helpers::spawn_app_with(|args| {
+        args.memory = Some(carapace_api::memory::MemoryArgs {
+            keep_versions: Some(3),
+            ..Default::default()
+        });
+    })
+    .await;
+    let acme = app.create_tenant("Acme").await;
+    let id = agent(&app, &acme.key, "scribe").await;
+    for v in 0..10u64 {
+        let res = commit(
+            &app,
+            &acme.key,
+            &id,
+            v,
+            archive(&[("notes.md", format!("v{v}").as_bytes())]),
+        )
+        .await;
+        assert_eq!(res.status(), 200);
+    }
+    let versions: Value = app
+        .get(&format!("/v1/agents/{id}/memory/versions"), &acme.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let numbers: Vec<u64> = versions["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [10, 9, 8]);
 }

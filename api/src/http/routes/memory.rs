@@ -21,8 +21,6 @@ use crate::ids::{AgentId, TenantId};
 use crate::memory::{Content, Manifest, MemoryPath, Namespace};
 use crate::state::AppState;
 
-/// Versions kept by the garbage collection that runs every tenth commit.
-pub const KEEP_VERSIONS: usize = 20;
 /// Top-level names taken by endpoints, never files.
 const RESERVED: &[&str] = &["versions", "archive", "commits"];
 /// Times a write of a small file is retried after a concurrent commit.
@@ -80,6 +78,8 @@ pub(super) struct Opened<'a> {
     pub(super) ns: Namespace,
     agent: AgentId,
     scope: TenantScope<'a>,
+    /// Versions the garbage collection keeps (the tenant's plan's).
+    keep_versions: usize,
 }
 
 impl Opened<'_> {
@@ -120,7 +120,7 @@ impl Opened<'_> {
             .record_memory_head(&self.agent, manifest.version)
             .await?;
         if manifest.version.is_multiple_of(10)
-            && let Err(e) = state.memory.gc(&self.ns, KEEP_VERSIONS).await
+            && let Err(e) = state.memory.gc(&self.ns, self.keep_versions).await
         {
             tracing::warn!(error = ?e, "memory garbage collection failed");
         }
@@ -141,7 +141,17 @@ pub(super) async fn open<'a>(
     let scope = caller.scope(&state.db);
     scope.agent(&agent).await?;
     let ns = namespace(state, caller.tenant_id(), &agent).await?;
-    Ok(Opened { ns, agent, scope })
+    let keep_versions = state
+        .plans
+        .get(&caller.principal().tenant().plan)
+        .memory
+        .keep_versions;
+    Ok(Opened {
+        ns,
+        agent,
+        scope,
+        keep_versions,
+    })
 }
 
 /// The file path from the URL (actix has percent-decoded it, so `%2E%2E`

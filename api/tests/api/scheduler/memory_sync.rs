@@ -274,6 +274,7 @@ async fn a_run_over_its_memory_quota_fails_with_the_reason_and_commits_nothing()
             max_file_mib: Some(1),
             max_total_mib: Some(1),
             sync_interval_secs: None,
+            keep_versions: None,
         });
     })
     .await;
