@@ -436,3 +436,41 @@ async fn files_a_sandbox_cannot_hand_over_are_left_out_and_the_rest_is_committed
     let (_, files) = memory(&app, &t.key, &id).await;
     assert_eq!(files, [("fine.md".to_owned(), "fine\n".to_owned())]);
 }
+
+#[tokio::test]
+async fn a_worker_killed_mid_run_loses_only_what_was_not_committed_yet() {
+    let app = spawn_app_with(super::remote_workers_only).await;
+    let t = app.create_tenant("Acme").await;
+    let mut worker = super::WorkerProcess::join(&app, "doomed", 2).await;
+    let id = agent(&app, &t.key, json!({"name": "diarist", "model": "fast"})).await;
+    let before = put(&app, &t.key, &id, "MEMORY.md", "kept").await;
+    let run_id = submit(
+        &app,
+        &t.key,
+        json!({
+            "command": ["sh", "-c", "echo one > /memory/a.md; sleep 4; echo two > /memory/b.md; sleep 60"],
+            "agent_id": id,
+            "memory_sync_interval_s": 1,
+        }),
+    )
+    .await;
+    let committed = wait_for(Duration::from_secs(20), "a.md to be committed", || async {
+        let (version, files) = memory(&app, &t.key, &id).await;
+        files
+            .iter()
+            .any(|(p, c)| p == "a.md" && c == "one\n")
+            .then_some(version)
+    })
+    .await;
+    assert!(committed > before);
+    // Killed before b.md was written: the sandbox goes with it.
+    worker.kill9();
+    let done = finished(&app, &t.key, &run_id).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    // What was committed stays, whole; nothing half-made appears.
+    let (version, files) = memory(&app, &t.key, &id).await;
+    assert_eq!(version, committed);
+    let names: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(names, ["MEMORY.md", "a.md"]);
+    assert_eq!(files[0].1, "kept");
+}
