@@ -22,7 +22,7 @@ use crate::fleet::Fleet;
 
 /// The host name under which a sandbox reaches Carapace (gateway, memory)
 /// through its egress proxy: `http://carapace.internal/...`.
-pub const SERVICE_HOST: &str = "carapace.internal";
+pub use carapace_runtime::worker::SERVICE_HOST;
 
 /// Whether this server runs sandboxes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]

@@ -12,8 +12,6 @@ use carapace_runtime::worker::{Worker, WorkerConfig};
 use carapace_runtime::{Runtime, RuntimeConfig};
 use carapace_scheduler::protocol::Resources;
 
-use crate::sandboxes::SERVICE_HOST;
-
 /// The credential file in the worker's data directory.
 const CREDENTIAL_FILE: &str = "worker.credential";
 
@@ -121,21 +119,17 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     };
     let credential = credential(&args, &name).await?;
     let host = carapace_runtime::worker::default_capacity(args.slots);
-    let config = WorkerConfig {
-        capacity: Resources {
-            cpu_millis: args.cpu_millis.unwrap_or(host.cpu_millis),
-            memory_mib: args.memory_mib.unwrap_or(host.memory_mib),
-            slots: args.slots,
-        },
-        images: Default::default(),
-        services: vec![(
-            SERVICE_HOST.to_owned(),
-            80,
-            control_plane_addr(&args.control_plane).await?,
-        )],
-        gateway_url: format!("http://{SERVICE_HOST}/gateway"),
-        api_url: args.control_plane.trim_end_matches('/').to_owned(),
+    let capacity = Resources {
+        cpu_millis: args.cpu_millis.unwrap_or(host.cpu_millis),
+        memory_mib: args.memory_mib.unwrap_or(host.memory_mib),
+        slots: args.slots,
     };
+    let config = WorkerConfig::new(
+        capacity,
+        Default::default(),
+        control_plane_addr(&args.control_plane).await?,
+        &args.control_plane,
+    );
     tracing::info!(name, slots = args.slots, "worker starting");
     let worker = Worker::new(runtime.clone(), config);
     let serving = tokio::spawn(worker.serve_remote(args.control_plane.clone(), credential));

@@ -10,7 +10,6 @@ use carapace_runtime::worker::{Link, Worker, WorkerConfig};
 use carapace_scheduler::store;
 
 use super::Fleet;
-use crate::sandboxes::SERVICE_HOST;
 
 /// Registers the in-process worker (named `local-<tag>` after its state
 /// directory) and keeps it connected to `fleet` until the task is aborted.
@@ -24,13 +23,12 @@ pub async fn start_local_worker(
     let id = store::register_local(&fleet.db, &name)
         .await
         .map_err(|e| anyhow::anyhow!("cannot register the in-process worker: {e}"))?;
-    let config = WorkerConfig {
-        capacity: carapace_runtime::worker::default_capacity(fleet.config.local_slots),
+    let config = WorkerConfig::new(
+        carapace_runtime::worker::default_capacity(fleet.config.local_slots),
         images,
-        services: vec![(SERVICE_HOST.to_owned(), 80, service_addr)],
-        gateway_url: format!("http://{SERVICE_HOST}/gateway"),
-        api_url: format!("http://{service_addr}"),
-    };
+        service_addr,
+        &format!("http://{service_addr}"),
+    );
     let worker = Worker::new(runtime, config);
     let welcomed = worker.clone();
     let worker_id = id.clone();

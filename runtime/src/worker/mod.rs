@@ -32,6 +32,10 @@ pub use link::Link;
 
 use crate::Runtime;
 
+/// The host name sandboxes reach the control plane by, through their
+/// egress proxy.
+pub const SERVICE_HOST: &str = "carapace.internal";
+
 /// How a worker runs.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -49,6 +53,26 @@ pub struct WorkerConfig {
     /// The control plane's base URL as this worker reaches it (its memory
     /// API, used with a run's token to sync the run's agent memory).
     pub api_url: String,
+}
+
+impl WorkerConfig {
+    /// A worker of a control plane whose API this worker reaches at
+    /// `api_url` and its sandboxes at `service_addr` (as
+    /// [`SERVICE_HOST`], port 80; the gateway under `/gateway`).
+    pub fn new(
+        capacity: Resources,
+        images: HashMap<String, PathBuf>,
+        service_addr: SocketAddr,
+        api_url: &str,
+    ) -> Self {
+        WorkerConfig {
+            capacity,
+            images,
+            services: vec![(SERVICE_HOST.to_owned(), 80, service_addr)],
+            gateway_url: format!("http://{SERVICE_HOST}/gateway"),
+            api_url: api_url.trim_end_matches('/').to_owned(),
+        }
+    }
 }
 
 /// Why a run is being stopped.

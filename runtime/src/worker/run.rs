@@ -8,12 +8,9 @@ use carapace_scheduler::protocol::{Lease, MAX_OUTPUT_BYTES, MemorySync, RunEvent
 use tokio::sync::oneshot;
 
 use super::memory::MemorySession;
-use super::{Stop, Worker};
+use super::{SERVICE_HOST, Stop, Worker};
 use crate::egress::Policy;
 use crate::{Area, Exec, SandboxSpec};
-
-/// The host name sandboxes reach the control plane by.
-const SERVICE_HOST: &str = "carapace.internal";
 
 /// A run's memory being committed periodically.
 struct Syncing {
