@@ -55,8 +55,11 @@ impl Application {
         );
         let metrics = Metrics::new()?;
         let (ledger, ledger_task) = Ledger::start(db.clone());
-        let (transcripts, transcripts_task) =
-            crate::gateway::Transcripts::start(db.clone(), master_key.clone());
+        let (transcripts, transcripts_task) = crate::gateway::Transcripts::start(
+            db.clone(),
+            master_key.clone(),
+            settings.gateway.transcript_retention,
+        );
         let gateway = Gateway::new(
             settings.gateway.clone(),
             ledger,

@@ -75,6 +75,8 @@ pub struct PlanView {
 #[derive(Debug, Clone)]
 pub struct Plans {
     plans: BTreeMap<String, Plan>,
+    /// Unconfigured plan names already warned about.
+    warned: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// Whether `name` may name a plan: 1 to 40 of `a-z`, `0-9`, `-`, `_`.
@@ -109,7 +111,10 @@ impl Plans {
                 .map_err(|e| anyhow::anyhow!("plan {name}: {e}"))?;
             plans.insert(name, resolved);
         }
-        Ok(Plans { plans })
+        Ok(Plans {
+            plans,
+            warned: Default::default(),
+        })
     }
 
     /// The plan called `name`, or the default plan if there is none.
@@ -117,10 +122,14 @@ impl Plans {
         match self.plans.get(name) {
             Some(plan) => plan,
             None => {
-                tracing::warn!(
-                    plan = name,
-                    "a tenant's plan is not configured; default applies"
-                );
+                // Once per name: this runs on every request of the tenant.
+                let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+                if warned.len() < 1000 && warned.insert(name.to_owned()) {
+                    tracing::warn!(
+                        plan = name,
+                        "a tenant's plan is not configured; default applies"
+                    );
+                }
                 self.default_plan()
             }
         }

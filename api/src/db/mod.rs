@@ -38,7 +38,7 @@ pub use sandboxes::{
 };
 pub use tenant_scope::TenantScope;
 pub use tenant_secrets::StoredProvider;
-pub use transcripts::{StoredTranscript, TranscriptFilter};
+pub use transcripts::{StoredTranscript, TranscriptFilter, delete_transcripts_before};
 pub use usage::{UsageEntry, UsageGrouping, UsageTotal, append_usage};
 
 /// Opens a connection pool.

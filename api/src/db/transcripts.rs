@@ -129,7 +129,8 @@ impl TenantScope<'_> {
         Ok(())
     }
 
-    /// The tenant's transcripts, newest first.
+    /// The tenant's transcripts, newest first, without their sealed bodies
+    /// (`sealed` is empty: a listing never loads them).
     pub async fn transcripts(&self, filter: &TranscriptFilter) -> Result<Vec<StoredTranscript>> {
         let mut query = gateway_transcript::Entity::find()
             .filter(gateway_transcript::Column::TenantId.eq(self.tenant_id().as_str()));
@@ -142,12 +143,40 @@ impl TenantScope<'_> {
         if let Some(before) = &filter.before {
             query = query.filter(gateway_transcript::Column::Id.lt(before.as_str()));
         }
-        let rows = query
+        type Summary = (
+            String,
+            DateTime<Utc>,
+            Option<String>,
+            Option<String>,
+            String,
+            i32,
+        );
+        let rows: Vec<Summary> = query
+            .select_only()
+            .column(gateway_transcript::Column::Id)
+            .column(gateway_transcript::Column::CreatedAt)
+            .column(gateway_transcript::Column::RunId)
+            .column(gateway_transcript::Column::AgentId)
+            .column(gateway_transcript::Column::Model)
+            .column(gateway_transcript::Column::Status)
             .order_by_desc(gateway_transcript::Column::Id)
             .limit(filter.limit)
+            .into_tuple()
             .all(self.db())
             .await?;
-        rows.into_iter().map(|row| Ok(row.try_into()?)).collect()
+        rows.into_iter()
+            .map(|(id, created_at, run, agent, model, status)| {
+                Ok(StoredTranscript {
+                    id: TranscriptId::parse(&id).map_err(anyhow::Error::from)?,
+                    created_at,
+                    run,
+                    agent,
+                    model,
+                    status: u16::try_from(status).unwrap_or(0),
+                    sealed: Vec::new(),
+                })
+            })
+            .collect()
     }
 
     /// One of the tenant's transcripts.
@@ -159,4 +188,16 @@ impl TenantScope<'_> {
             .ok_or(Error::NotFound)?;
         Ok(row.try_into()?)
     }
+}
+
+/// Deletes every tenant's transcripts older than `before`; how many.
+pub async fn delete_transcripts_before(
+    db: &sea_orm::DatabaseConnection,
+    before: DateTime<Utc>,
+) -> Result<u64> {
+    let result = gateway_transcript::Entity::delete_many()
+        .filter(gateway_transcript::Column::CreatedAt.lt(before))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected)
 }

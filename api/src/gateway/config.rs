@@ -39,6 +39,9 @@ pub struct GatewayArgs {
     pub prices: BTreeMap<String, Price>,
     /// Seconds to wait for an upstream's response headers. [default: 60]
     pub upstream_timeout_secs: Option<u64>,
+    /// Days a gateway transcript is kept (for tenants that record them).
+    /// [default: 30; 1 to 3650]
+    pub transcript_retention_days: Option<u32>,
     /// Retries of one provider on 429, 5xx or timeout before falling back
     /// to the next. [default: 2]
     pub max_retries: Option<u32>,
@@ -198,6 +201,8 @@ pub struct GatewayConfig {
     pub prices: BTreeMap<String, Price>,
     /// Time to response headers.
     pub upstream_timeout: Duration,
+    /// How long transcripts are kept.
+    pub transcript_retention: Duration,
     /// Retries per provider.
     pub max_retries: u32,
     /// Body limit.
@@ -288,6 +293,13 @@ impl GatewayArgs {
             aliases,
             prices: self.prices,
             upstream_timeout: Duration::from_secs(self.upstream_timeout_secs.unwrap_or(60)),
+            transcript_retention: {
+                let days = self.transcript_retention_days.unwrap_or(30);
+                if !(1..=3650).contains(&days) {
+                    bail!("gateway transcript_retention_days must be between 1 and 3650");
+                }
+                Duration::from_secs(u64::from(days) * 86_400)
+            },
             max_retries: self.max_retries.unwrap_or(2),
             max_body_bytes: self.max_body_bytes.unwrap_or(4 * 1024 * 1024),
             limits: {

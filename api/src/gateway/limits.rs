@@ -28,6 +28,10 @@ pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
 const SPEND_REFRESH: Duration = Duration::from_secs(5);
 /// Buckets unused this long are dropped from memory.
 const IDLE_EVICTION: Duration = Duration::from_secs(300);
+/// Buckets unused this long stop being shared (a replica that no longer
+/// serves a tenant must not keep writing its view of the tenant's plan
+/// into the shared rows), and are read again before their next use.
+const IDLE_SYNC: Duration = Duration::from_secs(10);
 
 /// The configured limits.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -138,6 +142,8 @@ pub enum Refusal {
 pub struct Permit {
     limiter: Arc<Limiter>,
     tenant: TenantId,
+    /// The tenant's tokens-per-minute capacity under its plan.
+    tpm: f64,
 }
 
 fn tenant_rpm(t: &TenantId) -> String {
@@ -220,10 +226,19 @@ impl Limiter {
             (tenant_tpm(tenant), limits.tenant_tpm as f64),
         ];
         let missing: Vec<(String, f64)> = {
-            let state = self.lock();
+            let mut state = self.lock();
             wanted
                 .into_iter()
-                .filter(|(name, _)| !state.buckets.contains_key(name))
+                .filter(|(name, capacity)| match state.buckets.get_mut(name) {
+                    // Known here and in use: take the plan's capacity now,
+                    // so that the next sync shares it.
+                    Some(bucket) if bucket.used.elapsed() < IDLE_SYNC => {
+                        bucket.resize(*capacity);
+                        false
+                    }
+                    // Unknown, or idle (not shared lately): read it again.
+                    _ => true,
+                })
                 .collect()
         };
         for (name, capacity) in missing {
@@ -231,7 +246,19 @@ impl Limiter {
                 sync_bucket(db, &name, capacity, capacity / 60_000.0, 0.0, now_ms()).await?;
             let mut bucket = Bucket::new(capacity);
             bucket.level = level.min(capacity);
-            self.lock().buckets.entry(name).or_insert(bucket);
+            let mut state = self.lock();
+            match state.buckets.get_mut(&name) {
+                // Idle here: the shared level, keeping what this replica
+                // took and has not shared yet.
+                Some(old) => {
+                    bucket.level -= old.unsynced;
+                    bucket.unsynced = old.unsynced;
+                    *old = bucket;
+                }
+                None => {
+                    state.buckets.insert(name, bucket);
+                }
+            }
         }
         Ok(())
     }
@@ -316,13 +343,19 @@ impl Limiter {
         Ok(Permit {
             limiter: self.clone(),
             tenant: tenant.clone(),
+            tpm: limits.tenant_tpm as f64,
         })
     }
 
     /// Counts a finished call's tokens and cost.
     pub fn record(&self, tenant: &TenantId, tokens: u64, cost_micro_usd: i64) {
-        let mut state = self.lock();
         let capacity = self.limits.tenant_tpm as f64;
+        self.record_with(tenant, tokens, cost_micro_usd, capacity);
+    }
+
+    /// [`record`](Self::record) with the tenant's plan's token capacity.
+    fn record_with(&self, tenant: &TenantId, tokens: u64, cost_micro_usd: i64, capacity: f64) {
+        let mut state = self.lock();
         let bucket = state
             .buckets
             .entry(tenant_tpm(tenant))
@@ -344,6 +377,9 @@ impl Limiter {
             state
                 .buckets
                 .iter_mut()
+                // Buckets idle here with nothing to share are left out: their
+                // capacity may be an old plan's.
+                .filter(|(_, b)| b.unsynced > 0.0 || b.used.elapsed() < IDLE_SYNC)
                 .map(|(name, b)| {
                     let taken = std::mem::take(&mut b.unsynced);
                     (name.clone(), b.capacity, b.per_second, taken)
@@ -446,7 +482,8 @@ pub async fn run_sync(limiter: Arc<Limiter>, db: DatabaseConnection) {
 impl Permit {
     /// Counts the call's tokens and cost against the tenant.
     pub fn record(&self, tokens: u64, cost_micro_usd: i64) {
-        self.limiter.record(&self.tenant, tokens, cost_micro_usd);
+        self.limiter
+            .record_with(&self.tenant, tokens, cost_micro_usd, self.tpm);
     }
 }
 

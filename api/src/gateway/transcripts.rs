@@ -6,9 +6,11 @@
 //! the ledger, or the database in clear.
 //!
 //! The hot path only gathers the bytes ([`Capture`]); sealing and storing
-//! happen on one background task, fed through a bounded queue: when the
-//! queue is full (the database far behind), the record is dropped and
-//! that is logged — the call itself is never slowed or failed by it.
+//! happen on one background task, fed through a queue bounded in records
+//! and in bytes: when it is full (the database far behind), the record is
+//! dropped and that is logged — the call itself is never slowed or failed
+//! by it. The same task deletes records older than the retention period
+//! (`[gateway] transcript_retention_days`) every hour.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -27,16 +29,34 @@ use crate::master_key::MasterKey;
 pub const MAX_KEPT: usize = 1 << 20;
 /// Records waiting to be sealed and stored.
 const QUEUE: usize = 1024;
+/// Bytes of records waiting to be sealed and stored.
+const QUEUE_BYTES: usize = 64 << 20;
+/// How often old records are deleted.
+const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// One call's bodies, gathered as they pass.
-#[derive(Debug)]
+/// One call's bodies, gathered as they pass. Its `Debug` shows sizes only.
 pub struct Capture {
     request: Vec<u8>,
     response: Vec<u8>,
     truncated: bool,
 }
 
+impl std::fmt::Debug for Capture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capture")
+            .field("request_bytes", &self.request.len())
+            .field("response_bytes", &self.response.len())
+            .field("truncated", &self.truncated)
+            .finish()
+    }
+}
+
 impl Capture {
+    /// Bytes held.
+    fn size(&self) -> usize {
+        self.request.len() + self.response.len()
+    }
+
     /// Starts with the request as the client sent it.
     pub fn new(request: &[u8]) -> Self {
         let kept = &request[..request.len().min(MAX_KEPT)];
@@ -75,8 +95,7 @@ struct Sealed {
     truncated: bool,
 }
 
-/// A transcript opened for its tenant.
-#[derive(Debug)]
+/// A transcript opened for its tenant (no `Debug`: it is plaintext).
 pub struct Opened {
     pub request: Vec<u8>,
     pub response: Vec<u8>,
@@ -111,6 +130,8 @@ pub fn open(key: &DataKey, tenant: &TenantId, stored: &StoredTranscript) -> Resu
 #[derive(Clone)]
 pub struct Transcripts {
     tx: mpsc::Sender<(CallFacts, Capture)>,
+    /// Bytes queued and not yet stored.
+    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Transcripts {
@@ -119,23 +140,52 @@ impl Transcripts {
     pub fn start(
         db: DatabaseConnection,
         master_key: MasterKey,
+        retention: std::time::Duration,
     ) -> (Transcripts, tokio::task::JoinHandle<()>) {
+        use std::sync::atomic::Ordering;
         let (tx, mut rx) = mpsc::channel::<(CallFacts, Capture)>(QUEUE);
+        let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = queued.clone();
         let task = tokio::spawn(async move {
-            while let Some((facts, capture)) = rx.recv().await {
-                let tenant = facts.tenant.clone();
-                if let Err(e) = store(&db, &master_key, facts, capture).await {
-                    tracing::error!(tenant_id = %tenant, error = ?e, "a gateway transcript was not stored");
+            let mut purge = tokio::time::interval(PURGE_EVERY);
+            purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    next = rx.recv() => {
+                        let Some((facts, capture)) = next else { break };
+                        let (tenant, size) = (facts.tenant.clone(), capture.size());
+                        if let Err(e) = store(&db, &master_key, facts, capture).await {
+                            tracing::error!(tenant_id = %tenant, error = ?e, "a gateway transcript was not stored");
+                        }
+                        counted.fetch_sub(size, Ordering::Relaxed);
+                    }
+                    _ = purge.tick() => {
+                        let before = Utc::now()
+                            - chrono::TimeDelta::from_std(retention).unwrap_or(chrono::TimeDelta::MAX);
+                        match crate::db::delete_transcripts_before(&db, before).await {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!(deleted = n, "old gateway transcripts deleted"),
+                            Err(e) => tracing::warn!(error = ?e, "old gateway transcripts not deleted"),
+                        }
+                    }
                 }
             }
         });
-        (Transcripts { tx }, task)
+        (Transcripts { tx, queued }, task)
     }
 
     /// Queues a record (dropped, and logged, if the queue is full).
     pub fn record(&self, facts: CallFacts, capture: Capture) {
+        use std::sync::atomic::Ordering;
         let tenant = facts.tenant.clone();
+        let size = capture.size();
+        if self.queued.fetch_add(size, Ordering::Relaxed) + size > QUEUE_BYTES {
+            self.queued.fetch_sub(size, Ordering::Relaxed);
+            tracing::warn!(tenant_id = %tenant, "gateway transcript queue full; record dropped");
+            return;
+        }
         if self.tx.try_send((facts, capture)).is_err() {
+            self.queued.fetch_sub(size, Ordering::Relaxed);
             tracing::warn!(tenant_id = %tenant, "gateway transcript queue full or closed; record dropped");
         }
     }

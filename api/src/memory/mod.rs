@@ -449,7 +449,9 @@ impl MemoryStore {
     /// A chunked file's chunks in order, each fetched and verified ahead
     /// of the reader ([`READ_AHEAD`] at a time, decrypted on the blocking
     /// pool), so that fetching and decrypting overlap and use more than
-    /// one core. The first chunk that fails ends the stream with its error.
+    /// one core. The first chunk that fails (or a total that does not
+    /// match the file's size) ends the stream with its error: nothing
+    /// follows an error.
     pub fn chunk_stream(
         &self,
         ns: Arc<Namespace>,
@@ -460,6 +462,7 @@ impl MemoryStore {
             Content::Chunks { chunks, .. } => *chunks,
             Content::Inline { .. } => 0,
         };
+        let size = entry.size;
         let shared = Arc::new((self.clone(), ns, path, entry));
         futures_util::stream::iter(0..chunks)
             .map(move |index| {
@@ -477,6 +480,23 @@ impl MemoryStore {
                 }
             })
             .buffered(READ_AHEAD)
+            .scan((0u32, 0u64, false), move |(seen, read, over), chunk| {
+                if *over {
+                    return std::future::ready(None);
+                }
+                let chunk = chunk.and_then(|bytes| {
+                    *seen += 1;
+                    *read += bytes.len() as u64;
+                    if *read > size || (*seen == chunks && *read != size) {
+                        return Err(Error::Integrity(
+                            "a file does not match its manifest".into(),
+                        ));
+                    }
+                    Ok(bytes)
+                });
+                *over = chunk.is_err();
+                std::future::ready(Some(chunk))
+            })
     }
 
     /// A whole file (for small files; large ones are read chunk by chunk

@@ -331,24 +331,19 @@ pub async fn read_file(
         // never whole in memory. A chunk that fails its check ends the
         // response abruptly (the client sees a broken transfer) rather
         // than serving anything unverified.
-        let stream = state
-            .memory
-            .chunk_stream(Arc::new(ns), file, entry)
-            .map(|chunk| match chunk {
-                Ok(chunk) => Ok(Bytes::from(chunk)),
-                Err(e) => {
-                    tracing::error!(error = ?e, "memory read failed mid-stream");
-                    Err(actix_web::error::ErrorInternalServerError(
-                        "memory read failed",
-                    ))
-                }
-            })
-            .scan(false, |failed, item| {
-                // Nothing after the first failure.
-                let stop = *failed;
-                *failed |= item.is_err();
-                std::future::ready((!stop).then_some(item))
-            });
+        let stream =
+            state
+                .memory
+                .chunk_stream(Arc::new(ns), file, entry)
+                .map(|chunk| match chunk {
+                    Ok(chunk) => Ok(Bytes::from(chunk)),
+                    Err(e) => {
+                        tracing::error!(error = ?e, "memory read failed mid-stream");
+                        Err(actix_web::error::ErrorInternalServerError(
+                            "memory read failed",
+                        ))
+                    }
+                });
         return Ok(res.streaming(stream));
     }
     let content = state.memory.read_file(&ns, &manifest, &file).await?;

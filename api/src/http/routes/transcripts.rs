@@ -213,6 +213,13 @@ pub async fn get_transcript(
     let stored = scope.transcript(&id).await?;
     let key = scope.data_key(&state.master_key).await?;
     let opened = crate::gateway::transcripts::open(&key, caller.tenant_id(), &stored)?;
+    // Reading a prompt in the clear leaves a trace.
+    let event = caller
+        .actor()
+        .event("gateway.transcript.read", Outcome::Success)
+        .in_tenant(caller.tenant_id())
+        .target(stored.id.to_string());
+    crate::db::platform::record_audit(&state.db, event).await?;
     Ok(HttpResponse::Ok().json(TranscriptView {
         summary: TranscriptSummary::from(&stored),
         request: as_json_or_text(&opened.request),
