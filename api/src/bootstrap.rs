@@ -21,6 +21,9 @@ use crate::sandboxes::SandboxService;
 use crate::state::AppState;
 use crate::storage;
 
+/// Logins allowed per minute per client address and per person.
+const LOGINS_PER_MINUTE: u32 = 20;
+
 /// A built, bound, not yet running application.
 pub struct Application {
     server: Server,
@@ -76,6 +79,13 @@ impl Application {
             db,
             memory: crate::memory::MemoryStore::new(store.clone()),
             plans: settings.plans.clone(),
+            login: settings
+                .login
+                .clone()
+                .map(crate::login::oidc::Provider::new)
+                .transpose()?
+                .map(std::sync::Arc::new),
+            login_limiter: crate::login::LoginLimiter::new(LOGINS_PER_MINUTE),
             store,
             master_key,
             metrics,

@@ -110,6 +110,38 @@ pub struct SettingsArgs {
     )]
     pub admin_token: Option<String>,
 
+    /// The OpenID Connect provider's issuer URL: browsers log in at
+    /// `/auth/login`. [default: unset, login off]
+    #[arg(long, env = "CARAPACE_OIDC_ISSUER", value_name = "URL")]
+    pub oidc_issuer: Option<String>,
+
+    /// This server's client id at the OpenID Connect provider.
+    #[arg(long, env = "CARAPACE_OIDC_CLIENT_ID", value_name = "ID")]
+    pub oidc_client_id: Option<String>,
+
+    /// This server's client secret at the provider. Never logged.
+    #[arg(
+        long,
+        env = "CARAPACE_OIDC_CLIENT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub oidc_client_secret: Option<String>,
+
+    /// This server's external base URL, `http(s)://HOST[:PORT]`; the
+    /// provider sends browsers back to `{public_url}/auth/callback`.
+    #[arg(long, env = "CARAPACE_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+
+    /// Who may sign up by logging in: `open` (a first login creates a
+    /// tenant) or `closed` (members only). [default: open]
+    #[arg(long, env = "CARAPACE_SIGNUP", value_name = "MODE")]
+    pub signup: Option<crate::login::SignupMode>,
+
+    /// Hours a login session lasts. [default: 12; 1 to 720]
+    #[arg(long, env = "CARAPACE_SESSION_MAX_AGE_HOURS", value_name = "HOURS")]
+    pub session_max_age_hours: Option<u64>,
+
     /// Whether `carapace serve` runs a worker in-process (placed runs then
     /// execute on this host when it can run sandboxes). [default: true]
     #[arg(long, env = "CARAPACE_LOCAL_WORKER", value_name = "BOOL")]
@@ -213,6 +245,8 @@ pub struct Settings {
     pub memory: crate::memory::MemoryLimits,
     /// Every plan, `default` included.
     pub plans: crate::plans::Plans,
+    /// Browser login, if an OpenID Connect provider is configured.
+    pub login: Option<crate::login::LoginConfig>,
 }
 
 /// The limit above which a revocation would take too long to apply.
@@ -268,6 +302,12 @@ impl SettingsArgs {
             scheduler: self.scheduler.or(lower.scheduler),
             memory: self.memory.or(lower.memory),
             plans: self.plans.or(lower.plans),
+            oidc_issuer: self.oidc_issuer.or(lower.oidc_issuer),
+            oidc_client_id: self.oidc_client_id.or(lower.oidc_client_id),
+            oidc_client_secret: self.oidc_client_secret.or(lower.oidc_client_secret),
+            public_url: self.public_url.or(lower.public_url),
+            signup: self.signup.or(lower.signup),
+            session_max_age_hours: self.session_max_age_hours.or(lower.session_max_age_hours),
             gateway: self.gateway.or(lower.gateway),
             sandboxes: self.sandboxes.or(lower.sandboxes),
             sandbox: self.sandbox.or(lower.sandbox),
@@ -334,7 +374,16 @@ impl SettingsArgs {
             gateway.limits,
             &memory_args,
         )?;
+        let login = crate::login::LoginConfig::resolve(
+            self.oidc_issuer,
+            self.oidc_client_id,
+            self.oidc_client_secret,
+            self.public_url,
+            self.signup,
+            self.session_max_age_hours,
+        )?;
         Ok(Settings {
+            login,
             memory,
             plans,
             gateway,

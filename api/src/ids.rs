@@ -100,6 +100,10 @@ define_id!(
     /// A sealed record of one gateway call's prompt and completion.
     TranscriptId, "gtr"
 );
+define_id!(
+    /// A browser's login session.
+    SessionId, "ses"
+);
 
 #[cfg(test)]
 mod tests {

@@ -26,6 +26,7 @@ pub mod fleet;
 pub mod gateway;
 pub mod http;
 pub mod ids;
+pub mod login;
 pub mod master_key;
 pub mod memory;
 pub mod plans;

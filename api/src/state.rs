@@ -22,6 +22,10 @@ pub struct AppState {
     pub memory: crate::memory::MemoryStore,
     /// What each tenant may use (gateway limits, memory quotas).
     pub plans: crate::plans::Plans,
+    /// The OpenID Connect provider browsers log in with, if configured.
+    pub login: Option<Arc<crate::login::oidc::Provider>>,
+    /// Logins per minute per address and per person.
+    pub login_limiter: crate::login::LoginLimiter,
     /// Master key (wraps tenant data keys; used by the memory service).
     pub master_key: MasterKey,
     /// Prometheus metrics.

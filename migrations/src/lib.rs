@@ -22,6 +22,7 @@ mod m0010_sandbox_runs;
 mod m0011_run_tokens;
 mod m0012_gateway_transcripts;
 mod m0013_plans;
+mod m0014_sessions;
 
 /// Every migration, in the order it is applied.
 pub struct Migrator;
@@ -43,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0011_run_tokens::Migration),
             Box::new(m0012_gateway_transcripts::Migration),
             Box::new(m0013_plans::Migration),
+            Box::new(m0014_sessions::Migration),
         ]
     }
 }

@@ -134,7 +134,7 @@ impl<P: Permission> Caller<P> {
     pub fn run(&self) -> Option<&crate::ids::RunId> {
         match &self.principal.credential {
             Credential::Run(run) => Some(run),
-            Credential::ApiKey(_) => None,
+            Credential::ApiKey(_) | Credential::Session(_) => None,
         }
     }
 
@@ -153,7 +153,7 @@ impl<P: Permission> Caller<P> {
     /// audited (a sandbox reaching for another agent is an attack).
     pub async fn may_open_agent(&self, state: &AppState, agent: &AgentId) -> Result<(), Error> {
         match (&self.principal.credential, &self.principal.agent) {
-            (Credential::ApiKey(_), _) => Ok(()),
+            (Credential::ApiKey(_) | Credential::Session(_), _) => Ok(()),
             (Credential::Run(_), Some(own)) if own == agent => Ok(()),
             (Credential::Run(_), _) => {
                 let reason = "a run token opens only its own agent's memory";
@@ -190,6 +190,39 @@ pub fn client_ip(req: &HttpRequest) -> Option<String> {
     req.peer_addr().map(|addr| addr.ip().to_string())
 }
 
+/// The cookie holding a browser's session token.
+pub const SESSION_COOKIE: &str = "carapace_session";
+/// The cookie whose value a cookie-authenticated request that changes
+/// state must repeat in [`CSRF_HEADER`].
+pub const CSRF_COOKIE: &str = "carapace_csrf";
+/// The header carrying the CSRF cookie's value.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// A cookie's value.
+pub fn cookie(req: &HttpRequest, name: &str) -> Option<String> {
+    req.cookie(name)
+        .map(|c| c.value().to_owned())
+        .filter(|v| !v.is_empty() && v.len() <= 200)
+}
+
+/// Whether a cookie-authenticated request may go on: reads always; a
+/// request that changes state only if it repeats the CSRF cookie in the
+/// header (another site can make the browser send the cookie, not read
+/// it).
+fn csrf_ok(req: &HttpRequest) -> bool {
+    use subtle::ConstantTimeEq;
+    if matches!(req.method().as_str(), "GET" | "HEAD" | "OPTIONS") {
+        return true;
+    }
+    let (Some(expected), Some(presented)) = (
+        cookie(req, CSRF_COOKIE),
+        req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok()),
+    ) else {
+        return false;
+    };
+    expected.len() >= 16 && bool::from(expected.as_bytes().ct_eq(presented.as_bytes()))
+}
+
 /// The presented key: `Authorization: Bearer <key>`, or `x-api-key: <key>`
 /// (what Anthropic's clients send).
 fn bearer_token(req: &HttpRequest) -> Result<&str, Error> {
@@ -220,7 +253,15 @@ async fn authenticate<P: Permission>(req: &HttpRequest) -> Result<Caller<P>, Err
     let state = req
         .app_data::<web::Data<AppState>>()
         .ok_or_else(|| anyhow::anyhow!("application state is missing"))?;
-    let token = bearer_token(req)?;
+    // A header first; without one, a browser's session cookie.
+    let (token, via_cookie) = match bearer_token(req) {
+        Ok(token) => (token.to_owned(), false),
+        Err(missing) => match cookie(req, SESSION_COOKIE) {
+            Some(token) => (token, true),
+            None => return Err(missing),
+        },
+    };
+    let token = token.as_str();
     let anonymous = Actor {
         principal: "anonymous".to_owned(),
         client_ip: client_ip(req),
@@ -241,13 +282,20 @@ async fn authenticate<P: Permission>(req: &HttpRequest) -> Result<Caller<P>, Err
             return Err(Error::Unauthenticated("invalid API key"));
         }
         Verdict::Revoked(principal) => {
-            deny(state, &anonymous, &principal, P::ACTION, "API key revoked").await?;
-            return Err(Error::Unauthenticated("API key revoked"));
+            let reason = match principal.credential {
+                Credential::Session(_) => {
+                    "session ended: logged out, revoked, or no longer a member"
+                }
+                _ => "API key revoked",
+            };
+            deny(state, &anonymous, &principal, P::ACTION, reason).await?;
+            return Err(Error::Unauthenticated(reason));
         }
         Verdict::Expired(principal) => {
             let reason = match principal.credential {
                 Credential::ApiKey(_) => "API key expired",
                 Credential::Run(_) => "run token expired: its run has ended",
+                Credential::Session(_) => "session expired: log in again",
             };
             deny(state, &anonymous, &principal, P::ACTION, reason).await?;
             return Err(Error::Unauthenticated(reason));
@@ -259,6 +307,10 @@ async fn authenticate<P: Permission>(req: &HttpRequest) -> Result<Caller<P>, Err
     if !principal.scopes.contains(P::SCOPE) && !run_token_allowed {
         let reason = match principal.credential {
             Credential::ApiKey(_) => format!("API key lacks the `{}` scope", P::SCOPE.as_str()),
+            Credential::Session(_) => format!(
+                "a login session does not open the `{}` scope; use an API key",
+                P::SCOPE.as_str()
+            ),
             Credential::Run(_) => {
                 "a run token opens only the model gateway and its own agent's memory".to_owned()
             }
@@ -270,6 +322,11 @@ async fn authenticate<P: Permission>(req: &HttpRequest) -> Result<Caller<P>, Err
         let reason = format!("requires role {} or higher", P::MIN_ROLE);
         deny(state, &anonymous, &principal, P::ACTION, &reason).await?;
         return Err(Error::Forbidden(reason));
+    }
+    if via_cookie && !csrf_ok(req) {
+        let reason = "missing or wrong X-CSRF-Token header (the carapace_csrf cookie's value)";
+        deny(state, &anonymous, &principal, P::ACTION, reason).await?;
+        return Err(Error::Forbidden(reason.to_owned()));
     }
     let actor = Actor {
         principal: principal.credential.to_string(),

@@ -22,11 +22,35 @@ use self::api_key::{ApiKeySecret, KeyHash};
 use crate::access::{Role, Scopes};
 use crate::db::{ApiKey, Tenant, TenantScope, platform};
 use crate::error::Result;
-use crate::ids::{AgentId, ApiKeyId, RunId, TenantId};
+use crate::ids::{AgentId, ApiKeyId, RunId, SessionId, TenantId};
 
 /// Most keys kept in the cache; past it, the cache is emptied and refills
 /// from the hot keys.
 const CACHE_CAPACITY: usize = 10_000;
+/// How a session token begins.
+pub const SESSION_PREFIX: &str = "cps_";
+
+/// A new session token: the prefix and 32 random bytes (base64url).
+pub fn new_session_token() -> anyhow::Result<String> {
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(format!(
+        "{SESSION_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
+}
+
+/// What is stored of a session token (or any login secret): its SHA-256,
+/// hex.
+pub fn session_token_hash(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// `last_used_at` is written at most this often per key and replica.
 const TOUCH_INTERVAL: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
@@ -38,6 +62,8 @@ pub enum Credential {
     /// A run token: a run's own credential for the model gateway, valid
     /// while the run is not over.
     Run(RunId),
+    /// A browser's login session (its cookie, or its token as a bearer).
+    Session(SessionId),
 }
 
 impl Credential {
@@ -46,6 +72,7 @@ impl Credential {
         match self {
             Credential::ApiKey(_) => "api_key",
             Credential::Run(_) => "run_token",
+            Credential::Session(_) => "session",
         }
     }
 
@@ -54,6 +81,7 @@ impl Credential {
         match self {
             Credential::ApiKey(id) => id.to_string(),
             Credential::Run(id) => id.to_string(),
+            Credential::Session(id) => id.to_string(),
         }
     }
 }
@@ -64,6 +92,7 @@ impl std::fmt::Display for Credential {
         match self {
             Credential::ApiKey(id) => write!(f, "api_key:{id}"),
             Credential::Run(id) => write!(f, "run:{id}"),
+            Credential::Session(id) => write!(f, "session:{id}"),
         }
     }
 }
@@ -170,6 +199,9 @@ impl Authenticator {
     pub async fn verify(&self, presented: &str) -> Result<Verdict> {
         if presented.starts_with("crt_") {
             return self.verify_run_token(presented).await;
+        }
+        if presented.starts_with(SESSION_PREFIX) {
+            return self.verify_session(presented).await;
         }
         let Some(secret) = ApiKeySecret::parse(presented) else {
             return Ok(Verdict::Unknown);
@@ -285,6 +317,47 @@ impl Authenticator {
             RunState::Placed | RunState::Starting | RunState::Running => Verdict::Valid(principal),
             _ => Verdict::Expired(principal),
         })
+    }
+
+    /// Checks a session token: its stored hash, its expiry and revocation,
+    /// and its person's membership of its tenant, read afresh on every
+    /// request (a removed member is cut off at once; not cached).
+    async fn verify_session(&self, presented: &str) -> Result<Verdict> {
+        if presented.len() > 100 {
+            return Ok(Verdict::Unknown);
+        }
+        let hash = session_token_hash(presented);
+        let Some(session) = crate::db::sessions::session_by_token(&self.db, &hash).await? else {
+            return Ok(Verdict::Unknown);
+        };
+        let tenant = match TenantScope::new(&self.db, &session.tenant).tenant().await {
+            Ok(tenant) => tenant,
+            Err(crate::error::Error::NotFound) => return Ok(Verdict::Unknown),
+            Err(e) => return Err(e),
+        };
+        let scopes = Scopes::new(vec![crate::access::Scope::Api])
+            .ok_or_else(|| anyhow::anyhow!("empty session scopes"))?;
+        let ended = session.revoked_at.is_some() || session.role.is_none();
+        let principal = Arc::new(KeyPrincipal {
+            credential: Credential::Session(session.id.clone()),
+            tenant_id: session.tenant.clone(),
+            role: session.role.unwrap_or(Role::Member),
+            scopes,
+            agent: None,
+            expires_at: Some(session.expires_at),
+            revoked: ended,
+            tenant,
+        });
+        if ended {
+            return Ok(Verdict::Revoked(principal));
+        }
+        if session.expires_at <= Utc::now() {
+            return Ok(Verdict::Expired(principal));
+        }
+        if let Err(e) = crate::db::sessions::touch_session(&self.db, &session).await {
+            tracing::warn!(error = ?e, "could not note a session's last request");
+        }
+        Ok(Verdict::Valid(principal))
     }
 
     fn cached(&self, hash: KeyHash) -> Option<Arc<KeyPrincipal>> {

@@ -276,3 +276,47 @@ pub mod gateway_transcript {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod login_attempt {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "login_attempts")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub state_hash: String,
+        pub browser_hash: String,
+        pub pkce_verifier: String,
+        pub nonce: String,
+        pub created_at: ChronoDateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod session {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "sessions")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub token_hash: String,
+        pub user_id: String,
+        pub tenant_id: String,
+        pub created_at: ChronoDateTimeUtc,
+        pub last_seen_at: ChronoDateTimeUtc,
+        pub expires_at: ChronoDateTimeUtc,
+        pub revoked_at: Option<ChronoDateTimeUtc>,
+        pub client_ip: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -17,6 +17,7 @@ pub mod platform;
 mod records;
 mod runs;
 mod sandboxes;
+pub mod sessions;
 mod tenant_scope;
 mod tenant_secrets;
 mod transcripts;

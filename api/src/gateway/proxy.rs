@@ -291,7 +291,7 @@ async fn proxy(
         agent,
         run: match &caller.principal().credential {
             crate::auth::Credential::Run(run) => Some(run.clone()),
-            crate::auth::Credential::ApiKey(_) => None,
+            crate::auth::Credential::ApiKey(_) | crate::auth::Credential::Session(_) => None,
         },
         tenant: caller.tenant_id().clone(),
         principal: caller.actor().principal.clone(),

@@ -55,6 +55,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(routes::usage::configure)
         .configure(routes::providers::configure)
         .configure(routes::agents::configure)
+        .configure(routes::login::configure)
         .configure(routes::transcripts::configure)
         .configure(routes::memory_sync::configure)
         .configure(routes::memory::configure)

@@ -12,6 +12,7 @@ mod fake_llm;
 mod gateway;
 mod helpers;
 mod isolation;
+mod login;
 mod memory;
 mod memory_archive;
 mod operations;

@@ -6,6 +6,7 @@ pub mod agents;
 pub mod api_keys;
 pub mod audit;
 pub mod docs;
+pub mod login;
 pub mod memory;
 pub mod memory_sync;
 pub mod ops;

@@ -1,0 +1,368 @@
+//! Pending logins and browser sessions. Only hashes of their secrets are
+//! stored: the `state` of a login and its browser binding, the token of a
+//! session.
+
+use chrono::{DateTime, Duration, Utc};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set, TransactionTrait,
+};
+
+use super::TenantScope;
+use super::entities::{login_attempt, membership, session, tenant, user};
+use super::platform::insert_audit;
+use crate::access::Role;
+use crate::audit::AuditEvent;
+use crate::error::{Error, Result};
+use crate::ids::{SessionId, TenantId, UserId};
+
+/// How long a login may take between `/auth/login` and the callback.
+pub const LOGIN_TTL: Duration = Duration::minutes(10);
+
+/// A login waiting for its callback.
+pub struct LoginAttempt {
+    /// SHA-256 (hex) of the `state` sent to the provider.
+    pub state_hash: String,
+    /// SHA-256 (hex) of the browser binding cookie.
+    pub browser_hash: String,
+    /// The PKCE verifier.
+    pub verifier: String,
+    /// The nonce the ID token must carry.
+    pub nonce: String,
+    /// When it started.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Records a login attempt (and forgets those that ran out of time).
+pub async fn save_login_attempt(db: &DatabaseConnection, attempt: &LoginAttempt) -> Result<()> {
+    login_attempt::Entity::delete_many()
+        .filter(login_attempt::Column::CreatedAt.lt(Utc::now() - LOGIN_TTL))
+        .exec(db)
+        .await?;
+    login_attempt::ActiveModel {
+        state_hash: Set(attempt.state_hash.clone()),
+        browser_hash: Set(attempt.browser_hash.clone()),
+        pkce_verifier: Set(attempt.verifier.clone()),
+        nonce: Set(attempt.nonce.clone()),
+        created_at: Set(attempt.created_at),
+    }
+    .insert(db)
+    .await?;
+    Ok(())
+}
+
+/// Takes the attempt with this `state` hash, once: a second callback with
+/// the same `state` finds nothing. `None` also for one that timed out.
+pub async fn take_login_attempt(
+    db: &DatabaseConnection,
+    state_hash: &str,
+) -> Result<Option<LoginAttempt>> {
+    let Some(row) = login_attempt::Entity::find_by_id(state_hash)
+        .one(db)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let deleted = login_attempt::Entity::delete_by_id(state_hash)
+        .exec(db)
+        .await?;
+    // Two callbacks racing: only the one that deleted it goes on.
+    if deleted.rows_affected != 1 || row.created_at < Utc::now() - LOGIN_TTL {
+        return Ok(None);
+    }
+    Ok(Some(LoginAttempt {
+        state_hash: row.state_hash,
+        browser_hash: row.browser_hash,
+        verifier: row.pkce_verifier,
+        nonce: row.nonce,
+        created_at: row.created_at,
+    }))
+}
+
+/// Who logged in, and where.
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    /// The person.
+    pub user: UserId,
+    /// The tenant they land in (their oldest membership, or a new one).
+    pub tenant: TenantId,
+    /// Their role there.
+    pub role: Role,
+    /// Whether this login created the tenant.
+    pub signed_up: bool,
+}
+
+/// Finds the person with this (verified) email address and the tenant
+/// they belong to; with `signup` open, someone unknown or in no tenant
+/// gets a new tenant, named after the address, with them as its owner
+/// (`audit` is recorded then). `None`: not a member, and sign-up closed.
+pub async fn sign_in(
+    db: &DatabaseConnection,
+    email: &str,
+    signup: bool,
+    audit: AuditEvent,
+) -> Result<Option<SignedIn>> {
+    let email = email.to_owned();
+    db.transaction::<_, _, Error>(|txn| {
+        Box::pin(async move {
+            let now = Utc::now();
+            let existing = user::Entity::find()
+                .filter(user::Column::Email.eq(email.as_str()))
+                .one(txn)
+                .await?;
+            if let Some(person) = &existing {
+                let member = membership::Entity::find()
+                    .filter(membership::Column::UserId.eq(person.id.as_str()))
+                    .order_by_asc(membership::Column::CreatedAt)
+                    .limit(1)
+                    .one(txn)
+                    .await?;
+                if let Some(member) = member {
+                    return Ok(Some(SignedIn {
+                        user: UserId::parse(&person.id).map_err(anyhow::Error::from)?,
+                        tenant: TenantId::parse(&member.tenant_id).map_err(anyhow::Error::from)?,
+                        role: member.role.parse().map_err(|_| {
+                            anyhow::anyhow!("stored role {:?} is unknown", member.role)
+                        })?,
+                        signed_up: false,
+                    }));
+                }
+            }
+            if !signup {
+                return Ok(None);
+            }
+            let user_id = match existing {
+                Some(person) => person.id,
+                None => {
+                    user::ActiveModel {
+                        id: Set(UserId::generate().to_string()),
+                        email: Set(email.clone()),
+                        display_name: Set(None),
+                        created_at: Set(now),
+                    }
+                    .insert(txn)
+                    .await?
+                    .id
+                }
+            };
+            let tenant_id = TenantId::generate();
+            let mut name = email.clone();
+            name.truncate(100);
+            tenant::ActiveModel {
+                id: Set(tenant_id.to_string()),
+                name: Set(name),
+                created_at: Set(now),
+                record_gateway_bodies: Set(false),
+                plan: Set(crate::plans::DEFAULT.to_owned()),
+            }
+            .insert(txn)
+            .await?;
+            membership::ActiveModel {
+                tenant_id: Set(tenant_id.to_string()),
+                user_id: Set(user_id.clone()),
+                role: Set(Role::Owner.as_str().to_owned()),
+                created_at: Set(now),
+            }
+            .insert(txn)
+            .await?;
+            insert_audit(
+                txn,
+                audit
+                    .in_tenant(&tenant_id)
+                    .target(tenant_id.to_string())
+                    .reason(format!("signed up as {email}")),
+            )
+            .await?;
+            Ok(Some(SignedIn {
+                user: UserId::parse(&user_id).map_err(anyhow::Error::from)?,
+                tenant: tenant_id,
+                role: Role::Owner,
+                signed_up: true,
+            }))
+        })
+    })
+    .await
+    .map_err(Error::from)
+}
+
+/// A session as stored, with its person's current role in its tenant
+/// (`None` once they are no longer a member) and email.
+#[derive(Debug, Clone)]
+pub struct SessionRecord {
+    /// Its id.
+    pub id: SessionId,
+    /// The person.
+    pub user: UserId,
+    /// Their email address.
+    pub email: String,
+    /// The tenant.
+    pub tenant: TenantId,
+    /// Their role there now.
+    pub role: Option<Role>,
+    /// Login time.
+    pub created_at: DateTime<Utc>,
+    /// Last request.
+    pub last_seen_at: DateTime<Utc>,
+    /// When it ends.
+    pub expires_at: DateTime<Utc>,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Where the login came from.
+    pub client_ip: Option<String>,
+}
+
+/// A new session.
+pub async fn create_session(
+    db: &DatabaseConnection,
+    token_hash: &str,
+    signed_in: &SignedIn,
+    expires_at: DateTime<Utc>,
+    client_ip: Option<String>,
+) -> Result<SessionId> {
+    let id = SessionId::generate();
+    let now = Utc::now();
+    session::ActiveModel {
+        id: Set(id.to_string()),
+        token_hash: Set(token_hash.to_owned()),
+        user_id: Set(signed_in.user.to_string()),
+        tenant_id: Set(signed_in.tenant.to_string()),
+        created_at: Set(now),
+        last_seen_at: Set(now),
+        expires_at: Set(expires_at),
+        revoked_at: Set(None),
+        client_ip: Set(client_ip),
+    }
+    .insert(db)
+    .await?;
+    Ok(id)
+}
+
+async fn record(db: &impl sea_orm::ConnectionTrait, row: session::Model) -> Result<SessionRecord> {
+    let role = membership::Entity::find()
+        .filter(membership::Column::TenantId.eq(row.tenant_id.as_str()))
+        .filter(membership::Column::UserId.eq(row.user_id.as_str()))
+        .one(db)
+        .await?
+        .and_then(|m| m.role.parse().ok());
+    let email = user::Entity::find_by_id(row.user_id.as_str())
+        .one(db)
+        .await?
+        .map(|u| u.email)
+        .unwrap_or_default();
+    Ok(SessionRecord {
+        id: SessionId::parse(&row.id).map_err(anyhow::Error::from)?,
+        user: UserId::parse(&row.user_id).map_err(anyhow::Error::from)?,
+        email,
+        tenant: TenantId::parse(&row.tenant_id).map_err(anyhow::Error::from)?,
+        role,
+        created_at: row.created_at,
+        last_seen_at: row.last_seen_at,
+        expires_at: row.expires_at,
+        revoked_at: row.revoked_at,
+        client_ip: row.client_ip,
+    })
+}
+
+/// The session whose token has this hash, whatever its state.
+pub async fn session_by_token(
+    db: &DatabaseConnection,
+    token_hash: &str,
+) -> Result<Option<SessionRecord>> {
+    let row = session::Entity::find()
+        .filter(session::Column::TokenHash.eq(token_hash))
+        .one(db)
+        .await?;
+    match row {
+        Some(row) => Ok(Some(record(db, row).await?)),
+        None => Ok(None),
+    }
+}
+
+/// Notes a request of the session (at most once a minute).
+pub async fn touch_session(db: &DatabaseConnection, record: &SessionRecord) -> Result<()> {
+    let now = Utc::now();
+    if now - record.last_seen_at < Duration::minutes(1) {
+        return Ok(());
+    }
+    session::ActiveModel {
+        id: Set(record.id.to_string()),
+        last_seen_at: Set(now),
+        ..Default::default()
+    }
+    .update(db)
+    .await?;
+    Ok(())
+}
+
+/// Revokes a session by its token's hash (logout); whether one was live.
+pub async fn revoke_session_by_token(db: &DatabaseConnection, token_hash: &str) -> Result<bool> {
+    let result = session::Entity::update_many()
+        .col_expr(
+            session::Column::RevokedAt,
+            sea_orm::sea_query::Expr::value(Utc::now()),
+        )
+        .filter(session::Column::TokenHash.eq(token_hash))
+        .filter(session::Column::RevokedAt.is_null())
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected > 0)
+}
+
+impl TenantScope<'_> {
+    /// The tenant's live sessions (of one person if `user` is given),
+    /// newest first, at most 500.
+    pub async fn sessions(&self, user: Option<&UserId>) -> Result<Vec<SessionRecord>> {
+        let mut query = session::Entity::find()
+            .filter(session::Column::TenantId.eq(self.tenant_id().as_str()))
+            .filter(session::Column::RevokedAt.is_null())
+            .filter(session::Column::ExpiresAt.gt(Utc::now()));
+        if let Some(user) = user {
+            query = query.filter(session::Column::UserId.eq(user.as_str()));
+        }
+        let rows = query
+            .order_by_desc(session::Column::CreatedAt)
+            .limit(500)
+            .all(self.db())
+            .await?;
+        let mut sessions = Vec::with_capacity(rows.len());
+        for row in rows {
+            sessions.push(record(self.db(), row).await?);
+        }
+        Ok(sessions)
+    }
+
+    /// Revokes one of the tenant's sessions (of one person if `user` is
+    /// given); 404 if there is no such live session.
+    pub async fn revoke_session(
+        &self,
+        id: &SessionId,
+        user: Option<&UserId>,
+        audit: AuditEvent,
+    ) -> Result<()> {
+        let tenant = self.tenant_id().clone();
+        let (id, user) = (id.clone(), user.cloned());
+        self.db()
+            .transaction::<_, _, Error>(|txn| {
+                Box::pin(async move {
+                    let mut update = session::Entity::update_many()
+                        .col_expr(
+                            session::Column::RevokedAt,
+                            sea_orm::sea_query::Expr::value(Utc::now()),
+                        )
+                        .filter(session::Column::Id.eq(id.as_str()))
+                        .filter(session::Column::TenantId.eq(tenant.as_str()))
+                        .filter(session::Column::RevokedAt.is_null());
+                    if let Some(user) = &user {
+                        update = update.filter(session::Column::UserId.eq(user.as_str()));
+                    }
+                    if update.exec(txn).await?.rows_affected == 0 {
+                        return Err(Error::NotFound);
+                    }
+                    insert_audit(txn, audit.in_tenant(&tenant).target(id.to_string())).await?;
+                    Ok(())
+                })
+            })
+            .await?;
+        Ok(())
+    }
+}

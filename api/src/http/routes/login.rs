@@ -1,0 +1,608 @@
+//! Browser login: `GET /auth/login` (to the provider), `GET /auth/callback`
+//! (back from it: a session), `GET /auth/session` (who is logged in),
+//! `POST /auth/logout`; and the sessions over the API:
+//! `GET /v1/sessions`, `DELETE /v1/sessions/{id}`. The pages are minimal
+//! HTML; every decision is audited (`login`, `logout`, `session.revoke`).
+
+use actix_web::cookie::time::Duration as CookieDuration;
+use actix_web::cookie::{Cookie, SameSite};
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{Actor, Outcome};
+use crate::auth::extract::{
+    CSRF_COOKIE, CSRF_HEADER, Caller, ReadTenant, SESSION_COOKIE, client_ip, cookie,
+};
+use crate::auth::{Credential, new_session_token, session_token_hash};
+use crate::db::TenantScope;
+use crate::db::platform::record_audit;
+use crate::db::sessions::{self, LoginAttempt, SessionRecord};
+use crate::error::Error;
+use crate::http::observe::RequestId;
+use crate::http::problem::method_not_allowed;
+use crate::ids::SessionId;
+use crate::login::SignupMode;
+use crate::login::oidc::{LoginError, Provider};
+use crate::state::AppState;
+
+/// The cookie binding a login to the browser that started it.
+const LOGIN_COOKIE: &str = "carapace_login";
+
+/// Registers the routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/auth/login")
+            .route(web::get().to(login))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/auth/callback")
+            .route(web::get().to(callback))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/auth/session")
+            .route(web::get().to(session_page))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/auth/logout")
+            .route(web::post().to(logout))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/sessions")
+            .route(web::get().to(list_sessions))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/sessions/{id}")
+            .route(web::delete().to(revoke_session))
+            .default_service(web::to(method_not_allowed)),
+    );
+}
+
+/// Text for HTML.
+fn escape(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '<' => "&lt;".to_owned(),
+            '>' => "&gt;".to_owned(),
+            '&' => "&amp;".to_owned(),
+            '"' => "&quot;".to_owned(),
+            '\'' => "&#39;".to_owned(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+/// A minimal page.
+fn page(status: StatusCode, title: &str, body: &str) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("cache-control", "no-store"))
+        .insert_header((
+            "content-security-policy",
+            "default-src 'none'; form-action 'self'; frame-ancestors 'none'",
+        ))
+        .body(format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t} · Carapace</title></head>\
+             <body><h1>{t}</h1>{body}</body></html>",
+            t = escape(title)
+        ))
+}
+
+fn actor(req: &HttpRequest, principal: String) -> Actor {
+    Actor {
+        principal,
+        client_ip: client_ip(req),
+        request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()),
+    }
+}
+
+/// Audits a refused login and answers with a page saying why.
+async fn refuse(
+    state: &AppState,
+    req: &HttpRequest,
+    status: StatusCode,
+    reason: &str,
+) -> HttpResponse {
+    let event = actor(req, "anonymous".to_owned())
+        .event("login", Outcome::Denied)
+        .reason(reason);
+    if let Err(e) = record_audit(&state.db, event).await {
+        tracing::error!(error = ?e, "failed to audit a refused login");
+    }
+    page(
+        status,
+        "Login refused",
+        &format!(
+            "<p>{}</p><p><a href=\"/auth/login\">Try again</a></p>",
+            escape(reason)
+        ),
+    )
+}
+
+fn cookie_for<'c>(
+    name: &'c str,
+    value: String,
+    secure: bool,
+    max_age: CookieDuration,
+) -> Cookie<'c> {
+    Cookie::build(name, value)
+        .path("/")
+        .secure(secure)
+        .same_site(SameSite::Lax)
+        .max_age(max_age)
+        .finish()
+}
+
+fn provider(state: &AppState) -> Option<&Provider> {
+    state.login.as_deref()
+}
+
+/// Starts a login at the provider.
+pub async fn login(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    let Some(provider) = provider(&state) else {
+        return page(
+            StatusCode::NOT_FOUND,
+            "Login is not configured",
+            "<p>This server has no identity provider; use an API key.</p>",
+        );
+    };
+    if !state
+        .login_limiter
+        .allow(&format!("ip:{}", client_ip(&req).unwrap_or_default()))
+    {
+        return refuse(
+            &state,
+            &req,
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many logins from this address; wait a minute",
+        )
+        .await;
+    }
+    let started = match provider.start().await {
+        Ok(started) => started,
+        Err(e) => {
+            tracing::error!(error = %e, "login could not start");
+            return page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Login unavailable",
+                "<p>The identity provider did not answer. Try again shortly.</p>",
+            );
+        }
+    };
+    let Ok(binding) = new_session_token() else {
+        return page(StatusCode::INTERNAL_SERVER_ERROR, "Login unavailable", "");
+    };
+    let attempt = LoginAttempt {
+        state_hash: session_token_hash(&started.state),
+        browser_hash: session_token_hash(&binding),
+        verifier: started.verifier,
+        nonce: started.nonce,
+        created_at: Utc::now(),
+    };
+    if let Err(e) = sessions::save_login_attempt(&state.db, &attempt).await {
+        tracing::error!(error = ?e, "login attempt not saved");
+        return page(StatusCode::SERVICE_UNAVAILABLE, "Login unavailable", "");
+    }
+    let mut binding_cookie = cookie_for(
+        LOGIN_COOKIE,
+        binding,
+        provider.config().secure_cookies(),
+        CookieDuration::minutes(10),
+    );
+    binding_cookie.set_http_only(true);
+    binding_cookie.set_path("/auth");
+    HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, started.url))
+        .insert_header(("cache-control", "no-store"))
+        .cookie(binding_cookie)
+        .finish()
+}
+
+/// What the provider sends back.
+#[derive(Debug, Deserialize)]
+pub struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// Finishes a login: checks everything, then starts a session.
+pub async fn callback(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: web::Query<CallbackQuery>,
+) -> HttpResponse {
+    let Some(provider) = provider(&state) else {
+        return page(StatusCode::NOT_FOUND, "Login is not configured", "");
+    };
+    let ip = client_ip(&req).unwrap_or_default();
+    if !state.login_limiter.allow(&format!("ip:{ip}")) {
+        return refuse(
+            &state,
+            &req,
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many logins from this address; wait a minute",
+        )
+        .await;
+    }
+    let q = query.into_inner();
+    if let Some(error) = q.error {
+        let detail = q.error_description.unwrap_or_default();
+        let reason = format!("the identity provider refused: {error} {detail}");
+        return refuse(&state, &req, StatusCode::BAD_REQUEST, reason.trim()).await;
+    }
+    let (Some(code), Some(login_state)) = (q.code, q.state) else {
+        return refuse(
+            &state,
+            &req,
+            StatusCode::BAD_REQUEST,
+            "the callback lacks its code or state",
+        )
+        .await;
+    };
+    if code.len() > 2048 || login_state.len() > 512 {
+        return refuse(
+            &state,
+            &req,
+            StatusCode::BAD_REQUEST,
+            "the callback's parameters are too long",
+        )
+        .await;
+    }
+    let attempt =
+        match sessions::take_login_attempt(&state.db, &session_token_hash(&login_state)).await {
+            Ok(Some(attempt)) => attempt,
+            Ok(None) => {
+                return refuse(
+                    &state,
+                    &req,
+                    StatusCode::BAD_REQUEST,
+                    "unknown, expired or already used login (state)",
+                )
+                .await;
+            }
+            Err(e) => {
+                tracing::error!(error = ?e, "login attempt lookup failed");
+                return page(StatusCode::SERVICE_UNAVAILABLE, "Login unavailable", "");
+            }
+        };
+    // The browser that comes back must be the one that left.
+    let bound = cookie(&req, LOGIN_COOKIE)
+        .is_some_and(|binding| session_token_hash(&binding) == attempt.browser_hash);
+    if !bound {
+        return refuse(
+            &state,
+            &req,
+            StatusCode::BAD_REQUEST,
+            "this login was started in another browser",
+        )
+        .await;
+    }
+    let identity = match provider.finish(code, attempt.verifier, attempt.nonce).await {
+        Ok(identity) => identity,
+        Err(LoginError::Refused(reason)) => {
+            return refuse(&state, &req, StatusCode::BAD_REQUEST, &reason).await;
+        }
+        Err(e @ LoginError::Provider(_)) => {
+            tracing::error!(error = %e, "login could not finish");
+            return page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Login unavailable",
+                "<p>The identity provider did not answer. Try again shortly.</p>",
+            );
+        }
+    };
+    let email = match identity.email {
+        Some(email) if identity.email_verified && email.len() <= 254 && email.contains('@') => {
+            email.to_lowercase()
+        }
+        Some(_) => {
+            return refuse(
+                &state,
+                &req,
+                StatusCode::FORBIDDEN,
+                "the identity provider has not verified this email address",
+            )
+            .await;
+        }
+        None => {
+            return refuse(
+                &state,
+                &req,
+                StatusCode::FORBIDDEN,
+                "the identity provider gave no email address",
+            )
+            .await;
+        }
+    };
+    if !state.login_limiter.allow(&format!("email:{email}")) {
+        return refuse(
+            &state,
+            &req,
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many logins for this person; wait a minute",
+        )
+        .await;
+    }
+    let signup = provider.config().signup == SignupMode::Open;
+    let audit =
+        actor(&req, format!("oidc:{}", identity.subject)).event("tenant.create", Outcome::Success);
+    let signed_in = match sessions::sign_in(&state.db, &email, signup, audit).await {
+        Ok(Some(signed_in)) => signed_in,
+        Ok(None) => {
+            return refuse(
+                &state,
+                &req,
+                StatusCode::FORBIDDEN,
+                &format!("{email} is not a member of any tenant, and sign-up is closed"),
+            )
+            .await;
+        }
+        Err(e) => {
+            tracing::error!(error = ?e, "sign-in failed");
+            return page(StatusCode::SERVICE_UNAVAILABLE, "Login unavailable", "");
+        }
+    };
+    // A fresh session every login (a cookie planted before it is
+    // worthless), and the one this browser had is ended.
+    if let Some(old) = cookie(&req, SESSION_COOKIE)
+        && let Err(e) =
+            sessions::revoke_session_by_token(&state.db, &session_token_hash(&old)).await
+    {
+        tracing::warn!(error = ?e, "the browser's previous session was not revoked");
+    }
+    let (Ok(token), Ok(csrf)) = (new_session_token(), new_session_token()) else {
+        return page(StatusCode::INTERNAL_SERVER_ERROR, "Login unavailable", "");
+    };
+    let max_age = provider.config().session_max_age;
+    let expires_at =
+        Utc::now() + chrono::TimeDelta::from_std(max_age).unwrap_or(chrono::TimeDelta::hours(12));
+    let session = match sessions::create_session(
+        &state.db,
+        &session_token_hash(&token),
+        &signed_in,
+        expires_at,
+        client_ip(&req),
+    )
+    .await
+    {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::error!(error = ?e, "session not created");
+            return page(StatusCode::SERVICE_UNAVAILABLE, "Login unavailable", "");
+        }
+    };
+    let event = actor(&req, format!("user:{}", signed_in.user))
+        .event("login", Outcome::Success)
+        .in_tenant(&signed_in.tenant)
+        .target(session.to_string())
+        .reason(if signed_in.signed_up {
+            format!("{email} signed up")
+        } else {
+            email.clone()
+        });
+    if let Err(e) = record_audit(&state.db, event).await {
+        tracing::error!(error = ?e, "failed to audit a login");
+    }
+    let secure = provider.config().secure_cookies();
+    let age = CookieDuration::seconds(i64::try_from(max_age.as_secs()).unwrap_or(43_200));
+    let mut session_cookie = cookie_for(SESSION_COOKIE, token, secure, age);
+    session_cookie.set_http_only(true);
+    let csrf_cookie = cookie_for(CSRF_COOKIE, csrf, secure, age);
+    let mut spent = cookie_for(LOGIN_COOKIE, String::new(), secure, CookieDuration::ZERO);
+    spent.set_path("/auth");
+    HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, "/auth/session"))
+        .insert_header(("cache-control", "no-store"))
+        .cookie(session_cookie)
+        .cookie(csrf_cookie)
+        .cookie(spent)
+        .finish()
+}
+
+/// The current browser's session, as a page.
+pub async fn session_page(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    let live = match cookie(&req, SESSION_COOKIE) {
+        Some(token) => sessions::session_by_token(&state.db, &session_token_hash(&token))
+            .await
+            .ok()
+            .flatten()
+            .filter(|s| s.revoked_at.is_none() && s.role.is_some() && s.expires_at > Utc::now()),
+        None => None,
+    };
+    let Some(session) = live else {
+        return page(
+            StatusCode::OK,
+            "Signed out",
+            "<p><a href=\"/auth/login\">Log in</a></p>",
+        );
+    };
+    let csrf = cookie(&req, CSRF_COOKIE).unwrap_or_default();
+    page(
+        StatusCode::OK,
+        "Signed in",
+        &format!(
+            "<p>Signed in as {} in tenant {} until {}.</p>\
+             <form method=\"post\" action=\"/auth/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <button>Log out</button></form>",
+            escape(&session.email),
+            escape(session.tenant.as_str()),
+            session.expires_at.format("%Y-%m-%d %H:%M UTC"),
+            escape(&csrf)
+        ),
+    )
+}
+
+/// The logout form.
+#[derive(Debug, Deserialize)]
+pub struct LogoutForm {
+    csrf: Option<String>,
+}
+
+/// Ends this browser's session (CSRF-checked: the header or the form's
+/// field must repeat the CSRF cookie).
+pub async fn logout(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    form: Option<web::Form<LogoutForm>>,
+) -> HttpResponse {
+    use subtle::ConstantTimeEq;
+    let presented = req
+        .headers()
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| form.and_then(|f| f.into_inner().csrf));
+    let expected = cookie(&req, CSRF_COOKIE);
+    let ok = matches!((&expected, &presented), (Some(e), Some(p)) if e.len() >= 16 && bool::from(e.as_bytes().ct_eq(p.as_bytes())));
+    if !ok {
+        let event = actor(&req, "anonymous".to_owned())
+            .event("logout", Outcome::Denied)
+            .reason("missing or wrong CSRF token");
+        if let Err(e) = record_audit(&state.db, event).await {
+            tracing::error!(error = ?e, "failed to audit a refused logout");
+        }
+        return page(
+            StatusCode::FORBIDDEN,
+            "Logout refused",
+            "<p>The form was not sent by this site.</p>",
+        );
+    }
+    if let Some(token) = cookie(&req, SESSION_COOKIE) {
+        let hash = session_token_hash(&token);
+        let session = sessions::session_by_token(&state.db, &hash)
+            .await
+            .ok()
+            .flatten();
+        if let Err(e) = sessions::revoke_session_by_token(&state.db, &hash).await {
+            tracing::error!(error = ?e, "logout failed");
+            return page(StatusCode::SERVICE_UNAVAILABLE, "Logout failed", "");
+        }
+        if let Some(session) = session {
+            let event = actor(&req, format!("user:{}", session.user))
+                .event("logout", Outcome::Success)
+                .in_tenant(&session.tenant)
+                .target(session.id.to_string());
+            if let Err(e) = record_audit(&state.db, event).await {
+                tracing::error!(error = ?e, "failed to audit a logout");
+            }
+        }
+    }
+    let secure = state
+        .login
+        .as_deref()
+        .is_some_and(|p| p.config().secure_cookies());
+    HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, "/auth/session"))
+        .cookie(cookie_for(
+            SESSION_COOKIE,
+            String::new(),
+            secure,
+            CookieDuration::ZERO,
+        ))
+        .cookie(cookie_for(
+            CSRF_COOKIE,
+            String::new(),
+            secure,
+            CookieDuration::ZERO,
+        ))
+        .finish()
+}
+
+/// A session as listed.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SessionView {
+    id: String,
+    user_id: String,
+    email: String,
+    created_at: DateTime<Utc>,
+    last_seen_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    client_ip: Option<String>,
+    /// Whether it is the caller's own session.
+    current: bool,
+}
+
+/// Sessions.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SessionList {
+    data: Vec<SessionView>,
+}
+
+/// The person behind a session caller, or `None` for an API key (which
+/// then needs the admin role to see everyone's).
+async fn own_session(
+    caller: &Caller<ReadTenant>,
+    state: &AppState,
+) -> Result<Option<SessionRecord>, Error> {
+    let Credential::Session(id) = &caller.principal().credential else {
+        if caller.role() < crate::access::Role::Admin {
+            return Err(Error::Forbidden("requires role admin or higher".into()));
+        }
+        return Ok(None);
+    };
+    let sessions = caller.scope(&state.db).sessions(None).await?;
+    Ok(sessions.into_iter().find(|s| s.id == *id))
+}
+
+/// Live sessions: a browser's own person's; with an admin's API key,
+/// everyone's in the tenant.
+#[utoipa::path(get, path = "/v1/sessions", tag = "tenant",
+    responses((status = 200, description = "Sessions", body = SessionList)),
+    security(("api_key" = [])))]
+pub async fn list_sessions(
+    caller: Caller<ReadTenant>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Error> {
+    let own = own_session(&caller, &state).await?;
+    let sessions = caller
+        .scope(&state.db)
+        .sessions(own.as_ref().map(|s| &s.user))
+        .await?;
+    let current = own.map(|s| s.id);
+    Ok(HttpResponse::Ok().json(SessionList {
+        data: sessions
+            .into_iter()
+            .map(|s| SessionView {
+                current: current.as_ref() == Some(&s.id),
+                id: s.id.to_string(),
+                user_id: s.user.to_string(),
+                email: s.email,
+                created_at: s.created_at,
+                last_seen_at: s.last_seen_at,
+                expires_at: s.expires_at,
+                client_ip: s.client_ip,
+            })
+            .collect(),
+    }))
+}
+
+/// End a session: a browser's own person's; with an admin's API key,
+/// anyone's in the tenant. Audited.
+#[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "tenant",
+    params(("id" = String, Path, description = "Session id")),
+    responses(
+        (status = 204, description = "Ended"),
+        (status = 404, description = "No such live session", body = crate::http::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])))]
+pub async fn revoke_session(
+    caller: Caller<ReadTenant>,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    let id = SessionId::parse(&id).map_err(|_| Error::NotFound)?;
+    let own = own_session(&caller, &state).await?;
+    let audit = caller.actor().event("session.revoke", Outcome::Success);
+    TenantScope::new(&state.db, caller.tenant_id())
+        .revoke_session(&id, own.as_ref().map(|s| &s.user), audit)
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,498 @@
+//! Browser login against a real OpenID Connect provider (npm's
+//! `oidc-provider`, started per test by `infra/oidc-provider.mjs`): sign-up
+//! creates a tenant, a second login lands in it, the session cookie opens
+//! the API (with CSRF on changes), sessions end on logout, revocation and
+//! membership removal; replayed states, foreign browsers and unverified
+//! addresses are refused and audited.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::helpers::{TestApp, spawn_app_with};
+
+/// A provider process for one test.
+struct Oidc {
+    child: Child,
+    issuer: String,
+}
+
+impl Drop for Oidc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Oidc {
+    async fn start(redirect: &str) -> Oidc {
+        let modules = std::env::var("CARAPACE_TEST_OIDC_MODULES").expect(
+            "CARAPACE_TEST_OIDC_MODULES is not set: run the tests with infra/test (it installs oidc-provider)",
+        );
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/oidc-provider.mjs");
+        let port = free_port();
+        let child = Command::new("node")
+            .args([script, &modules, &port.to_string(), redirect])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node");
+        // Owned at once: dropping it (a panic below included) kills and
+        // reaps the process.
+        let oidc = Oidc {
+            child,
+            issuer: format!("http://127.0.0.1:{port}"),
+        };
+        for _ in 0..100 {
+            if reqwest::get(format!("{}/.well-known/openid-configuration", oidc.issuer))
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return oidc;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("oidc-provider did not start");
+    }
+}
+
+/// A server with login on, and its provider.
+async fn app_with_login(
+    adjust: impl FnOnce(&mut carapace_api::config::SettingsArgs),
+) -> (TestApp, Oidc) {
+    let port = free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let oidc = Oidc::start(&format!("{public}/auth/callback")).await;
+    let issuer = oidc.issuer.clone();
+    let app = spawn_app_with(|s| {
+        s.listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+        s.oidc_issuer = Some(issuer);
+        s.oidc_client_id = Some("carapace".into());
+        s.oidc_client_secret = Some("carapace-test-secret".into());
+        s.public_url = Some(public);
+        adjust(s);
+    })
+    .await;
+    (app, oidc)
+}
+
+/// A browser: no automatic redirects, its own cookies per host and port.
+struct Browser {
+    client: reqwest::Client,
+    cookies: BTreeMap<(String, String), String>,
+}
+
+impl Browser {
+    fn new() -> Browser {
+        Browser {
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            cookies: BTreeMap::new(),
+        }
+    }
+
+    fn origin(url: &str) -> String {
+        let url = reqwest::Url::parse(url).unwrap();
+        format!(
+            "{}:{}",
+            url.host_str().unwrap(),
+            url.port_or_known_default().unwrap()
+        )
+    }
+
+    fn cookie(&self, url: &str, name: &str) -> Option<String> {
+        self.cookies
+            .get(&(Self::origin(url), name.to_owned()))
+            .cloned()
+    }
+
+    fn remember(&mut self, url: &str, res: &reqwest::Response) {
+        let origin = Self::origin(url);
+        for value in res.headers().get_all("set-cookie") {
+            let value = value.to_str().unwrap();
+            let pair = value.split(';').next().unwrap();
+            let (name, val) = pair.split_once('=').unwrap();
+            let expired = value.to_ascii_lowercase().contains("max-age=0") || val.is_empty();
+            let key = (origin.clone(), name.trim().to_owned());
+            if expired {
+                self.cookies.remove(&key);
+            } else {
+                self.cookies.insert(key, val.trim().to_owned());
+            }
+        }
+    }
+
+    fn cookie_header(&self, url: &str) -> String {
+        let origin = Self::origin(url);
+        self.cookies
+            .iter()
+            .filter(|((o, _), _)| *o == origin)
+            .map(|((_, n), v)| format!("{n}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    async fn send(
+        &mut self,
+        method: Method,
+        url: &str,
+        form: Option<Vec<(&str, String)>>,
+        headers: &[(&str, String)],
+    ) -> reqwest::Response {
+        let mut req = self
+            .client
+            .request(method, url)
+            .header("cookie", self.cookie_header(url));
+        for (name, value) in headers {
+            req = req.header(*name, value);
+        }
+        if let Some(form) = form {
+            req = req.form(&form);
+        }
+        let res = req.send().await.unwrap();
+        self.remember(url, &res);
+        res
+    }
+
+    /// Follows redirects and the provider's login and consent forms (as
+    /// `login`) from `url` to the first answer that is neither; that
+    /// answer's URL and response.
+    async fn follow(&mut self, mut url: String, login: &str) -> (String, StatusCode, String) {
+        for _ in 0..20 {
+            let res = self.send(Method::GET, &url, None, &[]).await;
+            if res.status().is_redirection() {
+                let next = res.headers()["location"].to_str().unwrap().to_owned();
+                url = reqwest::Url::parse(&url)
+                    .unwrap()
+                    .join(&next)
+                    .unwrap()
+                    .to_string();
+                continue;
+            }
+            let here = url.clone();
+            let status = res.status();
+            let body = res.text().await.unwrap();
+            let provider_form = body.contains("name=\"prompt\"");
+            let Some(action) = attribute(&body, "action=\"").filter(|_| provider_form) else {
+                return (here, status, body);
+            };
+            let prompt = attribute(&body, "name=\"prompt\" value=\"").unwrap_or_default();
+            let mut form = vec![("prompt", prompt.clone())];
+            if prompt == "login" {
+                form.push(("login", login.to_owned()));
+                form.push(("password", "any".to_owned()));
+            }
+            let target = reqwest::Url::parse(&here)
+                .unwrap()
+                .join(&action)
+                .unwrap()
+                .to_string();
+            let res = self.send(Method::POST, &target, Some(form), &[]).await;
+            assert!(
+                res.status().is_redirection(),
+                "form post answered {}",
+                res.status()
+            );
+            let next = res.headers()["location"].to_str().unwrap().to_owned();
+            url = reqwest::Url::parse(&target)
+                .unwrap()
+                .join(&next)
+                .unwrap()
+                .to_string();
+        }
+        panic!("too many redirects");
+    }
+}
+
+async fn execute(app: &TestApp, sql: &str) {
+    use sea_orm::ConnectionTrait;
+    let backend = app.db.get_database_backend();
+    app.db
+        .execute(sea_orm::Statement::from_string(backend, sql.to_owned()))
+        .await
+        .unwrap();
+}
+
+/// The tenant's audit records as (action, outcome).
+async fn audit_rows(app: &TestApp, tenant: &str) -> Vec<(String, String)> {
+    use sea_orm::ConnectionTrait;
+    let backend = app.db.get_database_backend();
+    let rows = app
+        .db
+        .query_all(sea_orm::Statement::from_string(
+            backend,
+            format!("SELECT action, outcome FROM audit_events WHERE tenant_id = '{tenant}'"),
+        ))
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| {
+            (
+                r.try_get::<String>("", "action").unwrap(),
+                r.try_get::<String>("", "outcome").unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn attribute(html: &str, start: &str) -> Option<String> {
+    let from = html.find(start)? + start.len();
+    let len = html[from..].find('"')?;
+    Some(html[from..from + len].replace("&amp;", "&"))
+}
+
+/// Logs `login` in with `browser`; the final page's URL, status and text.
+async fn log_in(app: &TestApp, browser: &mut Browser, login: &str) -> (String, StatusCode, String) {
+    browser
+        .follow(format!("{}/auth/login", app.address), login)
+        .await
+}
+
+async fn api(
+    app: &TestApp,
+    browser: &mut Browser,
+    method: Method,
+    path: &str,
+    csrf: bool,
+) -> reqwest::Response {
+    let url = format!("{}{path}", app.address);
+    let headers: Vec<(&str, String)> = match (csrf, browser.cookie(&url, "carapace_csrf")) {
+        (true, Some(token)) => vec![("x-csrf-token", token)],
+        _ => vec![],
+    };
+    browser.send(method, &url, None, &headers).await
+}
+
+#[tokio::test]
+async fn a_first_login_signs_up_and_the_session_opens_the_api() {
+    let (app, _oidc) = app_with_login(|_| {}).await;
+    let mut browser = Browser::new();
+    let (url, status, page) = log_in(&app, &mut browser, "alice@example.com").await;
+    assert!(url.ends_with("/auth/session"), "{url}: {page}");
+    assert_eq!(status, 200);
+    assert!(page.contains("Signed in as alice@example.com"), "{page}");
+    // The session cookie is HttpOnly; the API takes it like a key.
+    let tenant: Value = api(&app, &mut browser, Method::GET, "/v1/tenant", false)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tenant["name"], "alice@example.com");
+    assert_eq!(tenant["role"], "owner");
+    assert_eq!(tenant["principal"]["type"], "session");
+    // A change needs the CSRF header (a wrong one will not do); with it,
+    // it goes through.
+    let url = format!("{}/v1/agents", app.address);
+    let token = browser.cookie(&url, "carapace_csrf").unwrap();
+    for header in [None, Some("0123456789abcdef0123456789abcdef")] {
+        let mut req = browser
+            .client
+            .post(&url)
+            .header("cookie", browser.cookie_header(&url))
+            .json(&serde_json::json!({"name": "forged", "model": "m"}));
+        if let Some(header) = header {
+            req = req.header("x-csrf-token", header);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 403);
+    }
+    let res = browser
+        .client
+        .post(&url)
+        .header("cookie", browser.cookie_header(&url))
+        .header("x-csrf-token", token)
+        .json(&serde_json::json!({"name": "first", "model": "m"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+
+    // A second login (another browser) lands in the same tenant.
+    let mut other = Browser::new();
+    log_in(&app, &mut other, "alice@example.com").await;
+    let again: Value = api(&app, &mut other, Method::GET, "/v1/tenant", false)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["id"], tenant["id"]);
+    let sessions: Value = api(&app, &mut other, Method::GET, "/v1/sessions", false)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let list = sessions["data"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{sessions}");
+    // The second browser ends the first one's session.
+    let first = list.iter().find(|s| s["current"] == false).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = api(
+        &app,
+        &mut other,
+        Method::DELETE,
+        &format!("/v1/sessions/{first}"),
+        true,
+    )
+    .await;
+    assert_eq!(res.status(), 204);
+    let res = api(&app, &mut browser, Method::GET, "/v1/tenant", false).await;
+    assert_eq!(res.status(), 401);
+    // Logging out ends the second.
+    let url = format!("{}/auth/logout", app.address);
+    let token = other.cookie(&url, "carapace_csrf").unwrap();
+    let res = other
+        .send(Method::POST, &url, Some(vec![("csrf", token)]), &[])
+        .await;
+    assert_eq!(res.status(), 303);
+    let res = api(&app, &mut other, Method::GET, "/v1/tenant", false).await;
+    assert_eq!(res.status(), 401);
+    // All of it is in the tenant's audit log.
+    let rows = audit_rows(&app, tenant["id"].as_str().unwrap()).await;
+    for action in ["tenant.create", "login", "session.revoke", "logout"] {
+        assert!(
+            rows.iter().any(|(a, o)| a == action && o == "success"),
+            "{action}: {rows:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn replays_foreign_browsers_and_unverified_addresses_are_refused() {
+    let (app, _oidc) = app_with_login(|_| {}).await;
+    let mut browser = Browser::new();
+    // Walk to the provider's redirect back to us, without following it.
+    let login = format!("{}/auth/login", app.address);
+    let res = browser.send(Method::GET, &login, None, &[]).await;
+    let mut url = res.headers()["location"].to_str().unwrap().to_owned();
+    let callback = loop {
+        let res = browser.send(Method::GET, &url, None, &[]).await;
+        if res.status().is_redirection() {
+            let next = res.headers()["location"].to_str().unwrap().to_owned();
+            let next = reqwest::Url::parse(&url)
+                .unwrap()
+                .join(&next)
+                .unwrap()
+                .to_string();
+            if next.contains("/auth/callback") {
+                break next;
+            }
+            url = next;
+            continue;
+        }
+        let body = res.text().await.unwrap();
+        let action = attribute(&body, "action=\"").unwrap();
+        let prompt = attribute(&body, "name=\"prompt\" value=\"").unwrap();
+        let mut form = vec![("prompt", prompt.clone())];
+        if prompt == "login" {
+            form.push(("login", "bob@example.com".to_owned()));
+            form.push(("password", "x".to_owned()));
+        }
+        let target = reqwest::Url::parse(&url)
+            .unwrap()
+            .join(&action)
+            .unwrap()
+            .to_string();
+        let res = browser.send(Method::POST, &target, Some(form), &[]).await;
+        let next = res.headers()["location"].to_str().unwrap().to_owned();
+        url = reqwest::Url::parse(&target)
+            .unwrap()
+            .join(&next)
+            .unwrap()
+            .to_string();
+    };
+    // Another browser presenting the callback: refused (login CSRF).
+    let mut thief = Browser::new();
+    let res = thief.send(Method::GET, &callback, None, &[]).await;
+    assert_eq!(res.status(), 400);
+    assert!(res.text().await.unwrap().contains("another browser"));
+    // The state was used up by that attempt: the right browser cannot
+    // use it now either (a replay, whoever sends it).
+    let res = browser.send(Method::GET, &callback, None, &[]).await;
+    assert_eq!(res.status(), 400);
+    assert!(res.text().await.unwrap().contains("already used"));
+
+    // A made-up state, a provider error.
+    let res = browser
+        .send(
+            Method::GET,
+            &format!("{}/auth/callback?code=x&state=forged", app.address),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(res.status(), 400);
+    let res = browser
+        .send(
+            Method::GET,
+            &format!("{}/auth/callback?error=access_denied", app.address),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(res.status(), 400);
+
+    // An address the provider has not verified.
+    let mut other = Browser::new();
+    let (_, status, page) = log_in(&app, &mut other, "unverified@example.com").await;
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("not verified"), "{page}");
+    assert!(other.cookie(&app.address, "carapace_session").is_none());
+}
+
+#[tokio::test]
+async fn with_sign_up_closed_only_members_get_in_and_removal_cuts_a_session_off() {
+    let (app, _oidc) = app_with_login(|s| {
+        s.signup = Some(carapace_api::login::SignupMode::Closed);
+    })
+    .await;
+    // A stranger: refused, with a clear page.
+    let mut stranger = Browser::new();
+    let (_, status, page) = log_in(&app, &mut stranger, "mallory@example.com").await;
+    assert_eq!(status, 403);
+    assert!(page.contains("sign-up is closed"), "{page}");
+    // The owner of a tenant made by the operator gets in.
+    let (created, _key) = carapace_api::bootstrap::create_tenant(
+        &app.db,
+        "Acme",
+        "carol@example.com",
+        &carapace_api::audit::Actor::cli(),
+    )
+    .await
+    .unwrap();
+    let tenant_id = created.tenant.id.to_string();
+    let mut carol = Browser::new();
+    let (_, status, page) = log_in(&app, &mut carol, "carol@example.com").await;
+    assert_eq!(status, 200, "{page}");
+    let tenant: Value = api(&app, &mut carol, Method::GET, "/v1/tenant", false)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tenant["id"], tenant_id.as_str());
+    // Her membership goes: the very next request is refused.
+    execute(
+        &app,
+        &format!(
+            "DELETE FROM memberships WHERE tenant_id = '{tenant_id}' AND user_id = \
+             (SELECT id FROM users WHERE email = 'carol@example.com')"
+        ),
+    )
+    .await;
+    let res = api(&app, &mut carol, Method::GET, "/v1/tenant", false).await;
+    assert_eq!(res.status(), 401);
+}

@@ -1,0 +1,157 @@
+//! Browser login through OpenID Connect: pending logins (`login_attempts`:
+//! the hashed `state`, the PKCE verifier and nonce, bound to the browser
+//! that started it) and server-side sessions (`sessions`: only the token's
+//! SHA-256 is stored).
+
+use sea_orm_migration::prelude::*;
+
+pub struct Migration;
+
+impl MigrationName for Migration {
+    fn name(&self) -> &str {
+        "m0014_sessions"
+    }
+}
+
+#[derive(DeriveIden)]
+enum Tenants {
+    Table,
+    Id,
+}
+
+#[derive(DeriveIden)]
+enum Users {
+    Table,
+    Id,
+}
+
+#[derive(DeriveIden)]
+enum LoginAttempts {
+    Table,
+    StateHash,
+    BrowserHash,
+    PkceVerifier,
+    Nonce,
+    CreatedAt,
+}
+
+#[derive(DeriveIden)]
+enum Sessions {
+    Table,
+    Id,
+    TokenHash,
+    UserId,
+    TenantId,
+    CreatedAt,
+    LastSeenAt,
+    ExpiresAt,
+    RevokedAt,
+    ClientIp,
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(LoginAttempts::Table)
+                    .col(
+                        ColumnDef::new(LoginAttempts::StateHash)
+                            .string_len(64)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(LoginAttempts::BrowserHash)
+                            .string_len(64)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(LoginAttempts::PkceVerifier)
+                            .string_len(200)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(LoginAttempts::Nonce)
+                            .string_len(200)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(LoginAttempts::CreatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(Sessions::Table)
+                    .col(
+                        ColumnDef::new(Sessions::Id)
+                            .string_len(40)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(Sessions::TokenHash)
+                            .string_len(64)
+                            .not_null()
+                            .unique_key(),
+                    )
+                    .col(ColumnDef::new(Sessions::UserId).string_len(40).not_null())
+                    .col(ColumnDef::new(Sessions::TenantId).string_len(40).not_null())
+                    .col(
+                        ColumnDef::new(Sessions::CreatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Sessions::LastSeenAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Sessions::ExpiresAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Sessions::RevokedAt)
+                            .timestamp_with_time_zone()
+                            .null(),
+                    )
+                    .col(ColumnDef::new(Sessions::ClientIp).string_len(64).null())
+                    .foreign_key(
+                        ForeignKey::create()
+                            .from(Sessions::Table, Sessions::TenantId)
+                            .to(Tenants::Table, Tenants::Id)
+                            .on_delete(ForeignKeyAction::Cascade),
+                    )
+                    .foreign_key(
+                        ForeignKey::create()
+                            .from(Sessions::Table, Sessions::UserId)
+                            .to(Users::Table, Users::Id)
+                            .on_delete(ForeignKeyAction::Cascade),
+                    )
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(Table::drop().table(Sessions::Table).if_exists().to_owned())
+            .await?;
+        manager
+            .drop_table(
+                Table::drop()
+                    .table(LoginAttempts::Table)
+                    .if_exists()
+                    .to_owned(),
+            )
+            .await
+    }
+}
