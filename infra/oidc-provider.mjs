@@ -1,7 +1,8 @@
 // A throwaway OpenID Connect provider for the login tests: npm's
 // `oidc-provider` (a certified implementation) with its development
 // interactions (any login name and password are accepted; the account's
-// email is the login name if it holds an `@`).
+// email is the login name if it holds an `@`, or what follows `|` in it;
+// a name starting with `unverified` has an unverified address).
 //
 //   node infra/oidc-provider.mjs MODULE_DIR PORT REDIRECT_URI
 //
@@ -31,7 +32,8 @@ const provider = new Provider(issuer, {
     accountId: id,
     claims: async () => ({
       sub: id,
-      email: id.includes('@') ? id : `${id}@example.com`,
+      // `ACCOUNT|ADDRESS` gives another account the same address.
+      email: id.includes('|') ? id.split('|')[1] : (id.includes('@') ? id : `${id}@example.com`),
       email_verified: !id.startsWith('unverified'),
     }),
   }),

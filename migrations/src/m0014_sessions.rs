@@ -1,7 +1,8 @@
 //! Browser login through OpenID Connect: pending logins (`login_attempts`:
 //! the hashed `state`, the PKCE verifier and nonce, bound to the browser
-//! that started it) and server-side sessions (`sessions`: only the token's
-//! SHA-256 is stored).
+//! that started it), the provider accounts people log in with
+//! (`identities`: issuer and subject → user) and server-side sessions
+//! (`sessions`: only the token's SHA-256 is stored).
 
 use sea_orm_migration::prelude::*;
 
@@ -23,6 +24,15 @@ enum Tenants {
 enum Users {
     Table,
     Id,
+}
+
+#[derive(DeriveIden)]
+enum Identities {
+    Table,
+    Issuer,
+    Subject,
+    UserId,
+    CreatedAt,
 }
 
 #[derive(DeriveIden)]
@@ -52,6 +62,40 @@ enum Sessions {
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(Identities::Table)
+                    .col(
+                        ColumnDef::new(Identities::Issuer)
+                            .string_len(300)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Identities::Subject)
+                            .string_len(255)
+                            .not_null(),
+                    )
+                    .col(ColumnDef::new(Identities::UserId).string_len(40).not_null())
+                    .col(
+                        ColumnDef::new(Identities::CreatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .primary_key(
+                        Index::create()
+                            .col(Identities::Issuer)
+                            .col(Identities::Subject),
+                    )
+                    .foreign_key(
+                        ForeignKey::create()
+                            .from(Identities::Table, Identities::UserId)
+                            .to(Users::Table, Users::Id)
+                            .on_delete(ForeignKeyAction::Cascade),
+                    )
+                    .to_owned(),
+            )
+            .await?;
         manager
             .create_table(
                 Table::create()
@@ -144,6 +188,14 @@ impl MigrationTrait for Migration {
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
             .drop_table(Table::drop().table(Sessions::Table).if_exists().to_owned())
+            .await?;
+        manager
+            .drop_table(
+                Table::drop()
+                    .table(Identities::Table)
+                    .if_exists()
+                    .to_owned(),
+            )
             .await?;
         manager
             .drop_table(

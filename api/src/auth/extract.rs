@@ -256,7 +256,10 @@ async fn authenticate<P: Permission>(req: &HttpRequest) -> Result<Caller<P>, Err
     // A header first; without one, a browser's session cookie.
     let (token, via_cookie) = match bearer_token(req) {
         Ok(token) => (token.to_owned(), false),
-        Err(missing) => match cookie(req, SESSION_COOKIE) {
+        // Only a session token is taken from the cookie.
+        Err(missing) => match cookie(req, SESSION_COOKIE)
+            .filter(|t| t.starts_with(crate::auth::SESSION_PREFIX))
+        {
             Some(token) => (token, true),
             None => return Err(missing),
         },

@@ -9,10 +9,11 @@ use sea_orm::{
 };
 
 use super::TenantScope;
-use super::entities::{login_attempt, membership, session, tenant, user};
+use super::entities::{identity, login_attempt, membership, session, tenant, user};
 use super::platform::insert_audit;
 use crate::access::Role;
 use crate::audit::AuditEvent;
+use crate::email::EmailAddress;
 use crate::error::{Error, Result};
 use crate::ids::{SessionId, TenantId, UserId};
 
@@ -37,6 +38,15 @@ pub struct LoginAttempt {
 pub async fn save_login_attempt(db: &DatabaseConnection, attempt: &LoginAttempt) -> Result<()> {
     login_attempt::Entity::delete_many()
         .filter(login_attempt::Column::CreatedAt.lt(Utc::now() - LOGIN_TTL))
+        .exec(db)
+        .await?;
+    // Sessions over (expired or revoked) a day ago are of no more use.
+    session::Entity::delete_many()
+        .filter(
+            sea_orm::Condition::any()
+                .add(session::Column::ExpiresAt.lt(Utc::now() - Duration::days(1)))
+                .add(session::Column::RevokedAt.lt(Utc::now() - Duration::days(1))),
+        )
         .exec(db)
         .await?;
     login_attempt::ActiveModel {
@@ -92,51 +102,86 @@ pub struct SignedIn {
     pub signed_up: bool,
 }
 
-/// Finds the person with this (verified) email address and the tenant
-/// they belong to; with `signup` open, someone unknown or in no tenant
-/// gets a new tenant, named after the address, with them as its owner
-/// (`audit` is recorded then). `None`: not a member, and sign-up closed.
+/// What a login found.
+#[derive(Debug, Clone)]
+pub enum SignIn {
+    /// In, to this tenant.
+    In(SignedIn),
+    /// Not a member of any tenant, and sign-up is closed.
+    NotMember,
+    /// The address belongs to a person who logs in with another account
+    /// of this provider.
+    OtherAccount,
+}
+
+/// Finds the person behind a provider account (`issuer`, `subject`), and
+/// the tenant they belong to. The first login of an account links it to
+/// the person with its (verified) email address, unless that person
+/// already logs in with another account of the same provider; after that
+/// the account alone decides who it is (an address changed at the
+/// provider does not move it to someone else). With `signup` open,
+/// someone unknown or in no tenant gets a new tenant, named after the
+/// address, with them as its owner (`audit` is recorded then).
 pub async fn sign_in(
     db: &DatabaseConnection,
-    email: &str,
+    issuer: &str,
+    subject: &str,
+    email: &EmailAddress,
     signup: bool,
     audit: AuditEvent,
-) -> Result<Option<SignedIn>> {
-    let email = email.to_owned();
+) -> Result<SignIn> {
+    let (issuer, subject, email) = (issuer.to_owned(), subject.to_owned(), email.clone());
     db.transaction::<_, _, Error>(|txn| {
         Box::pin(async move {
             let now = Utc::now();
-            let existing = user::Entity::find()
-                .filter(user::Column::Email.eq(email.as_str()))
+            let linked = identity::Entity::find_by_id((issuer.clone(), subject.clone()))
                 .one(txn)
                 .await?;
-            if let Some(person) = &existing {
-                let member = membership::Entity::find()
-                    .filter(membership::Column::UserId.eq(person.id.as_str()))
-                    .order_by_asc(membership::Column::CreatedAt)
-                    .limit(1)
+            let person = match &linked {
+                Some(link) => {
+                    user::Entity::find_by_id(link.user_id.as_str())
+                        .one(txn)
+                        .await?
+                }
+                None => {
+                    user::Entity::find()
+                        .filter(user::Column::Email.eq(email.as_str()))
+                        .one(txn)
+                        .await?
+                }
+            };
+            if linked.is_none()
+                && let Some(person) = &person
+            {
+                let other = identity::Entity::find()
+                    .filter(identity::Column::Issuer.eq(issuer.as_str()))
+                    .filter(identity::Column::UserId.eq(person.id.as_str()))
                     .one(txn)
                     .await?;
-                if let Some(member) = member {
-                    return Ok(Some(SignedIn {
-                        user: UserId::parse(&person.id).map_err(anyhow::Error::from)?,
-                        tenant: TenantId::parse(&member.tenant_id).map_err(anyhow::Error::from)?,
-                        role: member.role.parse().map_err(|_| {
-                            anyhow::anyhow!("stored role {:?} is unknown", member.role)
-                        })?,
-                        signed_up: false,
-                    }));
+                if other.is_some() {
+                    return Ok(SignIn::OtherAccount);
                 }
             }
-            if !signup {
-                return Ok(None);
+            let member = match &person {
+                Some(person) => {
+                    membership::Entity::find()
+                        .filter(membership::Column::UserId.eq(person.id.as_str()))
+                        .order_by_asc(membership::Column::CreatedAt)
+                        .limit(1)
+                        .one(txn)
+                        .await?
+                }
+                None => None,
+            };
+            if member.is_none() && !signup {
+                return Ok(SignIn::NotMember);
             }
-            let user_id = match existing {
+            let user_id = match person {
                 Some(person) => person.id,
                 None => {
                     user::ActiveModel {
                         id: Set(UserId::generate().to_string()),
-                        email: Set(email.clone()),
+                        email: Set(email.as_str().to_owned()),
                         display_name: Set(None),
                         created_at: Set(now),
                     }
@@ -145,8 +190,30 @@ pub async fn sign_in(
                     .id
                 }
             };
+            if linked.is_none() {
+                identity::ActiveModel {
+                    issuer: Set(issuer.clone()),
+                    subject: Set(subject.clone()),
+                    user_id: Set(user_id.clone()),
+                    created_at: Set(now),
+                }
+                .insert(txn)
+                .await?;
+            }
+            let user = UserId::parse(&user_id).map_err(anyhow::Error::from)?;
+            if let Some(member) = member {
+                return Ok(SignIn::In(SignedIn {
+                    user,
+                    tenant: TenantId::parse(&member.tenant_id).map_err(anyhow::Error::from)?,
+                    role: member
+                        .role
+                        .parse()
+                        .map_err(|_| anyhow::anyhow!("stored role {:?} is unknown", member.role))?,
+                    signed_up: false,
+                }));
+            }
             let tenant_id = TenantId::generate();
-            let mut name = email.clone();
+            let mut name = email.as_str().to_owned();
             name.truncate(100);
             tenant::ActiveModel {
                 id: Set(tenant_id.to_string()),
@@ -173,8 +240,8 @@ pub async fn sign_in(
                     .reason(format!("signed up as {email}")),
             )
             .await?;
-            Ok(Some(SignedIn {
-                user: UserId::parse(&user_id).map_err(anyhow::Error::from)?,
+            Ok(SignIn::In(SignedIn {
+                user,
                 tenant: tenant_id,
                 role: Role::Owner,
                 signed_up: true,
@@ -309,6 +376,16 @@ pub async fn revoke_session_by_token(db: &DatabaseConnection, token_hash: &str) 
 }
 
 impl TenantScope<'_> {
+    /// One of the tenant's sessions, whatever its state.
+    pub async fn session(&self, id: &SessionId) -> Result<SessionRecord> {
+        let row = session::Entity::find_by_id(id.as_str())
+            .filter(session::Column::TenantId.eq(self.tenant_id().as_str()))
+            .one(self.db())
+            .await?
+            .ok_or(Error::NotFound)?;
+        record(self.db(), row).await
+    }
+
     /// The tenant's live sessions (of one person if `user` is given),
     /// newest first, at most 500.
     pub async fn sessions(&self, user: Option<&UserId>) -> Result<Vec<SessionRecord>> {

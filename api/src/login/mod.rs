@@ -133,7 +133,9 @@ impl LoginLimiter {
         if seen.len() >= 10_000 {
             seen.retain(|_, (since, _)| since.elapsed() < Duration::from_secs(60));
             if seen.len() >= 10_000 {
-                return false;
+                // Full of fresh keys (many addresses): start over rather
+                // than lock everyone out.
+                seen.clear();
             }
         }
         let entry = seen

@@ -496,3 +496,40 @@ async fn with_sign_up_closed_only_members_get_in_and_removal_cuts_a_session_off(
     let res = api(&app, &mut carol, Method::GET, "/v1/tenant", false).await;
     assert_eq!(res.status(), 401);
 }
+
+#[tokio::test]
+async fn an_address_stays_with_the_provider_account_that_first_used_it() {
+    let (app, _oidc) = app_with_login(|_| {}).await;
+    let mut first = Browser::new();
+    let (_, status, page) = log_in(&app, &mut first, "one|dan@example.com").await;
+    assert_eq!(status, 200, "{page}");
+    // Another account at the same provider claiming the same address.
+    let mut second = Browser::new();
+    let (_, status, page) = log_in(&app, &mut second, "two|dan@example.com").await;
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("another account"), "{page}");
+    // The first account still gets in, to the same tenant.
+    let mut again = Browser::new();
+    let (_, status, _) = log_in(&app, &mut again, "one|dan@example.com").await;
+    assert_eq!(status, 200);
+    let a: Value = api(&app, &mut first, Method::GET, "/v1/tenant", false)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let b: Value = api(&app, &mut again, Method::GET, "/v1/tenant", false)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(a["id"], b["id"]);
+    // A session cookie holding an API key is not a session.
+    let t = app.create_tenant("Keyed").await;
+    let res = reqwest::Client::new()
+        .get(format!("{}/v1/tenant", app.address))
+        .header("cookie", format!("carapace_session={}", t.key))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+}

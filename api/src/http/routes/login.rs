@@ -18,7 +18,8 @@ use crate::auth::extract::{
 use crate::auth::{Credential, new_session_token, session_token_hash};
 use crate::db::TenantScope;
 use crate::db::platform::record_audit;
-use crate::db::sessions::{self, LoginAttempt, SessionRecord};
+use crate::db::sessions::{self, LoginAttempt, SessionRecord, SignIn};
+use crate::email::EmailAddress;
 use crate::error::Error;
 use crate::http::observe::RequestId;
 use crate::http::problem::method_not_allowed;
@@ -102,18 +103,23 @@ fn actor(req: &HttpRequest, principal: String) -> Actor {
     }
 }
 
-/// Audits a refused login and answers with a page saying why.
+/// Audits a refused login (at most a few a minute per address: a flood
+/// is logged, not written) and answers with a page saying why.
 async fn refuse(
     state: &AppState,
     req: &HttpRequest,
     status: StatusCode,
     reason: &str,
 ) -> HttpResponse {
-    let event = actor(req, "anonymous".to_owned())
-        .event("login", Outcome::Denied)
-        .reason(reason);
-    if let Err(e) = record_audit(&state.db, event).await {
-        tracing::error!(error = ?e, "failed to audit a refused login");
+    let actor = actor(req, "anonymous".to_owned());
+    let subject = format!("login:{}", actor.client_ip.as_deref().unwrap_or("?"));
+    if state.auth.should_audit_refusal(&subject) {
+        let event = actor.event("login", Outcome::Denied).reason(reason);
+        if let Err(e) = record_audit(&state.db, event).await {
+            tracing::error!(error = ?e, "failed to audit a refused login");
+        }
+    } else {
+        tracing::warn!(client_ip = ?actor.client_ip, reason, "login refused (audit throttled)");
     }
     page(
         status,
@@ -210,7 +216,6 @@ pub struct CallbackQuery {
     code: Option<String>,
     state: Option<String>,
     error: Option<String>,
-    error_description: Option<String>,
 }
 
 /// Finishes a login: checks everything, then starts a session.
@@ -234,9 +239,17 @@ pub async fn callback(
     }
     let q = query.into_inner();
     if let Some(error) = q.error {
-        let detail = q.error_description.unwrap_or_default();
-        let reason = format!("the identity provider refused: {error} {detail}");
-        return refuse(&state, &req, StatusCode::BAD_REQUEST, reason.trim()).await;
+        // The provider's words come from the URL: only a plain error code
+        // is repeated, never free text (someone else could have written it).
+        let code = if (1..=64).contains(&error.len())
+            && error.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        {
+            error
+        } else {
+            "unknown_error".to_owned()
+        };
+        let reason = format!("the identity provider refused the login ({code})");
+        return refuse(&state, &req, StatusCode::BAD_REQUEST, &reason).await;
     }
     let (Some(code), Some(login_state)) = (q.code, q.state) else {
         return refuse(
@@ -299,16 +312,23 @@ pub async fn callback(
             );
         }
     };
-    let email = match identity.email {
-        Some(email) if identity.email_verified && email.len() <= 254 && email.contains('@') => {
-            email.to_lowercase()
-        }
-        Some(_) => {
+    let email = match identity.email.as_deref().map(EmailAddress::parse) {
+        Some(Ok(email)) if identity.email_verified => email,
+        Some(Ok(_)) => {
             return refuse(
                 &state,
                 &req,
                 StatusCode::FORBIDDEN,
                 "the identity provider has not verified this email address",
+            )
+            .await;
+        }
+        Some(Err(_)) => {
+            return refuse(
+                &state,
+                &req,
+                StatusCode::FORBIDDEN,
+                "the identity provider gave an address that is not valid",
             )
             .await;
         }
@@ -322,7 +342,10 @@ pub async fn callback(
             .await;
         }
     };
-    if !state.login_limiter.allow(&format!("email:{email}")) {
+    if !state
+        .login_limiter
+        .allow(&format!("email:{}", email.as_str()))
+    {
         return refuse(
             &state,
             &req,
@@ -334,14 +357,33 @@ pub async fn callback(
     let signup = provider.config().signup == SignupMode::Open;
     let audit =
         actor(&req, format!("oidc:{}", identity.subject)).event("tenant.create", Outcome::Success);
-    let signed_in = match sessions::sign_in(&state.db, &email, signup, audit).await {
-        Ok(Some(signed_in)) => signed_in,
-        Ok(None) => {
+    let issuer = &provider.config().issuer;
+    let signed_in = match sessions::sign_in(
+        &state.db,
+        issuer,
+        &identity.subject,
+        &email,
+        signup,
+        audit,
+    )
+    .await
+    {
+        Ok(SignIn::In(signed_in)) => signed_in,
+        Ok(SignIn::NotMember) => {
             return refuse(
                 &state,
                 &req,
                 StatusCode::FORBIDDEN,
                 &format!("{email} is not a member of any tenant, and sign-up is closed"),
+            )
+            .await;
+        }
+        Ok(SignIn::OtherAccount) => {
+            return refuse(
+                &state,
+                &req,
+                StatusCode::FORBIDDEN,
+                &format!("{email} logs in with another account of this identity provider"),
             )
             .await;
         }
@@ -386,7 +428,7 @@ pub async fn callback(
         .reason(if signed_in.signed_up {
             format!("{email} signed up")
         } else {
-            email.clone()
+            email.to_string()
         });
     if let Err(e) = record_audit(&state.db, event).await {
         tracing::error!(error = ?e, "failed to audit a login");
@@ -548,8 +590,13 @@ async fn own_session(
         }
         return Ok(None);
     };
-    let sessions = caller.scope(&state.db).sessions(None).await?;
-    Ok(sessions.into_iter().find(|s| s.id == *id))
+    // Its own row, by id: never "no session" for a session caller (that
+    // would read as an admin's key).
+    match caller.scope(&state.db).session(id).await {
+        Ok(session) => Ok(Some(session)),
+        Err(Error::NotFound) => Err(Error::Unauthenticated("session ended")),
+        Err(e) => Err(e),
+    }
 }
 
 /// Live sessions: a browser's own person's; with an admin's API key,
