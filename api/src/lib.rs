@@ -13,6 +13,7 @@
 //! [`db::TenantScope`] for everything a tenant owns.
 
 pub mod access;
+pub mod access_policy;
 pub mod audit;
 pub mod auth;
 pub mod bootstrap;

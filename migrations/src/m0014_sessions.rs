@@ -1,8 +1,9 @@
 //! Browser login through OpenID Connect: pending logins (`login_attempts`:
 //! the hashed `state`, the PKCE verifier and nonce, bound to the browser
 //! that started it), the provider accounts people log in with
-//! (`identities`: issuer and subject → user) and server-side sessions
-//! (`sessions`: only the token's SHA-256 is stored).
+//! (`identities`: issuer and subject → user), server-side sessions
+//! (`sessions`: only the token's SHA-256 is stored) and each tenant's
+//! access policy (`access_policies`, JSON).
 
 use sea_orm_migration::prelude::*;
 
@@ -57,6 +58,15 @@ enum Sessions {
     ExpiresAt,
     RevokedAt,
     ClientIp,
+    Amr,
+}
+
+#[derive(DeriveIden)]
+enum AccessPolicies {
+    Table,
+    TenantId,
+    Policy,
+    UpdatedAt,
 }
 
 #[async_trait::async_trait]
@@ -168,6 +178,7 @@ impl MigrationTrait for Migration {
                             .null(),
                     )
                     .col(ColumnDef::new(Sessions::ClientIp).string_len(64).null())
+                    .col(ColumnDef::new(Sessions::Amr).string_len(500).not_null())
                     .foreign_key(
                         ForeignKey::create()
                             .from(Sessions::Table, Sessions::TenantId)
@@ -182,10 +193,43 @@ impl MigrationTrait for Migration {
                     )
                     .to_owned(),
             )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(AccessPolicies::Table)
+                    .col(
+                        ColumnDef::new(AccessPolicies::TenantId)
+                            .string_len(40)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(ColumnDef::new(AccessPolicies::Policy).text().not_null())
+                    .col(
+                        ColumnDef::new(AccessPolicies::UpdatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .foreign_key(
+                        ForeignKey::create()
+                            .from(AccessPolicies::Table, AccessPolicies::TenantId)
+                            .to(Tenants::Table, Tenants::Id)
+                            .on_delete(ForeignKeyAction::Cascade),
+                    )
+                    .to_owned(),
+            )
             .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(
+                Table::drop()
+                    .table(AccessPolicies::Table)
+                    .if_exists()
+                    .to_owned(),
+            )
+            .await?;
         manager
             .drop_table(Table::drop().table(Sessions::Table).if_exists().to_owned())
             .await?;

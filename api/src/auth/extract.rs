@@ -95,6 +95,10 @@ permission!(
     ReadUsage, "usage.read", Scope::Api, Role::Member
 );
 permission!(
+    /// Change the tenant's access policy.
+    ManageAccessPolicy, "access_policy.manage", Scope::Api, Role::Admin
+);
+permission!(
     /// Turn the gateway's transcripts on or off.
     ManageGateway, "gateway.settings", Scope::Api, Role::Admin
 );
@@ -325,6 +329,21 @@ async fn authenticate<P: Permission>(req: &HttpRequest) -> Result<Caller<P>, Err
         let reason = format!("requires role {} or higher", P::MIN_ROLE);
         deny(state, &anonymous, &principal, P::ACTION, &reason).await?;
         return Err(Error::Forbidden(reason));
+    }
+    if let Some(facts) = &principal.session {
+        // The tenant's access policy, read on every request: a change
+        // applies to the next one.
+        let policy = TenantScope::new(&state.db, &principal.tenant_id)
+            .access_policy()
+            .await?;
+        let ip = anonymous
+            .client_ip
+            .as_deref()
+            .and_then(|ip| ip.parse().ok());
+        if let Some(reason) = policy.refusal(facts, ip, chrono::Utc::now()) {
+            deny(state, &anonymous, &principal, P::ACTION, &reason).await?;
+            return Err(Error::Forbidden(reason));
+        }
     }
     if via_cookie && !csrf_ok(req) {
         let reason = "missing or wrong X-CSRF-Token header (the carapace_csrf cookie's value)";

@@ -111,6 +111,8 @@ pub struct KeyPrincipal {
     /// For a run token: the agent whose memory its run works on (the only
     /// memory it opens).
     pub agent: Option<AgentId>,
+    /// For a session: what the tenant's access policy looks at.
+    pub session: Option<crate::access_policy::SessionFacts>,
     expires_at: Option<DateTime<Utc>>,
     revoked: bool,
     /// The tenant as read with the key, so that the hot path needs no
@@ -141,6 +143,7 @@ impl KeyPrincipal {
             expires_at: key.expires_at,
             revoked: key.revoked_at.is_some(),
             agent: None,
+            session: None,
         }
     }
 }
@@ -305,6 +308,7 @@ impl Authenticator {
             scopes,
             expires_at: None,
             revoked: false,
+            session: None,
             agent: run
                 .spec
                 .memory
@@ -344,6 +348,7 @@ impl Authenticator {
             role: session.role.unwrap_or(Role::Member),
             scopes,
             agent: None,
+            session: Some(session.facts()),
             expires_at: Some(session.expires_at),
             revoked: ended,
             tenant,

@@ -9,9 +9,10 @@ use sea_orm::{
 };
 
 use super::TenantScope;
-use super::entities::{identity, login_attempt, membership, session, tenant, user};
+use super::entities::{access_policy, identity, login_attempt, membership, session, tenant, user};
 use super::platform::insert_audit;
 use crate::access::Role;
+use crate::access_policy::AccessPolicy;
 use crate::audit::AuditEvent;
 use crate::email::EmailAddress;
 use crate::error::{Error, Result};
@@ -276,6 +277,20 @@ pub struct SessionRecord {
     pub revoked_at: Option<DateTime<Utc>>,
     /// Where the login came from.
     pub client_ip: Option<String>,
+    /// How the person authenticated (the ID token's `amr`).
+    pub amr: Vec<String>,
+}
+
+impl SessionRecord {
+    /// What the access policy looks at.
+    pub fn facts(&self) -> crate::access_policy::SessionFacts {
+        crate::access_policy::SessionFacts {
+            email: self.email.clone(),
+            amr: self.amr.clone(),
+            created_at: self.created_at,
+            last_seen_at: self.last_seen_at,
+        }
+    }
 }
 
 /// A new session.
@@ -285,6 +300,7 @@ pub async fn create_session(
     signed_in: &SignedIn,
     expires_at: DateTime<Utc>,
     client_ip: Option<String>,
+    amr: &[String],
 ) -> Result<SessionId> {
     let id = SessionId::generate();
     let now = Utc::now();
@@ -298,6 +314,7 @@ pub async fn create_session(
         expires_at: Set(expires_at),
         revoked_at: Set(None),
         client_ip: Set(client_ip),
+        amr: Set(serde_json::to_string(&amr[..amr.len().min(20)]).map_err(anyhow::Error::from)?),
     }
     .insert(db)
     .await?;
@@ -327,6 +344,7 @@ async fn record(db: &impl sea_orm::ConnectionTrait, row: session::Model) -> Resu
         expires_at: row.expires_at,
         revoked_at: row.revoked_at,
         client_ip: row.client_ip,
+        amr: serde_json::from_str(&row.amr).unwrap_or_default(),
     })
 }
 
@@ -376,6 +394,50 @@ pub async fn revoke_session_by_token(db: &DatabaseConnection, token_hash: &str) 
 }
 
 impl TenantScope<'_> {
+    /// The tenant's access policy (the empty one, allowing everything, if
+    /// it never set one).
+    pub async fn access_policy(&self) -> Result<AccessPolicy> {
+        let row = access_policy::Entity::find_by_id(self.tenant_id().as_str())
+            .one(self.db())
+            .await?;
+        match row {
+            Some(row) => Ok(serde_json::from_str(&row.policy)
+                .map_err(|e| anyhow::anyhow!("stored access policy is unreadable: {e}"))?),
+            None => Ok(AccessPolicy::default()),
+        }
+    }
+
+    /// Replaces the tenant's access policy (validated by the caller).
+    pub async fn set_access_policy(&self, policy: &AccessPolicy, audit: AuditEvent) -> Result<()> {
+        use sea_orm::sea_query::OnConflict;
+        let tenant = self.tenant_id().clone();
+        let text = serde_json::to_string(policy).map_err(anyhow::Error::from)?;
+        self.db()
+            .transaction::<_, _, Error>(|txn| {
+                Box::pin(async move {
+                    access_policy::Entity::insert(access_policy::ActiveModel {
+                        tenant_id: Set(tenant.to_string()),
+                        policy: Set(text),
+                        updated_at: Set(Utc::now()),
+                    })
+                    .on_conflict(
+                        OnConflict::column(access_policy::Column::TenantId)
+                            .update_columns([
+                                access_policy::Column::Policy,
+                                access_policy::Column::UpdatedAt,
+                            ])
+                            .to_owned(),
+                    )
+                    .exec_without_returning(txn)
+                    .await?;
+                    insert_audit(txn, audit.in_tenant(&tenant)).await?;
+                    Ok(())
+                })
+            })
+            .await?;
+        Ok(())
+    }
+
     /// One of the tenant's sessions, whatever its state.
     pub async fn session(&self, id: &SessionId) -> Result<SessionRecord> {
         let row = session::Entity::find_by_id(id.as_str())

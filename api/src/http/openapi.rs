@@ -4,8 +4,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::routes::{
-    admin, agents, api_keys, audit, login, memory, memory_sync, ops, providers, runs,
-    sandbox_calls, sandbox_exec, sandboxes, tenant, transcripts, usage, workers,
+    access_policy, admin, agents, api_keys, audit, login, memory, memory_sync, ops, providers,
+    runs, sandbox_calls, sandbox_exec, sandboxes, tenant, transcripts, usage, workers,
 };
 
 /// The whole API.
@@ -44,6 +44,8 @@ use super::routes::{
         memory_sync::commit_run_memory,
         admin::set_plan,
         login::list_sessions,
+        access_policy::get_policy,
+        access_policy::put_policy,
         login::revoke_session,
         transcripts::get_settings,
         transcripts::put_settings,

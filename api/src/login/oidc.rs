@@ -53,6 +53,8 @@ pub struct Identity {
     pub email: Option<String>,
     /// Whether the provider verified it (`email_verified`).
     pub email_verified: bool,
+    /// How the person authenticated (`amr`), as the provider says.
+    pub amr: Vec<String>,
 }
 
 /// The configured provider.
@@ -188,6 +190,10 @@ impl Provider {
             subject: claims.subject().as_str().to_owned(),
             email: claims.email().map(|e| e.as_str().to_owned()),
             email_verified: claims.email_verified().unwrap_or(false),
+            amr: claims
+                .auth_method_refs()
+                .map(|amr| amr.iter().map(|m| m.as_str().to_owned()).collect())
+                .unwrap_or_default(),
         };
         if identity.email.is_none() {
             // Many providers put the email only in the userinfo answer

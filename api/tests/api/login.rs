@@ -533,3 +533,148 @@ async fn an_address_stays_with_the_provider_account_that_first_used_it() {
         .unwrap();
     assert_eq!(res.status(), 401);
 }
+
+#[tokio::test]
+async fn the_access_policy_applies_at_login_and_on_every_request() {
+    let (app, _oidc) = app_with_login(|_| {}).await;
+    let mut alice = Browser::new();
+    let (_, status, _) = log_in(&app, &mut alice, "alice@example.com").await;
+    assert_eq!(status, 200);
+    let put = |browser: &Browser, body: Value| {
+        let url = format!("{}/v1/access-policy", app.address);
+        browser
+            .client
+            .put(&url)
+            .header("cookie", browser.cookie_header(&url))
+            .header(
+                "x-csrf-token",
+                browser.cookie(&url, "carapace_csrf").unwrap_or_default(),
+            )
+            .json(&body)
+            .send()
+    };
+    // Invalid policies are refused with the field.
+    let res = put(
+        &alice,
+        serde_json::json!({"allowed_ip_ranges": ["10.0.0.0/33"]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 422);
+    // Her own domain only: she goes on.
+    let res = put(
+        &alice,
+        serde_json::json!({"allowed_domains": ["example.com"]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = api(&app, &mut alice, Method::GET, "/v1/tenant", false).await;
+    assert_eq!(res.status(), 200);
+    let policy: Value = api(&app, &mut alice, Method::GET, "/v1/access-policy", false)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        policy["allowed_domains"],
+        serde_json::json!(["example.com"])
+    );
+    // Another domain only: her very next request is refused, and so is a
+    // new login, with the reason, audited.
+    let res = put(
+        &alice,
+        serde_json::json!({"allowed_domains": ["other.org"]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = api(&app, &mut alice, Method::GET, "/v1/tenant", false).await;
+    assert_eq!(res.status(), 403);
+    let problem: Value = res.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("does not allow alice@example.com"),
+        "{problem}"
+    );
+    let mut again = Browser::new();
+    let (_, status, page) = log_in(&app, &mut again, "alice@example.com").await;
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("access policy"), "{page}");
+    assert!(again.cookie(&app.address, "carapace_session").is_none());
+}
+
+#[tokio::test]
+async fn mfa_and_address_ranges_are_required_when_the_policy_says_so() {
+    let (app, _oidc) = app_with_login(|_| {}).await;
+    let (created, key) = carapace_api::bootstrap::create_tenant(
+        &app.db,
+        "Acme",
+        "erin@example.com",
+        &carapace_api::audit::Actor::cli(),
+    )
+    .await
+    .unwrap();
+    let key = key.reveal().to_owned();
+    let set = |body: Value| {
+        app.request(Method::PUT, "/v1/access-policy", &key)
+            .json(&body)
+            .send()
+    };
+    // A member's key may read the policy, not change it.
+    let (status, member) = app
+        .create_key(&key, serde_json::json!({"name": "m", "role": "member"}))
+        .await;
+    assert_eq!(status, 201);
+    let member = member["key"].as_str().unwrap().to_owned();
+    let res = app
+        .request(Method::PUT, "/v1/access-policy", &member)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    // The provider here reports no second factor: refused.
+    assert_eq!(
+        set(serde_json::json!({"require_mfa": true}))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let mut erin = Browser::new();
+    let (_, status, page) = log_in(&app, &mut erin, "erin@example.com").await;
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("multi-factor"), "{page}");
+    // Only from 10.0.0.0/8: this test's 127.0.0.1 is refused.
+    assert_eq!(
+        set(serde_json::json!({"allowed_ip_ranges": ["10.0.0.0/8"]}))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let (_, status, page) = log_in(&app, &mut Browser::new(), "erin@example.com").await;
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("client address"), "{page}");
+    // Loopback allowed: in.
+    assert_eq!(
+        set(serde_json::json!({"allowed_ip_ranges": ["127.0.0.0/8", "::1/128"]}))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let (_, status, page) = log_in(&app, &mut erin, "erin@example.com").await;
+    assert_eq!(status, 200, "{page}");
+    let tenant: Value = api(&app, &mut erin, Method::GET, "/v1/tenant", false)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tenant["id"], created.tenant.id.to_string().as_str());
+    let audit = app.audit(&key, "?action=access_policy.update").await;
+    assert_eq!(audit.len(), 3, "{audit:?}");
+}

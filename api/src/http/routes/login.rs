@@ -392,6 +392,38 @@ pub async fn callback(
             return page(StatusCode::SERVICE_UNAVAILABLE, "Login unavailable", "");
         }
     };
+    // The tenant's access policy, as it would judge the session.
+    let policy = match TenantScope::new(&state.db, &signed_in.tenant)
+        .access_policy()
+        .await
+    {
+        Ok(policy) => policy,
+        Err(e) => {
+            tracing::error!(error = ?e, "access policy unreadable");
+            return page(StatusCode::SERVICE_UNAVAILABLE, "Login unavailable", "");
+        }
+    };
+    let facts = crate::access_policy::SessionFacts {
+        email: email.as_str().to_owned(),
+        amr: identity.amr.clone(),
+        created_at: Utc::now(),
+        last_seen_at: Utc::now(),
+    };
+    let ip = client_ip(&req).and_then(|ip| ip.parse().ok());
+    if let Some(reason) = policy.refusal(&facts, ip, Utc::now()) {
+        let event = actor(&req, format!("user:{}", signed_in.user))
+            .event("login", Outcome::Denied)
+            .in_tenant(&signed_in.tenant)
+            .reason(reason.clone());
+        if let Err(e) = record_audit(&state.db, event).await {
+            tracing::error!(error = ?e, "failed to audit a refused login");
+        }
+        return page(
+            StatusCode::FORBIDDEN,
+            "Login refused",
+            &format!("<p>{}</p>", escape(&reason)),
+        );
+    }
     // A fresh session every login (a cookie planted before it is
     // worthless), and the one this browser had is ended.
     if let Some(old) = cookie(&req, SESSION_COOKIE)
@@ -412,6 +444,7 @@ pub async fn callback(
         &signed_in,
         expires_at,
         client_ip(&req),
+        &identity.amr,
     )
     .await
     {

@@ -1,6 +1,7 @@
 //! One module per resource, each with a `configure` that registers its
 //! routes.
 
+pub mod access_policy;
 pub mod admin;
 pub mod agents;
 pub mod api_keys;
