@@ -108,6 +108,9 @@ const CASES: &[Case] = &[
         "/v1/usage?group_by=day",
         Expect::ListsNothingOfB,
     ),
+    Case(Method::GET, "/v1/access-policy", Expect::ListsNothingOfB),
+    Case(Method::GET, "/v1/sessions", Expect::ListsNothingOfB),
+    Case(Method::DELETE, "/v1/sessions/{session}", Expect::NotFound),
 ];
 
 /// Everything tenant B owns, for substitution and for leak checks.
@@ -116,6 +119,7 @@ struct Fixture {
     b_key_id: String,
     b_agent_id: String,
     b_sandbox_id: String,
+    b_session_id: String,
     b_run_id: String,
 }
 
@@ -211,7 +215,18 @@ async fn fixture(app: &TestApp) -> Fixture {
         .as_str()
         .unwrap()
         .to_owned();
+    // B's policy (its domain is one of B's secrets) and a login session of
+    // B's owner.
+    let res = app
+        .request(Method::PUT, "/v1/access-policy", &b.key)
+        .json(&json!({"allowed_domains": ["bravo-secret-key.example"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let b_session_id = b_login_session(app, &b.id).await;
     Fixture {
+        b_session_id,
         b_run_id,
         b_sandbox_id,
         b_key_id: key["id"].as_str().unwrap().to_owned(),
@@ -250,7 +265,8 @@ async fn a_tenant_never_sees_or_touches_another_tenants_resources() {
             .replace("{provider}", "bravo-provider")
             .replace("{agent}", &f.b_agent_id)
             .replace("{sandbox}", &f.b_sandbox_id)
-            .replace("{run}", &f.b_run_id);
+            .replace("{run}", &f.b_run_id)
+            .replace("{session}", &f.b_session_id);
         let res = probe(&app, method, &path, &a.key).await;
         let status = res.status().as_u16();
         let body = res.text().await.unwrap();
@@ -280,6 +296,8 @@ async fn a_tenant_never_sees_or_touches_another_tenants_resources() {
     }
 
     // B's resources are untouched by A's attempts.
+    let res = app.get("/v1/sessions", &f.b.key).send().await.unwrap();
+    assert!(res.text().await.unwrap().contains(&f.b_session_id));
     let res = app.get("/v1/api-keys", &f.b.key).send().await.unwrap();
     let keys: Value = res.json().await.unwrap();
     let b_key = keys["data"]
@@ -335,4 +353,38 @@ async fn a_tenant_never_sees_or_touches_another_tenants_resources() {
         .await
         .unwrap();
     assert_eq!(note.text().await.unwrap(), "bravo sandbox note");
+}
+
+/// A login session of tenant `tenant`'s owner, made in the database (the
+/// login flow itself is tested in `login.rs`); its id.
+async fn b_login_session(app: &TestApp, tenant: &str) -> String {
+    use sea_orm::ConnectionTrait;
+    let backend = app.db.get_database_backend();
+    let row = app
+        .db
+        .query_one(sea_orm::Statement::from_string(
+            backend,
+            format!("SELECT user_id FROM memberships WHERE tenant_id = '{tenant}'"),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let user: String = row.try_get("", "user_id").unwrap();
+    let signed_in = carapace_api::db::sessions::SignedIn {
+        user: carapace_api::ids::UserId::parse(&user).unwrap(),
+        tenant: carapace_api::ids::TenantId::parse(tenant).unwrap(),
+        role: carapace_api::access::Role::Owner,
+        signed_up: false,
+    };
+    let id = carapace_api::db::sessions::create_session(
+        &app.db,
+        &carapace_api::auth::session_token_hash("cps_bravo-session"),
+        &signed_in,
+        chrono::Utc::now() + chrono::TimeDelta::hours(1),
+        None,
+        &[],
+    )
+    .await
+    .unwrap();
+    id.to_string()
 }
