@@ -142,6 +142,13 @@ pub struct SettingsArgs {
     #[arg(long, env = "CARAPACE_SESSION_MAX_AGE_HOURS", value_name = "HOURS")]
     pub session_max_age_hours: Option<u64>,
 
+    /// Minutes a login stays recent enough for sensitive actions through
+    /// its session (API keys, providers, the access policy, gateway
+    /// settings); older, the person must log in again. [default: 15; 0 to
+    /// 1440]
+    #[arg(long, env = "CARAPACE_REAUTH_MINUTES", value_name = "MINUTES")]
+    pub reauth_minutes: Option<u64>,
+
     /// Whether `carapace serve` runs a worker in-process (placed runs then
     /// execute on this host when it can run sandboxes). [default: true]
     #[arg(long, env = "CARAPACE_LOCAL_WORKER", value_name = "BOOL")]
@@ -308,6 +315,7 @@ impl SettingsArgs {
             public_url: self.public_url.or(lower.public_url),
             signup: self.signup.or(lower.signup),
             session_max_age_hours: self.session_max_age_hours.or(lower.session_max_age_hours),
+            reauth_minutes: self.reauth_minutes.or(lower.reauth_minutes),
             gateway: self.gateway.or(lower.gateway),
             sandboxes: self.sandboxes.or(lower.sandboxes),
             sandbox: self.sandbox.or(lower.sandbox),
@@ -381,6 +389,7 @@ impl SettingsArgs {
             self.public_url,
             self.signup,
             self.session_max_age_hours,
+            self.reauth_minutes,
         )?;
         Ok(Settings {
             login,

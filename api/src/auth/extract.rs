@@ -34,6 +34,9 @@ pub trait Permission {
     /// Whether a run token bound to an agent may act (on that agent only:
     /// the handler checks with [`Caller::may_open_agent`]).
     const RUN_TOKEN: bool = false;
+    /// Whether a login session must be recent (see `login::LoginConfig::
+    /// reauth_window`) to act.
+    const SENSITIVE: bool = false;
 }
 
 macro_rules! permission {
@@ -46,6 +49,16 @@ macro_rules! permission {
             const MIN_ROLE: Role = $role;
         }
     };
+    ($(#[$doc:meta])* $name:ident, $action:literal, $scope:expr, $role:expr, sensitive) => {
+        $(#[$doc])*
+        pub struct $name;
+        impl Permission for $name {
+            const ACTION: &'static str = $action;
+            const SCOPE: Scope = $scope;
+            const MIN_ROLE: Role = $role;
+            const SENSITIVE: bool = true;
+        }
+    };
 }
 
 permission!(
@@ -54,7 +67,7 @@ permission!(
 );
 permission!(
     /// Create, list and revoke API keys.
-    ManageKeys, "api_key.manage", Scope::Api, Role::Admin
+    ManageKeys, "api_key.manage", Scope::Api, Role::Admin, sensitive
 );
 permission!(
     /// Call models through the gateway.
@@ -62,7 +75,7 @@ permission!(
 );
 permission!(
     /// Manage the tenant's own model providers and their keys.
-    ManageProviders, "provider.manage", Scope::Api, Role::Admin
+    ManageProviders, "provider.manage", Scope::Api, Role::Admin, sensitive
 );
 permission!(
     /// See the tenant's agents and read and write their memory.
@@ -96,11 +109,11 @@ permission!(
 );
 permission!(
     /// Change the tenant's access policy.
-    ManageAccessPolicy, "access_policy.manage", Scope::Api, Role::Admin
+    ManageAccessPolicy, "access_policy.manage", Scope::Api, Role::Admin, sensitive
 );
 permission!(
     /// Turn the gateway's transcripts on or off.
-    ManageGateway, "gateway.settings", Scope::Api, Role::Admin
+    ManageGateway, "gateway.settings", Scope::Api, Role::Admin, sensitive
 );
 permission!(
     /// Read the gateway's transcripts (prompts and completions).
@@ -341,6 +354,26 @@ async fn authenticate<P: Permission>(req: &HttpRequest) -> Result<Caller<P>, Err
             .as_deref()
             .and_then(|ip| ip.parse().ok());
         if let Some(reason) = policy.refusal(facts, ip, chrono::Utc::now()) {
+            deny(state, &anonymous, &principal, P::ACTION, &reason).await?;
+            return Err(Error::Forbidden(reason));
+        }
+    }
+    if P::SENSITIVE
+        && let Some(facts) = &principal.session
+    {
+        let window = state
+            .login
+            .as_deref()
+            .map_or(std::time::Duration::ZERO, |p| p.config().reauth_window);
+        let since = (chrono::Utc::now() - facts.created_at)
+            .to_std()
+            .unwrap_or_default();
+        if since > window {
+            let reason = format!(
+                "this needs a recent login: log in again (the last was {} minutes ago, at most {} allowed)",
+                since.as_secs() / 60,
+                window.as_secs() / 60
+            );
             deny(state, &anonymous, &principal, P::ACTION, &reason).await?;
             return Err(Error::Forbidden(reason));
         }

@@ -45,6 +45,9 @@ pub struct LoginConfig {
     pub signup: SignupMode,
     /// How long a session lasts after login.
     pub session_max_age: Duration,
+    /// How recent a login must be for sensitive actions (keys, providers,
+    /// the access policy, gateway settings) through its session.
+    pub reauth_window: Duration,
 }
 
 impl std::fmt::Debug for LoginConfig {
@@ -55,6 +58,7 @@ impl std::fmt::Debug for LoginConfig {
             .field("public_url", &self.public_url)
             .field("signup", &self.signup)
             .field("session_max_age", &self.session_max_age)
+            .field("reauth_window", &self.reauth_window)
             .finish_non_exhaustive()
     }
 }
@@ -79,6 +83,7 @@ impl LoginConfig {
         public_url: Option<String>,
         signup: Option<SignupMode>,
         session_max_age_hours: Option<u64>,
+        reauth_minutes: Option<u64>,
     ) -> anyhow::Result<Option<LoginConfig>> {
         let Some(issuer) = issuer else {
             return Ok(None);
@@ -100,7 +105,12 @@ impl LoginConfig {
         if !(1..=24 * 30).contains(&hours) {
             bail!("session_max_age_hours must be between 1 and 720");
         }
+        let reauth_minutes = reauth_minutes.unwrap_or(15);
+        if reauth_minutes > 24 * 60 {
+            bail!("reauth_minutes must be at most 1440");
+        }
         Ok(Some(LoginConfig {
+            reauth_window: Duration::from_secs(reauth_minutes * 60),
             issuer,
             client_id,
             client_secret: Secret::new(client_secret),

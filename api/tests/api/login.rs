@@ -678,3 +678,31 @@ async fn mfa_and_address_ranges_are_required_when_the_policy_says_so() {
     let audit = app.audit(&key, "?action=access_policy.update").await;
     assert_eq!(audit.len(), 3, "{audit:?}");
 }
+
+#[tokio::test]
+async fn sensitive_actions_need_a_recent_login() {
+    // Every login is "too old" at once: sensitive actions through a
+    // session are refused; the rest goes on.
+    let (app, _oidc) = app_with_login(|s| s.reauth_minutes = Some(0)).await;
+    let mut frank = Browser::new();
+    let (_, status, _) = log_in(&app, &mut frank, "frank@example.com").await;
+    assert_eq!(status, 200);
+    let url = format!("{}/v1/api-keys", app.address);
+    let res = frank
+        .client
+        .post(&url)
+        .header("cookie", frank.cookie_header(&url))
+        .header("x-csrf-token", frank.cookie(&url, "carapace_csrf").unwrap())
+        .json(&serde_json::json!({"name": "from-a-browser"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    let problem: Value = res.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("log in again"),
+        "{problem}"
+    );
+    let res = api(&app, &mut frank, Method::GET, "/v1/tenant", false).await;
+    assert_eq!(res.status(), 200);
+}
