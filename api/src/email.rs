@@ -8,8 +8,10 @@ use std::fmt;
 pub struct InvalidEmail;
 
 /// An email address: one `@`, a non-empty local part, a dotted domain, at
-/// most 254 bytes, no whitespace or control characters. The domain is
-/// lowercased (it is case-insensitive); the local part is kept as given.
+/// most 254 bytes, no whitespace or control characters. Lowercased (ASCII
+/// letters) whole: the domain is case-insensitive, and so is the local
+/// part at every provider people log in with; one form per address is
+/// what lets a login find the person an invitation or the CLI named.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct EmailAddress(String);
 
@@ -35,7 +37,7 @@ impl EmailAddress {
         if local.is_empty() || local.len() > 64 || !domain_ok {
             return Err(InvalidEmail);
         }
-        Ok(Self(format!("{local}@{}", domain.to_lowercase())))
+        Ok(Self(format!("{local}@{domain}").to_ascii_lowercase()))
     }
 
     /// The address.
@@ -64,7 +66,7 @@ mod tests {
     fn plausible_addresses_are_accepted_and_normalised() {
         assert_eq!(
             EmailAddress::parse(" Ada@Example.COM ").unwrap().as_str(),
-            "Ada@example.com"
+            "ada@example.com"
         );
         assert!(EmailAddress::parse("a.b+tag@sub.example.org").is_ok());
     }

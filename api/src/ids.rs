@@ -104,6 +104,10 @@ define_id!(
     /// A browser's login session.
     SessionId, "ses"
 );
+define_id!(
+    /// An invitation to join a tenant.
+    InvitationId, "inv"
+);
 
 #[cfg(test)]
 mod tests {

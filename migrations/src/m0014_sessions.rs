@@ -62,6 +62,18 @@ enum Sessions {
 }
 
 #[derive(DeriveIden)]
+enum Invitations {
+    Table,
+    Id,
+    TenantId,
+    Email,
+    Role,
+    CreatedBy,
+    CreatedAt,
+    ExpiresAt,
+}
+
+#[derive(DeriveIden)]
 enum AccessPolicies {
     Table,
     TenantId,
@@ -197,6 +209,62 @@ impl MigrationTrait for Migration {
         manager
             .create_table(
                 Table::create()
+                    .table(Invitations::Table)
+                    .col(
+                        ColumnDef::new(Invitations::Id)
+                            .string_len(40)
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(Invitations::TenantId)
+                            .string_len(40)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Invitations::Email)
+                            .string_len(254)
+                            .not_null(),
+                    )
+                    .col(ColumnDef::new(Invitations::Role).string_len(16).not_null())
+                    .col(
+                        ColumnDef::new(Invitations::CreatedBy)
+                            .string_len(100)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Invitations::CreatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Invitations::ExpiresAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .foreign_key(
+                        ForeignKey::create()
+                            .from(Invitations::Table, Invitations::TenantId)
+                            .to(Tenants::Table, Tenants::Id)
+                            .on_delete(ForeignKeyAction::Cascade),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("invitations_by_tenant_email")
+                    .table(Invitations::Table)
+                    .col(Invitations::TenantId)
+                    .col(Invitations::Email)
+                    .unique()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
                     .table(AccessPolicies::Table)
                     .col(
                         ColumnDef::new(AccessPolicies::TenantId)
@@ -222,6 +290,14 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(
+                Table::drop()
+                    .table(Invitations::Table)
+                    .if_exists()
+                    .to_owned(),
+            )
+            .await?;
         manager
             .drop_table(
                 Table::drop()

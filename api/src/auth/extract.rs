@@ -108,6 +108,10 @@ permission!(
     ReadUsage, "usage.read", Scope::Api, Role::Member
 );
 permission!(
+    /// Invite and remove members.
+    ManageMembers, "member.manage", Scope::Api, Role::Admin, sensitive
+);
+permission!(
     /// Change the tenant's access policy.
     ManageAccessPolicy, "access_policy.manage", Scope::Api, Role::Admin, sensitive
 );

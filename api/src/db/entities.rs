@@ -359,3 +359,25 @@ pub mod access_policy {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod invitation {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "invitations")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub email: String,
+        pub role: String,
+        pub created_by: String,
+        pub created_at: ChronoDateTimeUtc,
+        pub expires_at: ChronoDateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -13,6 +13,7 @@
 
 mod agents;
 mod entities;
+pub mod members;
 pub mod platform;
 mod records;
 mod runs;

@@ -9,7 +9,9 @@ use sea_orm::{
 };
 
 use super::TenantScope;
-use super::entities::{access_policy, identity, login_attempt, membership, session, tenant, user};
+use super::entities::{
+    access_policy, identity, invitation, login_attempt, membership, session, tenant, user,
+};
 use super::platform::insert_audit;
 use crate::access::Role;
 use crate::access_policy::AccessPolicy;
@@ -174,7 +176,13 @@ pub async fn sign_in(
                 }
                 None => None,
             };
-            if member.is_none() && !signup {
+            let invited = invitation::Entity::find()
+                .filter(invitation::Column::Email.eq(email.as_str()))
+                .filter(invitation::Column::ExpiresAt.gt(now))
+                .one(txn)
+                .await?
+                .is_some();
+            if member.is_none() && !signup && !invited {
                 return Ok(SignIn::NotMember);
             }
             let user_id = match person {
@@ -202,6 +210,18 @@ pub async fn sign_in(
                 .await?;
             }
             let user = UserId::parse(&user_id).map_err(anyhow::Error::from)?;
+            let member = if invited {
+                super::members::accept_invitations(txn, &email, &user_id, &audit).await?;
+                // The oldest membership, now that the invitations count.
+                membership::Entity::find()
+                    .filter(membership::Column::UserId.eq(user_id.as_str()))
+                    .order_by_asc(membership::Column::CreatedAt)
+                    .limit(1)
+                    .one(txn)
+                    .await?
+            } else {
+                member
+            };
             if let Some(member) = member {
                 return Ok(SignIn::In(SignedIn {
                     user,

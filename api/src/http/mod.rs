@@ -57,6 +57,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(routes::agents::configure)
         .configure(routes::login::configure)
         .configure(routes::access_policy::configure)
+        .configure(routes::members::configure)
         .configure(routes::transcripts::configure)
         .configure(routes::memory_sync::configure)
         .configure(routes::memory::configure)

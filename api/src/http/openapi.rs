@@ -4,8 +4,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::routes::{
-    access_policy, admin, agents, api_keys, audit, login, memory, memory_sync, ops, providers,
-    runs, sandbox_calls, sandbox_exec, sandboxes, tenant, transcripts, usage, workers,
+    access_policy, admin, agents, api_keys, audit, login, members, memory, memory_sync, ops,
+    providers, runs, sandbox_calls, sandbox_exec, sandboxes, tenant, transcripts, usage, workers,
 };
 
 /// The whole API.
@@ -46,6 +46,11 @@ use super::routes::{
         login::list_sessions,
         access_policy::get_policy,
         access_policy::put_policy,
+        members::list_members,
+        members::remove_member,
+        members::invite,
+        members::list_invitations,
+        members::withdraw,
         login::revoke_session,
         transcripts::get_settings,
         transcripts::put_settings,

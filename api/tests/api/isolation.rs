@@ -111,6 +111,14 @@ const CASES: &[Case] = &[
     Case(Method::GET, "/v1/access-policy", Expect::ListsNothingOfB),
     Case(Method::GET, "/v1/sessions", Expect::ListsNothingOfB),
     Case(Method::DELETE, "/v1/sessions/{session}", Expect::NotFound),
+    Case(Method::GET, "/v1/members", Expect::ListsNothingOfB),
+    Case(Method::DELETE, "/v1/members/{user}", Expect::NotFound),
+    Case(Method::GET, "/v1/invitations", Expect::ListsNothingOfB),
+    Case(
+        Method::DELETE,
+        "/v1/invitations/{invitation}",
+        Expect::NotFound,
+    ),
 ];
 
 /// Everything tenant B owns, for substitution and for leak checks.
@@ -120,6 +128,8 @@ struct Fixture {
     b_agent_id: String,
     b_sandbox_id: String,
     b_session_id: String,
+    b_user_id: String,
+    b_invitation_id: String,
     b_run_id: String,
 }
 
@@ -224,8 +234,21 @@ async fn fixture(app: &TestApp) -> Fixture {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    let b_session_id = b_login_session(app, &b.id).await;
+    let (b_session_id, b_user_id) = b_login_session(app, &b.id).await;
+    let res = app
+        .request(Method::POST, "/v1/invitations", &b.key)
+        .json(&json!({"email": "someone@bravo-secret-key.example"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let b_invitation_id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     Fixture {
+        b_user_id,
+        b_invitation_id,
         b_session_id,
         b_run_id,
         b_sandbox_id,
@@ -266,7 +289,9 @@ async fn a_tenant_never_sees_or_touches_another_tenants_resources() {
             .replace("{agent}", &f.b_agent_id)
             .replace("{sandbox}", &f.b_sandbox_id)
             .replace("{run}", &f.b_run_id)
-            .replace("{session}", &f.b_session_id);
+            .replace("{session}", &f.b_session_id)
+            .replace("{user}", &f.b_user_id)
+            .replace("{invitation}", &f.b_invitation_id);
         let res = probe(&app, method, &path, &a.key).await;
         let status = res.status().as_u16();
         let body = res.text().await.unwrap();
@@ -356,8 +381,8 @@ async fn a_tenant_never_sees_or_touches_another_tenants_resources() {
 }
 
 /// A login session of tenant `tenant`'s owner, made in the database (the
-/// login flow itself is tested in `login.rs`); its id.
-async fn b_login_session(app: &TestApp, tenant: &str) -> String {
+/// login flow itself is tested in `login.rs`); its id and the owner's.
+async fn b_login_session(app: &TestApp, tenant: &str) -> (String, String) {
     use sea_orm::ConnectionTrait;
     let backend = app.db.get_database_backend();
     let row = app
@@ -386,5 +411,5 @@ async fn b_login_session(app: &TestApp, tenant: &str) -> String {
     )
     .await
     .unwrap();
-    id.to_string()
+    (id.to_string(), user)
 }

@@ -706,3 +706,125 @@ async fn sensitive_actions_need_a_recent_login() {
     let res = api(&app, &mut frank, Method::GET, "/v1/tenant", false).await;
     assert_eq!(res.status(), 200);
 }
+
+#[tokio::test]
+async fn an_invited_person_joins_at_login_and_a_removed_one_is_cut_off() {
+    let (app, _oidc) =
+        app_with_login(|s| s.signup = Some(carapace_api::login::SignupMode::Closed)).await;
+    let (created, key) = carapace_api::bootstrap::create_tenant(
+        &app.db,
+        "Acme",
+        "gina@example.com",
+        &carapace_api::audit::Actor::cli(),
+    )
+    .await
+    .unwrap();
+    let key = key.reveal().to_owned();
+    let tenant_id = created.tenant.id.to_string();
+    let invite = |email: &str, role: &str| {
+        app.request(Method::POST, "/v1/invitations", &key)
+            .json(&serde_json::json!({"email": email, "role": role}))
+            .send()
+    };
+    // A member may not invite.
+    let (_, member) = app
+        .create_key(&key, serde_json::json!({"name": "m", "role": "member"}))
+        .await;
+    let res = app
+        .post(
+            "/v1/invitations",
+            member["key"].as_str().unwrap(),
+            &serde_json::json!({"email": "x@example.com"}),
+        )
+        .await;
+    assert_eq!(res.status(), 403);
+    let res = invite("not-an-address", "member").await.unwrap();
+    assert_eq!(res.status(), 422);
+    let res = invite("Hank@Example.com", "admin").await.unwrap();
+    assert_eq!(res.status(), 201);
+    // Hank logs in (sign-up is closed): the invitation lets him in, as admin.
+    let mut hank = Browser::new();
+    let (_, status, page) = log_in(&app, &mut hank, "hank@example.com").await;
+    assert_eq!(status, 200, "{page}");
+    let tenant: Value = api(&app, &mut hank, Method::GET, "/v1/tenant", false)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tenant["id"], tenant_id.as_str());
+    assert_eq!(tenant["role"], "admin");
+    let members: Value = app
+        .get("/v1/members", &key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let list = members["data"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{members}");
+    let hank_id = list
+        .iter()
+        .find(|m| m["email"] == "hank@example.com")
+        .unwrap()["user_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let gina_id = list
+        .iter()
+        .find(|m| m["email"] == "gina@example.com")
+        .unwrap()["user_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pending: Value = app
+        .get("/v1/invitations", &key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(pending["data"], serde_json::json!([]));
+    // A withdrawn invitation lets nobody in.
+    let res = invite("ivy@example.com", "member").await.unwrap();
+    let ivy = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = app
+        .request(Method::DELETE, &format!("/v1/invitations/{ivy}"), &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let (_, status, _) = log_in(&app, &mut Browser::new(), "ivy@example.com").await;
+    assert_eq!(status, 403);
+    // The last owner stays; Hank goes, and his session with him.
+    let res = app
+        .request(Method::DELETE, &format!("/v1/members/{gina_id}"), &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409);
+    let res = app
+        .request(Method::DELETE, &format!("/v1/members/{hank_id}"), &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let res = api(&app, &mut hank, Method::GET, "/v1/tenant", false).await;
+    assert_eq!(res.status(), 401);
+    let audit = app.audit(&key, "").await;
+    for action in [
+        "invitation.create",
+        "invitation.accept",
+        "invitation.withdraw",
+        "member.remove",
+    ] {
+        assert!(
+            audit.iter().any(|r| r["action"] == action),
+            "{action}: {audit:?}"
+        );
+    }
+}

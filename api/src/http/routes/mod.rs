@@ -8,6 +8,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod docs;
 pub mod login;
+pub mod members;
 pub mod memory;
 pub mod memory_sync;
 pub mod ops;

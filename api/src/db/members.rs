@@ -1,0 +1,277 @@
+//! A tenant's members (people and their roles) and its invitations: an
+//! invitation names an address and a role; the next login of that address
+//! makes them a member (`accept_invitations`, called by `sessions::sign_in`).
+
+use chrono::{DateTime, Duration, Utc};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
+    TransactionTrait,
+};
+
+use super::TenantScope;
+use super::entities::{invitation, membership, user};
+use super::platform::insert_audit;
+use crate::access::Role;
+use crate::audit::AuditEvent;
+use crate::email::EmailAddress;
+use crate::error::{Error, Result};
+use crate::ids::{InvitationId, TenantId, UserId};
+
+/// How long an invitation may wait for its login.
+pub const INVITATION_TTL: Duration = Duration::days(14);
+/// Most pending invitations per tenant.
+pub const MAX_INVITATIONS: usize = 500;
+
+/// A member.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// The person.
+    pub user: UserId,
+    /// Their address.
+    pub email: String,
+    /// Their role.
+    pub role: Role,
+    /// Since when.
+    pub since: DateTime<Utc>,
+}
+
+/// A pending invitation.
+#[derive(Debug, Clone)]
+pub struct Invitation {
+    /// Its id.
+    pub id: InvitationId,
+    /// Who is invited.
+    pub email: String,
+    /// As what.
+    pub role: Role,
+    /// Who invited (a principal).
+    pub created_by: String,
+    /// When.
+    pub created_at: DateTime<Utc>,
+    /// Until when.
+    pub expires_at: DateTime<Utc>,
+}
+
+fn invitation(row: invitation::Model) -> Result<Invitation> {
+    Ok(Invitation {
+        id: InvitationId::parse(&row.id).map_err(anyhow::Error::from)?,
+        email: row.email,
+        role: row
+            .role
+            .parse()
+            .map_err(|_| anyhow::anyhow!("stored role {:?} is unknown", row.role))?,
+        created_by: row.created_by,
+        created_at: row.created_at,
+        expires_at: row.expires_at,
+    })
+}
+
+/// Turns the pending invitations of `email` into memberships of `user`
+/// (each in its tenant, with its role; audited there); how many. Run
+/// inside the login's transaction.
+pub(super) async fn accept_invitations<C: ConnectionTrait>(
+    txn: &C,
+    email: &EmailAddress,
+    user: &str,
+    audit: &AuditEvent,
+) -> Result<usize> {
+    let now = Utc::now();
+    let pending = invitation::Entity::find()
+        .filter(invitation::Column::Email.eq(email.as_str()))
+        .filter(invitation::Column::ExpiresAt.gt(now))
+        .all(txn)
+        .await?;
+    let mut accepted = 0;
+    for invite in pending {
+        let already = membership::Entity::find_by_id((invite.tenant_id.clone(), user.to_owned()))
+            .one(txn)
+            .await?;
+        if already.is_none() {
+            membership::ActiveModel {
+                tenant_id: Set(invite.tenant_id.clone()),
+                user_id: Set(user.to_owned()),
+                role: Set(invite.role.clone()),
+                created_at: Set(now),
+            }
+            .insert(txn)
+            .await?;
+            let tenant = TenantId::parse(&invite.tenant_id).map_err(anyhow::Error::from)?;
+            let mut event = audit.clone().in_tenant(&tenant).target(invite.id.clone());
+            event.action = "invitation.accept";
+            insert_audit(
+                txn,
+                event.reason(format!("{email} joined as {}", invite.role)),
+            )
+            .await?;
+            accepted += 1;
+        }
+        invitation::Entity::delete_by_id(invite.id)
+            .exec(txn)
+            .await?;
+    }
+    Ok(accepted)
+}
+
+impl TenantScope<'_> {
+    /// The tenant's members, oldest first.
+    pub async fn members(&self) -> Result<Vec<Member>> {
+        let rows = membership::Entity::find()
+            .filter(membership::Column::TenantId.eq(self.tenant_id().as_str()))
+            .order_by_asc(membership::Column::CreatedAt)
+            .all(self.db())
+            .await?;
+        let mut members = Vec::with_capacity(rows.len());
+        for row in rows {
+            let email = user::Entity::find_by_id(row.user_id.as_str())
+                .one(self.db())
+                .await?
+                .map(|u| u.email)
+                .unwrap_or_default();
+            members.push(Member {
+                user: UserId::parse(&row.user_id).map_err(anyhow::Error::from)?,
+                email,
+                role: row
+                    .role
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("stored role {:?} is unknown", row.role))?,
+                since: row.created_at,
+            });
+        }
+        Ok(members)
+    }
+
+    /// Removes a member (not the last owner; not someone of a higher role
+    /// than `by`). Their sessions in this tenant stop at their next request.
+    pub async fn remove_member(&self, user: &UserId, by: Role, audit: AuditEvent) -> Result<()> {
+        let tenant = self.tenant_id().clone();
+        let user = user.clone();
+        self.db()
+            .transaction::<_, _, Error>(|txn| {
+                Box::pin(async move {
+                    let row =
+                        membership::Entity::find_by_id((tenant.to_string(), user.to_string()))
+                            .one(txn)
+                            .await?
+                            .ok_or(Error::NotFound)?;
+                    let role: Role = row
+                        .role
+                        .parse()
+                        .map_err(|_| anyhow::anyhow!("stored role {:?} is unknown", row.role))?;
+                    if role > by {
+                        return Err(Error::Forbidden(format!("a {by} cannot remove a {role}")));
+                    }
+                    if role == Role::Owner {
+                        let owners = membership::Entity::find()
+                            .filter(membership::Column::TenantId.eq(tenant.as_str()))
+                            .filter(membership::Column::Role.eq(Role::Owner.as_str()))
+                            .all(txn)
+                            .await?
+                            .len();
+                        if owners <= 1 {
+                            return Err(Error::Conflict("the last owner cannot be removed".into()));
+                        }
+                    }
+                    membership::Entity::delete_by_id((tenant.to_string(), user.to_string()))
+                        .exec(txn)
+                        .await?;
+                    insert_audit(txn, audit.in_tenant(&tenant).target(user.to_string())).await?;
+                    Ok(())
+                })
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Invites `email` as `role` (replacing a pending invitation of the
+    /// same address).
+    pub async fn invite(
+        &self,
+        email: &EmailAddress,
+        role: Role,
+        created_by: &str,
+        audit: AuditEvent,
+    ) -> Result<Invitation> {
+        let tenant = self.tenant_id().clone();
+        let (email, created_by) = (email.clone(), created_by.to_owned());
+        let row = self
+            .db()
+            .transaction::<_, _, Error>(|txn| {
+                Box::pin(async move {
+                    invitation::Entity::delete_many()
+                        .filter(invitation::Column::TenantId.eq(tenant.as_str()))
+                        .filter(invitation::Column::Email.eq(email.as_str()))
+                        .exec(txn)
+                        .await?;
+                    let pending = invitation::Entity::find()
+                        .filter(invitation::Column::TenantId.eq(tenant.as_str()))
+                        .all(txn)
+                        .await?
+                        .len();
+                    if pending >= MAX_INVITATIONS {
+                        return Err(Error::LimitReached(format!(
+                            "a tenant has at most {MAX_INVITATIONS} pending invitations"
+                        )));
+                    }
+                    let now = Utc::now();
+                    let row = invitation::ActiveModel {
+                        id: Set(InvitationId::generate().to_string()),
+                        tenant_id: Set(tenant.to_string()),
+                        email: Set(email.as_str().to_owned()),
+                        role: Set(role.as_str().to_owned()),
+                        created_by: Set(created_by.chars().take(100).collect()),
+                        created_at: Set(now),
+                        expires_at: Set(now + INVITATION_TTL),
+                    }
+                    .insert(txn)
+                    .await?;
+                    insert_audit(
+                        txn,
+                        audit
+                            .in_tenant(&tenant)
+                            .target(row.id.clone())
+                            .reason(format!("{email} as {role}")),
+                    )
+                    .await?;
+                    Ok(row)
+                })
+            })
+            .await?;
+        invitation(row)
+    }
+
+    /// The tenant's pending invitations, newest first.
+    pub async fn invitations(&self) -> Result<Vec<Invitation>> {
+        invitation::Entity::find()
+            .filter(invitation::Column::TenantId.eq(self.tenant_id().as_str()))
+            .filter(invitation::Column::ExpiresAt.gt(Utc::now()))
+            .order_by_desc(invitation::Column::CreatedAt)
+            .all(self.db())
+            .await?
+            .into_iter()
+            .map(invitation)
+            .collect()
+    }
+
+    /// Withdraws a pending invitation.
+    pub async fn withdraw_invitation(&self, id: &InvitationId, audit: AuditEvent) -> Result<()> {
+        let tenant = self.tenant_id().clone();
+        let id = id.clone();
+        self.db()
+            .transaction::<_, _, Error>(|txn| {
+                Box::pin(async move {
+                    let deleted = invitation::Entity::delete_many()
+                        .filter(invitation::Column::Id.eq(id.as_str()))
+                        .filter(invitation::Column::TenantId.eq(tenant.as_str()))
+                        .exec(txn)
+                        .await?;
+                    if deleted.rows_affected == 0 {
+                        return Err(Error::NotFound);
+                    }
+                    insert_audit(txn, audit.in_tenant(&tenant).target(id.to_string())).await?;
+                    Ok(())
+                })
+            })
+            .await?;
+        Ok(())
+    }
+}
