@@ -146,7 +146,9 @@ impl AccessPolicy {
             );
         }
         if !self.allowed_ip_ranges.is_empty() {
-            let allowed = client_ip.is_some_and(|ip| {
+            // An IPv4 client of a server listening on `[::]` shows as
+            // `::ffff:a.b.c.d`: judged as the IPv4 address it is.
+            let allowed = client_ip.map(|ip| ip.to_canonical()).is_some_and(|ip| {
                 self.allowed_ip_ranges
                     .iter()
                     .filter_map(|r| r.parse::<ipnet::IpNet>().ok())

@@ -23,6 +23,7 @@ mod m0011_run_tokens;
 mod m0012_gateway_transcripts;
 mod m0013_plans;
 mod m0014_sessions;
+mod m0015_lowercase_emails;
 
 /// Every migration, in the order it is applied.
 pub struct Migrator;
@@ -45,6 +46,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0012_gateway_transcripts::Migration),
             Box::new(m0013_plans::Migration),
             Box::new(m0014_sessions::Migration),
+            Box::new(m0015_lowercase_emails::Migration),
         ]
     }
 }

@@ -358,6 +358,12 @@ async fn authenticate<P: Permission>(req: &HttpRequest) -> Result<Caller<P>, Err
             .as_deref()
             .and_then(|ip| ip.parse().ok());
         if let Some(reason) = policy.refusal(facts, ip, chrono::Utc::now()) {
+            // Ended for good: trying again must not revive it.
+            if let Credential::Session(id) = &principal.credential
+                && let Err(e) = crate::db::sessions::revoke_session_by_id(&state.db, id).await
+            {
+                tracing::warn!(error = ?e, "a session refused by the access policy was not revoked");
+            }
             deny(state, &anonymous, &principal, P::ACTION, &reason).await?;
             return Err(Error::Forbidden(reason));
         }
@@ -386,6 +392,11 @@ async fn authenticate<P: Permission>(req: &HttpRequest) -> Result<Caller<P>, Err
         let reason = "missing or wrong X-CSRF-Token header (the carapace_csrf cookie's value)";
         deny(state, &anonymous, &principal, P::ACTION, reason).await?;
         return Err(Error::Forbidden(reason.to_owned()));
+    }
+    if let (Credential::Session(id), Some(facts)) = (&principal.credential, &principal.session)
+        && let Err(e) = crate::db::sessions::touch_session(&state.db, id, facts.last_seen_at).await
+    {
+        tracing::warn!(error = ?e, "could not note a session's last request");
     }
     let actor = Actor {
         principal: principal.credential.to_string(),

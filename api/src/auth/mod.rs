@@ -359,9 +359,8 @@ impl Authenticator {
         if session.expires_at <= Utc::now() {
             return Ok(Verdict::Expired(principal));
         }
-        if let Err(e) = crate::db::sessions::touch_session(&self.db, &session).await {
-            tracing::warn!(error = ?e, "could not note a session's last request");
-        }
+        // Its last request is noted once every check has admitted it
+        // (`extract`): a refused request must not count as activity.
         Ok(Verdict::Valid(principal))
     }
 

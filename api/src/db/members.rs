@@ -9,7 +9,7 @@ use sea_orm::{
 };
 
 use super::TenantScope;
-use super::entities::{invitation, membership, user};
+use super::entities::{api_key, invitation, membership, session, user};
 use super::platform::insert_audit;
 use crate::access::Role;
 use crate::audit::AuditEvent;
@@ -141,13 +141,24 @@ impl TenantScope<'_> {
     }
 
     /// Removes a member (not the last owner; not someone of a higher role
-    /// than `by`). Their sessions in this tenant stop at their next request.
-    pub async fn remove_member(&self, user: &UserId, by: Role, audit: AuditEvent) -> Result<()> {
+    /// than `by`). Their sessions in this tenant stop at their next
+    /// request; the API keys they made through their sessions are revoked
+    /// and the invitations they made withdrawn. The revoked keys' ids.
+    pub async fn remove_member(
+        &self,
+        user: &UserId,
+        by: Role,
+        audit: AuditEvent,
+    ) -> Result<Vec<String>> {
         let tenant = self.tenant_id().clone();
         let user = user.clone();
-        self.db()
+        let revoked = self
+            .db()
             .transaction::<_, _, Error>(|txn| {
                 Box::pin(async move {
+                    // Serialises removals in the tenant: the last-owner
+                    // check below cannot race another removal.
+                    super::runs::lock_tenant(txn, &tenant).await?;
                     let row =
                         membership::Entity::find_by_id((tenant.to_string(), user.to_string()))
                             .one(txn)
@@ -174,20 +185,62 @@ impl TenantScope<'_> {
                     membership::Entity::delete_by_id((tenant.to_string(), user.to_string()))
                         .exec(txn)
                         .await?;
-                    insert_audit(txn, audit.in_tenant(&tenant).target(user.to_string())).await?;
-                    Ok(())
+                    // What they made through their sessions goes with them.
+                    let principals: Vec<String> = session::Entity::find()
+                        .filter(session::Column::TenantId.eq(tenant.as_str()))
+                        .filter(session::Column::UserId.eq(user.as_str()))
+                        .all(txn)
+                        .await?
+                        .into_iter()
+                        .map(|s| format!("session:{}", s.id))
+                        .collect();
+                    let mut revoked = Vec::new();
+                    if !principals.is_empty() {
+                        let keys = api_key::Entity::find()
+                            .filter(api_key::Column::TenantId.eq(tenant.as_str()))
+                            .filter(api_key::Column::CreatedBy.is_in(principals.clone()))
+                            .filter(api_key::Column::RevokedAt.is_null())
+                            .all(txn)
+                            .await?;
+                        for key in keys {
+                            api_key::ActiveModel {
+                                id: Set(key.id.clone()),
+                                revoked_at: Set(Some(Utc::now())),
+                                ..Default::default()
+                            }
+                            .update(txn)
+                            .await?;
+                            revoked.push(key.id);
+                        }
+                        invitation::Entity::delete_many()
+                            .filter(invitation::Column::TenantId.eq(tenant.as_str()))
+                            .filter(invitation::Column::CreatedBy.is_in(principals))
+                            .exec(txn)
+                            .await?;
+                    }
+                    let reason = format!("{} of their API keys revoked", revoked.len());
+                    insert_audit(
+                        txn,
+                        audit
+                            .in_tenant(&tenant)
+                            .target(user.to_string())
+                            .reason(reason),
+                    )
+                    .await?;
+                    Ok(revoked)
                 })
             })
             .await?;
-        Ok(())
+        Ok(revoked)
     }
 
     /// Invites `email` as `role` (replacing a pending invitation of the
-    /// same address).
+    /// same address, unless it is for a role above `by`).
     pub async fn invite(
         &self,
         email: &EmailAddress,
         role: Role,
+        by: Role,
         created_by: &str,
         audit: AuditEvent,
     ) -> Result<Invitation> {
@@ -197,11 +250,28 @@ impl TenantScope<'_> {
             .db()
             .transaction::<_, _, Error>(|txn| {
                 Box::pin(async move {
+                    let now = Utc::now();
+                    // Expired ones are of no use (and would count).
                     invitation::Entity::delete_many()
                         .filter(invitation::Column::TenantId.eq(tenant.as_str()))
-                        .filter(invitation::Column::Email.eq(email.as_str()))
+                        .filter(invitation::Column::ExpiresAt.lte(now))
                         .exec(txn)
                         .await?;
+                    if let Some(existing) = invitation::Entity::find()
+                        .filter(invitation::Column::TenantId.eq(tenant.as_str()))
+                        .filter(invitation::Column::Email.eq(email.as_str()))
+                        .one(txn)
+                        .await?
+                    {
+                        if existing.role.parse::<Role>().is_ok_and(|r| r > by) {
+                            return Err(Error::Forbidden(format!(
+                                "a pending invitation of {email} is for a role above a {by}'s"
+                            )));
+                        }
+                        invitation::Entity::delete_by_id(existing.id)
+                            .exec(txn)
+                            .await?;
+                    }
                     let pending = invitation::Entity::find()
                         .filter(invitation::Column::TenantId.eq(tenant.as_str()))
                         .all(txn)
@@ -212,7 +282,6 @@ impl TenantScope<'_> {
                             "a tenant has at most {MAX_INVITATIONS} pending invitations"
                         )));
                     }
-                    let now = Utc::now();
                     let row = invitation::ActiveModel {
                         id: Set(InvitationId::generate().to_string()),
                         tenant_id: Set(tenant.to_string()),
@@ -252,13 +321,29 @@ impl TenantScope<'_> {
             .collect()
     }
 
-    /// Withdraws a pending invitation.
-    pub async fn withdraw_invitation(&self, id: &InvitationId, audit: AuditEvent) -> Result<()> {
+    /// Withdraws a pending invitation (not one for a role above `by`).
+    pub async fn withdraw_invitation(
+        &self,
+        id: &InvitationId,
+        by: Role,
+        audit: AuditEvent,
+    ) -> Result<()> {
         let tenant = self.tenant_id().clone();
         let id = id.clone();
         self.db()
             .transaction::<_, _, Error>(|txn| {
                 Box::pin(async move {
+                    let existing = invitation::Entity::find_by_id(id.as_str())
+                        .filter(invitation::Column::TenantId.eq(tenant.as_str()))
+                        .one(txn)
+                        .await?
+                        .ok_or(Error::NotFound)?;
+                    if existing.role.parse::<Role>().is_ok_and(|r| r > by) {
+                        return Err(Error::Forbidden(format!(
+                            "a {by} cannot withdraw an invitation for a {}",
+                            existing.role
+                        )));
+                    }
                     let deleted = invitation::Entity::delete_many()
                         .filter(invitation::Column::Id.eq(id.as_str()))
                         .filter(invitation::Column::TenantId.eq(tenant.as_str()))

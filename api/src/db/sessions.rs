@@ -234,8 +234,7 @@ pub async fn sign_in(
                 }));
             }
             let tenant_id = TenantId::generate();
-            let mut name = email.as_str().to_owned();
-            name.truncate(100);
+            let name: String = email.as_str().chars().take(100).collect();
             tenant::ActiveModel {
                 id: Set(tenant_id.to_string()),
                 name: Set(name),
@@ -383,19 +382,37 @@ pub async fn session_by_token(
     }
 }
 
-/// Notes a request of the session (at most once a minute).
-pub async fn touch_session(db: &DatabaseConnection, record: &SessionRecord) -> Result<()> {
+/// Notes an admitted request of the session (at most once a minute).
+pub async fn touch_session(
+    db: &DatabaseConnection,
+    id: &SessionId,
+    last_seen_at: DateTime<Utc>,
+) -> Result<()> {
     let now = Utc::now();
-    if now - record.last_seen_at < Duration::minutes(1) {
+    if now - last_seen_at < Duration::minutes(1) {
         return Ok(());
     }
     session::ActiveModel {
-        id: Set(record.id.to_string()),
+        id: Set(id.to_string()),
         last_seen_at: Set(now),
         ..Default::default()
     }
     .update(db)
     .await?;
+    Ok(())
+}
+
+/// Revokes a session by id (the access policy ended it).
+pub async fn revoke_session_by_id(db: &DatabaseConnection, id: &SessionId) -> Result<()> {
+    session::Entity::update_many()
+        .col_expr(
+            session::Column::RevokedAt,
+            sea_orm::sea_query::Expr::value(Utc::now()),
+        )
+        .filter(session::Column::Id.eq(id.as_str()))
+        .filter(session::Column::RevokedAt.is_null())
+        .exec(db)
+        .await?;
     Ok(())
 }
 

@@ -800,7 +800,31 @@ async fn an_invited_person_joins_at_login_and_a_removed_one_is_cut_off() {
     assert_eq!(res.status(), 204);
     let (_, status, _) = log_in(&app, &mut Browser::new(), "ivy@example.com").await;
     assert_eq!(status, 403);
-    // The last owner stays; Hank goes, and his session with him.
+    // Hank makes an API key through his session.
+    let url = format!("{}/v1/api-keys", app.address);
+    let res = hank
+        .client
+        .post(&url)
+        .header("cookie", hank.cookie_header(&url))
+        .header("x-csrf-token", hank.cookie(&url, "carapace_csrf").unwrap())
+        .json(&serde_json::json!({"name": "hanks-key"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let hanks_key = res.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        app.get("/v1/tenant", &hanks_key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // The last owner stays; Hank goes, and his session and key with him.
     let res = app
         .request(Method::DELETE, &format!("/v1/members/{gina_id}"), &key)
         .send()
@@ -815,6 +839,14 @@ async fn an_invited_person_joins_at_login_and_a_removed_one_is_cut_off() {
     assert_eq!(res.status(), 204);
     let res = api(&app, &mut hank, Method::GET, "/v1/tenant", false).await;
     assert_eq!(res.status(), 401);
+    assert_eq!(
+        app.get("/v1/tenant", &hanks_key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
     let audit = app.audit(&key, "").await;
     for action in [
         "invitation.create",

@@ -142,10 +142,15 @@ pub async fn remove_member(
 ) -> Result<HttpResponse, Error> {
     let user = UserId::parse(&id).map_err(|_| Error::NotFound)?;
     let audit = caller.actor().event("member.remove", Outcome::Success);
-    caller
+    let revoked = caller
         .scope(&state.db)
         .remove_member(&user, caller.role(), audit)
         .await?;
+    for key in revoked {
+        if let Ok(key) = crate::ids::ApiKeyId::parse(&key) {
+            state.auth.forget(&key);
+        }
+    }
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -179,7 +184,13 @@ pub async fn invite(
     let audit = caller.actor().event("invitation.create", Outcome::Success);
     let invitation = caller
         .scope(&state.db)
-        .invite(&email, role, &caller.actor().principal, audit)
+        .invite(
+            &email,
+            role,
+            caller.role(),
+            &caller.actor().principal,
+            audit,
+        )
         .await?;
     Ok(HttpResponse::Created()
         .insert_header((
@@ -222,7 +233,7 @@ pub async fn withdraw(
         .event("invitation.withdraw", Outcome::Success);
     caller
         .scope(&state.db)
-        .withdraw_invitation(&id, audit)
+        .withdraw_invitation(&id, caller.role(), audit)
         .await?;
     Ok(HttpResponse::NoContent().finish())
 }
