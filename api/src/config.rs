@@ -149,6 +149,11 @@ pub struct SettingsArgs {
     #[arg(long, env = "CARAPACE_REAUTH_MINUTES", value_name = "MINUTES")]
     pub reauth_minutes: Option<u64>,
 
+    /// With open sign-up: only addresses of these domains may sign up
+    /// (comma-separated, e.g. `example.com,example.org`). [default: any]
+    #[arg(long, env = "CARAPACE_SIGNUP_DOMAINS", value_name = "DOMAINS")]
+    pub signup_domains: Option<String>,
+
     /// Whether `carapace serve` runs a worker in-process (placed runs then
     /// execute on this host when it can run sandboxes). [default: true]
     #[arg(long, env = "CARAPACE_LOCAL_WORKER", value_name = "BOOL")]
@@ -316,6 +321,7 @@ impl SettingsArgs {
             signup: self.signup.or(lower.signup),
             session_max_age_hours: self.session_max_age_hours.or(lower.session_max_age_hours),
             reauth_minutes: self.reauth_minutes.or(lower.reauth_minutes),
+            signup_domains: self.signup_domains.or(lower.signup_domains),
             gateway: self.gateway.or(lower.gateway),
             sandboxes: self.sandboxes.or(lower.sandboxes),
             sandbox: self.sandbox.or(lower.sandbox),
@@ -390,6 +396,7 @@ impl SettingsArgs {
             self.signup,
             self.session_max_age_hours,
             self.reauth_minutes,
+            self.signup_domains,
         )?;
         Ok(Settings {
             login,

@@ -507,6 +507,40 @@ impl TenantScope<'_> {
         Ok(sessions)
     }
 
+    /// Revokes every live session of the tenant (of one person if `user`
+    /// is given): "log out everywhere". How many.
+    pub async fn revoke_sessions(&self, user: Option<&UserId>, audit: AuditEvent) -> Result<u64> {
+        let tenant = self.tenant_id().clone();
+        let user = user.cloned();
+        let count = self
+            .db()
+            .transaction::<_, _, Error>(|txn| {
+                Box::pin(async move {
+                    let mut update = session::Entity::update_many()
+                        .col_expr(
+                            session::Column::RevokedAt,
+                            sea_orm::sea_query::Expr::value(Utc::now()),
+                        )
+                        .filter(session::Column::TenantId.eq(tenant.as_str()))
+                        .filter(session::Column::RevokedAt.is_null());
+                    if let Some(user) = &user {
+                        update = update.filter(session::Column::UserId.eq(user.as_str()));
+                    }
+                    let count = update.exec(txn).await?.rows_affected;
+                    insert_audit(
+                        txn,
+                        audit
+                            .in_tenant(&tenant)
+                            .reason(format!("{count} sessions ended")),
+                    )
+                    .await?;
+                    Ok(count)
+                })
+            })
+            .await?;
+        Ok(count)
+    }
+
     /// Revokes one of the tenant's sessions (of one person if `user` is
     /// given); 404 if there is no such live session.
     pub async fn revoke_session(

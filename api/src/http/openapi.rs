@@ -52,6 +52,7 @@ use super::routes::{
         members::list_invitations,
         members::withdraw,
         login::revoke_session,
+        login::revoke_all_sessions,
         transcripts::get_settings,
         transcripts::put_settings,
         transcripts::list_transcripts,

@@ -43,6 +43,8 @@ pub struct LoginConfig {
     pub public_url: String,
     /// Who may sign up.
     pub signup: SignupMode,
+    /// With open sign-up: only addresses of these domains (none: any).
+    pub signup_domains: Vec<String>,
     /// How long a session lasts after login.
     pub session_max_age: Duration,
     /// How recent a login must be for sensitive actions (keys, providers,
@@ -57,6 +59,7 @@ impl std::fmt::Debug for LoginConfig {
             .field("client_id", &self.client_id)
             .field("public_url", &self.public_url)
             .field("signup", &self.signup)
+            .field("signup_domains", &self.signup_domains)
             .field("session_max_age", &self.session_max_age)
             .field("reauth_window", &self.reauth_window)
             .finish_non_exhaustive()
@@ -67,6 +70,15 @@ impl LoginConfig {
     /// The callback URL registered at the provider.
     pub fn redirect_uri(&self) -> String {
         format!("{}/auth/callback", self.public_url)
+    }
+
+    /// Whether someone with this (normalised) address may sign up.
+    pub fn may_sign_up(&self, email: &str) -> bool {
+        self.signup == SignupMode::Open
+            && (self.signup_domains.is_empty()
+                || email
+                    .rsplit_once('@')
+                    .is_some_and(|(_, domain)| self.signup_domains.iter().any(|d| d == domain)))
     }
 
     /// Whether cookies must be `Secure` (an https public URL).
@@ -84,6 +96,7 @@ impl LoginConfig {
         signup: Option<SignupMode>,
         session_max_age_hours: Option<u64>,
         reauth_minutes: Option<u64>,
+        signup_domains: Option<String>,
     ) -> anyhow::Result<Option<LoginConfig>> {
         let Some(issuer) = issuer else {
             return Ok(None);
@@ -109,7 +122,20 @@ impl LoginConfig {
         if reauth_minutes > 24 * 60 {
             bail!("reauth_minutes must be at most 1440");
         }
+        let signup_domains: Vec<String> = signup_domains
+            .unwrap_or_default()
+            .split(',')
+            .map(|d| d.trim().to_ascii_lowercase())
+            .filter(|d| !d.is_empty())
+            .collect();
+        if signup_domains
+            .iter()
+            .any(|d| !d.contains('.') || d.contains('@') || d.contains(char::is_whitespace))
+        {
+            bail!("signup_domains must be a comma-separated list of domain names");
+        }
         Ok(Some(LoginConfig {
+            signup_domains,
             reauth_window: Duration::from_secs(reauth_minutes * 60),
             issuer,
             client_id,

@@ -860,3 +860,32 @@ async fn an_invited_person_joins_at_login_and_a_removed_one_is_cut_off() {
         );
     }
 }
+
+#[tokio::test]
+async fn sign_up_can_be_kept_to_domains_and_logging_out_everywhere_ends_every_session() {
+    let (app, _oidc) = app_with_login(|s| s.signup_domains = Some("example.com".into())).await;
+    let (_, status, page) = log_in(&app, &mut Browser::new(), "olga@elsewhere.org").await;
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("sign-up is closed"), "{page}");
+    let mut first = Browser::new();
+    let mut second = Browser::new();
+    for browser in [&mut first, &mut second] {
+        let (_, status, page) = log_in(&app, browser, "paul@example.com").await;
+        assert_eq!(status, 200, "{page}");
+    }
+    let url = format!("{}/v1/sessions", app.address);
+    let res = first
+        .client
+        .delete(&url)
+        .header("cookie", first.cookie_header(&url))
+        .header("x-csrf-token", first.cookie(&url, "carapace_csrf").unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap()["ended"], 2);
+    for browser in [&mut first, &mut second] {
+        let res = api(&app, browser, Method::GET, "/v1/tenant", false).await;
+        assert_eq!(res.status(), 401);
+    }
+}

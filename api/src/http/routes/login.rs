@@ -24,7 +24,6 @@ use crate::error::Error;
 use crate::http::observe::RequestId;
 use crate::http::problem::method_not_allowed;
 use crate::ids::SessionId;
-use crate::login::SignupMode;
 use crate::login::oidc::{LoginError, Provider};
 use crate::state::AppState;
 
@@ -56,6 +55,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/v1/sessions")
             .route(web::get().to(list_sessions))
+            .route(web::delete().to(revoke_all_sessions))
             .default_service(web::to(method_not_allowed)),
     )
     .service(
@@ -354,7 +354,7 @@ pub async fn callback(
         )
         .await;
     }
-    let signup = provider.config().signup == SignupMode::Open;
+    let signup = provider.config().may_sign_up(email.as_str());
     let audit =
         actor(&req, format!("oidc:{}", identity.subject)).event("tenant.create", Outcome::Success);
     let issuer = &provider.config().issuer;
@@ -374,7 +374,9 @@ pub async fn callback(
                 &state,
                 &req,
                 StatusCode::FORBIDDEN,
-                &format!("{email} is not a member of any tenant, and sign-up is closed"),
+                &format!(
+                    "{email} is not a member of any tenant, and sign-up is closed to this address"
+                ),
             )
             .await;
         }
@@ -662,6 +664,24 @@ pub async fn list_sessions(
             })
             .collect(),
     }))
+}
+
+/// Log out everywhere: end every session of the caller's person (the
+/// current one too); with an admin's API key, every session in the
+/// tenant. Audited.
+#[utoipa::path(delete, path = "/v1/sessions", tag = "tenant",
+    responses((status = 200, description = "How many ended", body = Object)),
+    security(("api_key" = [])))]
+pub async fn revoke_all_sessions(
+    caller: Caller<ReadTenant>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Error> {
+    let own = own_session(&caller, &state).await?;
+    let audit = caller.actor().event("session.revoke_all", Outcome::Success);
+    let ended = TenantScope::new(&state.db, caller.tenant_id())
+        .revoke_sessions(own.as_ref().map(|s| &s.user), audit)
+        .await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "ended": ended })))
 }
 
 /// End a session: a browser's own person's; with an admin's API key,
