@@ -388,16 +388,16 @@ impl SettingsArgs {
             gateway.limits,
             &memory_args,
         )?;
-        let login = crate::login::LoginConfig::resolve(
-            self.oidc_issuer,
-            self.oidc_client_id,
-            self.oidc_client_secret,
-            self.public_url,
-            self.signup,
-            self.session_max_age_hours,
-            self.reauth_minutes,
-            self.signup_domains,
-        )?;
+        let login = crate::login::LoginConfig::resolve(crate::login::LoginArgs {
+            issuer: self.oidc_issuer,
+            client_id: self.oidc_client_id,
+            client_secret: self.oidc_client_secret,
+            public_url: self.public_url,
+            signup: self.signup,
+            session_max_age_hours: self.session_max_age_hours,
+            reauth_minutes: self.reauth_minutes,
+            signup_domains: self.signup_domains,
+        })?;
         Ok(Settings {
             login,
             memory,

@@ -29,6 +29,19 @@ pub enum SignupMode {
     Closed,
 }
 
+/// Login settings as given (see `config::SettingsArgs` for each).
+#[derive(Default)]
+pub struct LoginArgs {
+    pub issuer: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub public_url: Option<String>,
+    pub signup: Option<SignupMode>,
+    pub session_max_age_hours: Option<u64>,
+    pub reauth_minutes: Option<u64>,
+    pub signup_domains: Option<String>,
+}
+
 /// Login settings, resolved.
 #[derive(Clone)]
 pub struct LoginConfig {
@@ -88,16 +101,17 @@ impl LoginConfig {
 
     /// Validates the settings; `None` when no issuer is configured (login
     /// off).
-    pub fn resolve(
-        issuer: Option<String>,
-        client_id: Option<String>,
-        client_secret: Option<String>,
-        public_url: Option<String>,
-        signup: Option<SignupMode>,
-        session_max_age_hours: Option<u64>,
-        reauth_minutes: Option<u64>,
-        signup_domains: Option<String>,
-    ) -> anyhow::Result<Option<LoginConfig>> {
+    pub fn resolve(args: LoginArgs) -> anyhow::Result<Option<LoginConfig>> {
+        let LoginArgs {
+            issuer,
+            client_id,
+            client_secret,
+            public_url,
+            signup,
+            session_max_age_hours,
+            reauth_minutes,
+            signup_domains,
+        } = args;
         let Some(issuer) = issuer else {
             return Ok(None);
         };
