@@ -27,7 +27,7 @@ const provider = new Provider(issuer, {
   }],
   pkce: { required: () => true },
   features: { devInteractions: { enabled: true } },
-  claims: { email: ['email', 'email_verified'], openid: ['sub'] },
+  claims: { email: ['email', 'email_verified'], groups: ['groups'], openid: ['sub'] },
   findAccount: async (ctx, id) => ({
     accountId: id,
     claims: async () => ({
@@ -35,6 +35,8 @@ const provider = new Provider(issuer, {
       // `ACCOUNT|ADDRESS` gives another account the same address.
       email: id.includes('|') ? id.split('|')[1] : (id.includes('@') ? id : `${id}@example.com`),
       email_verified: !id.startsWith('unverified'),
+      // `eng-…` accounts are in the group `eng`, others in `sales`.
+      groups: id.startsWith('eng-') ? ['eng'] : ['sales'],
     }),
   }),
 });

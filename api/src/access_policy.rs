@@ -35,6 +35,10 @@ pub struct AccessPolicy {
     /// Require the provider to say a second factor was used (`amr`).
     #[serde(default)]
     pub require_mfa: bool,
+    /// Groups allowed (the provider's groups claim): a person must be in
+    /// one of them. Empty: no group needed.
+    #[serde(default)]
+    pub required_groups: Vec<String>,
     /// Longest a session may last, in minutes, whatever the server allows.
     #[serde(default)]
     pub max_session_age_minutes: Option<u32>,
@@ -53,6 +57,8 @@ pub struct SessionFacts {
     pub email: String,
     /// The authentication methods the provider reported.
     pub amr: Vec<String>,
+    /// The person's groups, as the provider reported them at login.
+    pub groups: Vec<String>,
     /// Login time.
     pub created_at: DateTime<Utc>,
     /// Last request.
@@ -66,6 +72,7 @@ impl AccessPolicy {
             ("allowed_emails", &self.allowed_emails),
             ("allowed_domains", &self.allowed_domains),
             ("allowed_ip_ranges", &self.allowed_ip_ranges),
+            ("required_groups", &self.required_groups),
         ] {
             if list.len() > MAX_ENTRIES {
                 return Err((field, format!("at most {MAX_ENTRIES} entries")));
@@ -96,6 +103,13 @@ impl AccessPolicy {
                     format!("{domain:?} is not a domain name"),
                 ));
             }
+        }
+        if self
+            .required_groups
+            .iter()
+            .any(|g| g.is_empty() || g.len() > 200)
+        {
+            return Err(("required_groups", "names of 1 to 200 bytes".to_owned()));
         }
         for range in &self.allowed_ip_ranges {
             range.parse::<ipnet::IpNet>().map_err(|_| {
@@ -145,6 +159,17 @@ impl AccessPolicy {
                 "the tenant's access policy requires multi-factor authentication".to_owned(),
             );
         }
+        if !self.required_groups.is_empty()
+            && !facts
+                .groups
+                .iter()
+                .any(|g| self.required_groups.contains(g))
+        {
+            return Some(format!(
+                "the tenant's access policy requires membership of one of the groups {}",
+                self.required_groups.join(", ")
+            ));
+        }
         if !self.allowed_ip_ranges.is_empty() {
             // An IPv4 client of a server listening on `[::]` shows as
             // `::ffff:a.b.c.d`: judged as the IPv4 address it is.
@@ -185,6 +210,7 @@ mod tests {
         SessionFacts {
             email: email.to_owned(),
             amr: vec!["pwd".to_owned()],
+            groups: vec!["eng".to_owned()],
             created_at: Utc::now(),
             last_seen_at: Utc::now(),
         }

@@ -154,6 +154,13 @@ pub struct SettingsArgs {
     #[arg(long, env = "CARAPACE_SIGNUP_DOMAINS", value_name = "DOMAINS")]
     pub signup_domains: Option<String>,
 
+    /// The claim holding a person's groups, for access policies that
+    /// require some (read from the ID token, else from userinfo; asked for
+    /// as a scope of that name when the provider offers one).
+    /// [default: groups]
+    #[arg(long, env = "CARAPACE_OIDC_GROUPS_CLAIM", value_name = "CLAIM")]
+    pub oidc_groups_claim: Option<String>,
+
     /// Whether `carapace serve` runs a worker in-process (placed runs then
     /// execute on this host when it can run sandboxes). [default: true]
     #[arg(long, env = "CARAPACE_LOCAL_WORKER", value_name = "BOOL")]
@@ -322,6 +329,7 @@ impl SettingsArgs {
             session_max_age_hours: self.session_max_age_hours.or(lower.session_max_age_hours),
             reauth_minutes: self.reauth_minutes.or(lower.reauth_minutes),
             signup_domains: self.signup_domains.or(lower.signup_domains),
+            oidc_groups_claim: self.oidc_groups_claim.or(lower.oidc_groups_claim),
             gateway: self.gateway.or(lower.gateway),
             sandboxes: self.sandboxes.or(lower.sandboxes),
             sandbox: self.sandbox.or(lower.sandbox),
@@ -397,6 +405,7 @@ impl SettingsArgs {
             session_max_age_hours: self.session_max_age_hours,
             reauth_minutes: self.reauth_minutes,
             signup_domains: self.signup_domains,
+            groups_claim: self.oidc_groups_claim,
         })?;
         Ok(Settings {
             login,

@@ -59,6 +59,7 @@ enum Sessions {
     RevokedAt,
     ClientIp,
     Amr,
+    Groups,
 }
 
 #[derive(DeriveIden)]
@@ -191,6 +192,7 @@ impl MigrationTrait for Migration {
                     )
                     .col(ColumnDef::new(Sessions::ClientIp).string_len(64).null())
                     .col(ColumnDef::new(Sessions::Amr).string_len(500).not_null())
+                    .col(ColumnDef::new(Sessions::Groups).text().not_null())
                     .foreign_key(
                         ForeignKey::create()
                             .from(Sessions::Table, Sessions::TenantId)

@@ -314,6 +314,7 @@ pub mod session {
         pub revoked_at: Option<ChronoDateTimeUtc>,
         pub client_ip: Option<String>,
         pub amr: String,
+        pub groups: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -298,6 +298,8 @@ pub struct SessionRecord {
     pub client_ip: Option<String>,
     /// How the person authenticated (the ID token's `amr`).
     pub amr: Vec<String>,
+    /// Their groups at login.
+    pub groups: Vec<String>,
 }
 
 impl SessionRecord {
@@ -306,6 +308,7 @@ impl SessionRecord {
         crate::access_policy::SessionFacts {
             email: self.email.clone(),
             amr: self.amr.clone(),
+            groups: self.groups.clone(),
             created_at: self.created_at,
             last_seen_at: self.last_seen_at,
         }
@@ -320,6 +323,7 @@ pub async fn create_session(
     expires_at: DateTime<Utc>,
     client_ip: Option<String>,
     amr: &[String],
+    groups: &[String],
 ) -> Result<SessionId> {
     let id = SessionId::generate();
     let now = Utc::now();
@@ -334,6 +338,9 @@ pub async fn create_session(
         revoked_at: Set(None),
         client_ip: Set(client_ip),
         amr: Set(serde_json::to_string(&amr[..amr.len().min(20)]).map_err(anyhow::Error::from)?),
+        groups: Set(
+            serde_json::to_string(&groups[..groups.len().min(100)]).map_err(anyhow::Error::from)?
+        ),
     }
     .insert(db)
     .await?;
@@ -364,6 +371,7 @@ async fn record(db: &impl sea_orm::ConnectionTrait, row: session::Model) -> Resu
         revoked_at: row.revoked_at,
         client_ip: row.client_ip,
         amr: serde_json::from_str(&row.amr).unwrap_or_default(),
+        groups: serde_json::from_str(&row.groups).unwrap_or_default(),
     })
 }
 

@@ -40,6 +40,7 @@ pub struct LoginArgs {
     pub session_max_age_hours: Option<u64>,
     pub reauth_minutes: Option<u64>,
     pub signup_domains: Option<String>,
+    pub groups_claim: Option<String>,
 }
 
 /// Login settings, resolved.
@@ -58,6 +59,8 @@ pub struct LoginConfig {
     pub signup: SignupMode,
     /// With open sign-up: only addresses of these domains (none: any).
     pub signup_domains: Vec<String>,
+    /// The claim holding a person's groups (ID token, else userinfo).
+    pub groups_claim: String,
     /// How long a session lasts after login.
     pub session_max_age: Duration,
     /// How recent a login must be for sensitive actions (keys, providers,
@@ -111,6 +114,7 @@ impl LoginConfig {
             session_max_age_hours,
             reauth_minutes,
             signup_domains,
+            groups_claim,
         } = args;
         let Some(issuer) = issuer else {
             return Ok(None);
@@ -148,7 +152,17 @@ impl LoginConfig {
         {
             bail!("signup_domains must be a comma-separated list of domain names");
         }
+        let groups_claim = groups_claim.unwrap_or_else(|| "groups".to_owned());
+        if groups_claim.is_empty()
+            || groups_claim.len() > 100
+            || !groups_claim
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-:./".contains(&b))
+        {
+            bail!("oidc_groups_claim must be a claim name");
+        }
         Ok(Some(LoginConfig {
+            groups_claim,
             signup_domains,
             reauth_window: Duration::from_secs(reauth_minutes * 60),
             issuer,

@@ -7,9 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use openidconnect::core::{
-    CoreAuthenticationFlow, CoreClient, CoreProviderMetadata, CoreUserInfoClaims,
-};
+use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
 use openidconnect::{
     AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce, OAuth2TokenResponse,
     PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope, TokenResponse,
@@ -55,6 +53,8 @@ pub struct Identity {
     pub email_verified: bool,
     /// How the person authenticated (`amr`), as the provider says.
     pub amr: Vec<String>,
+    /// Their groups (the configured claim), at most 100.
+    pub groups: Vec<String>,
 }
 
 /// The configured provider.
@@ -105,6 +105,11 @@ impl Provider {
     /// callback needs to finish it.
     pub async fn start(&self) -> Result<Started, LoginError> {
         let metadata = self.metadata(false).await?;
+        let groups_scope = metadata.scopes_supported().is_some_and(|scopes| {
+            scopes
+                .iter()
+                .any(|s| s.as_str() == self.config.groups_claim)
+        });
         let client = CoreClient::from_provider_metadata(
             metadata,
             ClientId::new(self.config.client_id.clone()),
@@ -124,6 +129,7 @@ impl Provider {
                 Nonce::new_random,
             )
             .add_scope(Scope::new("email".to_owned()))
+            .add_scopes(groups_scope.then(|| Scope::new(self.config.groups_claim.clone())))
             .set_pkce_challenge(challenge)
             .url();
         Ok(Started {
@@ -143,6 +149,7 @@ impl Provider {
         nonce: String,
     ) -> Result<Identity, LoginError> {
         let metadata = self.metadata(false).await?;
+        let userinfo = metadata.userinfo_endpoint().map(|u| u.url().clone());
         let client = CoreClient::from_provider_metadata(
             metadata,
             ClientId::new(self.config.client_id.clone()),
@@ -194,22 +201,108 @@ impl Provider {
                 .auth_method_refs()
                 .map(|amr| amr.iter().map(|m| m.as_str().to_owned()).collect())
                 .unwrap_or_default(),
+            groups: Vec::new(),
         };
-        if identity.email.is_none() {
-            // Many providers put the email only in the userinfo answer
-            // (asked for with the access token, for the same subject).
-            let info: CoreUserInfoClaims = client
-                .user_info(
-                    response.access_token().clone(),
-                    Some(claims.subject().clone()),
-                )
-                .map_err(|e| LoginError::Refused(format!("no email, and no userinfo: {e}")))?
-                .request_async(&self.http)
-                .await
-                .map_err(|e| LoginError::Refused(format!("the userinfo request failed: {e}")))?;
-            identity.email = info.email().map(|e| e.as_str().to_owned());
-            identity.email_verified = info.email_verified().unwrap_or(false);
+        // Claims the crate has no type for (groups) are read from the
+        // token it has just verified.
+        let verified_payload = id_token
+            .to_string()
+            .split('.')
+            .nth(1)
+            .and_then(|p| {
+                use base64::Engine;
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(p)
+                    .ok()
+            })
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .unwrap_or_default();
+        let mut groups = read_groups(&verified_payload, &self.config.groups_claim);
+        if identity.email.is_none() || groups.is_none() {
+            // Many providers put these only in the userinfo answer (asked
+            // for with the access token; it must be about the same
+            // subject).
+            if let Some(url) = userinfo {
+                match self.userinfo(url, response.access_token().secret()).await {
+                    Ok(info) => {
+                        if info["sub"].as_str() != Some(identity.subject.as_str()) {
+                            return Err(LoginError::Refused(
+                                "the userinfo answer is about someone else".into(),
+                            ));
+                        }
+                        if identity.email.is_none() {
+                            identity.email = info["email"].as_str().map(str::to_owned);
+                            identity.email_verified =
+                                info["email_verified"].as_bool().unwrap_or(false);
+                        }
+                        if groups.is_none() {
+                            groups = read_groups(&info, &self.config.groups_claim);
+                        }
+                    }
+                    // Without an email there is no login; without groups,
+                    // only policies that require some refuse it.
+                    Err(e) if identity.email.is_none() => return Err(e),
+                    Err(e) => tracing::warn!(error = %e, "userinfo unavailable: no groups read"),
+                }
+            }
         }
+        identity.groups = groups.unwrap_or_default();
         Ok(identity)
+    }
+}
+
+impl Provider {
+    /// The userinfo answer for an access token, as JSON.
+    async fn userinfo(
+        &self,
+        url: url::Url,
+        access_token: &str,
+    ) -> Result<serde_json::Value, LoginError> {
+        self.http
+            .get(url)
+            .bearer_auth(access_token)
+            .send()
+            .await
+            .and_then(openidconnect::reqwest::Response::error_for_status)
+            .map_err(|e| LoginError::Refused(format!("the userinfo request failed: {e}")))?
+            .json()
+            .await
+            .map_err(|e| LoginError::Refused(format!("the userinfo answer: {e}")))
+    }
+}
+
+/// The groups in `claim` of a claims object: a list of strings or one
+/// string; `None` if the claim is absent. At most 100, each at most 200
+/// bytes (longer ones are dropped).
+fn read_groups(claims: &serde_json::Value, claim: &str) -> Option<Vec<String>> {
+    let value = claims.get(claim)?;
+    let items: Vec<&str> = match value {
+        serde_json::Value::String(one) => vec![one.as_str()],
+        serde_json::Value::Array(many) => many.iter().filter_map(|v| v.as_str()).collect(),
+        _ => return Some(Vec::new()),
+    };
+    Some(
+        items
+            .into_iter()
+            .filter(|g| !g.is_empty() && g.len() <= 200)
+            .take(100)
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_groups;
+
+    #[test]
+    fn groups_are_read_from_a_list_or_a_string() {
+        let claims = serde_json::json!({"groups": ["eng", "", 7, "ops"], "team": "red"});
+        assert_eq!(
+            read_groups(&claims, "groups"),
+            Some(vec!["eng".into(), "ops".into()])
+        );
+        assert_eq!(read_groups(&claims, "team"), Some(vec!["red".into()]));
+        assert_eq!(read_groups(&claims, "roles"), None);
     }
 }

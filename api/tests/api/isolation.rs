@@ -408,6 +408,7 @@ async fn b_login_session(app: &TestApp, tenant: &str) -> (String, String) {
         chrono::Utc::now() + chrono::TimeDelta::hours(1),
         None,
         &[],
+        &[],
     )
     .await
     .unwrap();

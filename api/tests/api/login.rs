@@ -889,3 +889,39 @@ async fn sign_up_can_be_kept_to_domains_and_logging_out_everywhere_ends_every_se
         assert_eq!(res.status(), 401);
     }
 }
+
+#[tokio::test]
+async fn a_policy_can_require_a_group_from_the_providers_claim() {
+    let (app, _oidc) = app_with_login(|_| {}).await;
+    let (_, key) = carapace_api::bootstrap::create_tenant(
+        &app.db,
+        "Acme",
+        "eng-lead@example.com",
+        &carapace_api::audit::Actor::cli(),
+    )
+    .await
+    .unwrap();
+    let key = key.reveal().to_owned();
+    let res = app
+        .request(Method::PUT, "/v1/access-policy", &key)
+        .json(&serde_json::json!({"required_groups": ["eng"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = app
+        .request(Method::POST, "/v1/invitations", &key)
+        .json(&serde_json::json!({"email": "sam@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    // In `eng` (the provider's groups claim, asked for as a scope): in.
+    let mut lead = Browser::new();
+    let (_, status, page) = log_in(&app, &mut lead, "eng-lead@example.com").await;
+    assert_eq!(status, 200, "{page}");
+    // In `sales` only: refused, whatever the invitation says.
+    let (_, status, page) = log_in(&app, &mut Browser::new(), "sam@example.com").await;
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("groups eng"), "{page}");
+}

@@ -408,6 +408,7 @@ pub async fn callback(
     let facts = crate::access_policy::SessionFacts {
         email: email.as_str().to_owned(),
         amr: identity.amr.clone(),
+        groups: identity.groups.clone(),
         created_at: Utc::now(),
         last_seen_at: Utc::now(),
     };
@@ -447,6 +448,7 @@ pub async fn callback(
         expires_at,
         client_ip(&req),
         &identity.amr,
+        &identity.groups,
     )
     .await
     {
