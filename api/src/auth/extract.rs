@@ -211,6 +211,19 @@ pub fn client_ip(req: &HttpRequest) -> Option<String> {
     req.peer_addr().map(|addr| addr.ip().to_string())
 }
 
+/// A service token's id header.
+pub const CLIENT_ID_HEADER: &str = "carapace-client-id";
+/// A service token's secret header.
+pub const CLIENT_SECRET_HEADER: &str = "carapace-client-secret";
+
+fn header_value(req: &HttpRequest, name: &str) -> Option<String> {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty() && v.len() <= 200)
+}
+
 /// The cookie holding a browser's session token.
 pub const SESSION_COOKIE: &str = "carapace_session";
 /// The cookie whose value a cookie-authenticated request that changes
@@ -274,9 +287,19 @@ async fn authenticate<P: Permission>(req: &HttpRequest) -> Result<Caller<P>, Err
     let state = req
         .app_data::<web::Data<AppState>>()
         .ok_or_else(|| anyhow::anyhow!("application state is missing"))?;
-    // A header first; without one, a browser's session cookie.
+    // A header first (a service token's pair included); without one, a
+    // browser's session cookie.
+    let service_id = header_value(req, CLIENT_ID_HEADER);
     let (token, via_cookie) = match bearer_token(req) {
         Ok(token) => (token.to_owned(), false),
+        Err(_) if service_id.is_some() => match header_value(req, CLIENT_SECRET_HEADER) {
+            Some(secret) => (secret, false),
+            None => {
+                return Err(Error::Unauthenticated(
+                    "Carapace-Client-Id needs its Carapace-Client-Secret",
+                ));
+            }
+        },
         // Only a session token is taken from the cookie.
         Err(missing) => match cookie(req, SESSION_COOKIE)
             .filter(|t| t.starts_with(crate::auth::SESSION_PREFIX))
@@ -291,7 +314,15 @@ async fn authenticate<P: Permission>(req: &HttpRequest) -> Result<Caller<P>, Err
         client_ip: client_ip(req),
         request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()),
     };
-    let principal = match state.auth.verify(token).await? {
+    let verdict = state.auth.verify(token).await?;
+    // A service token's secret counts only with its own id.
+    let verdict = match (&service_id, verdict) {
+        (Some(id), Verdict::Valid(p) | Verdict::Revoked(p) | Verdict::Expired(p)) if !matches!(&p.credential, Credential::ApiKey(key) if key.as_str() == id) => {
+            Verdict::Unknown
+        }
+        (_, verdict) => verdict,
+    };
+    let principal = match verdict {
         Verdict::Valid(principal) => principal,
         Verdict::Unknown => {
             let subject = format!("ip:{}", anonymous.client_ip.as_deref().unwrap_or("?"));

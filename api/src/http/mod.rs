@@ -58,6 +58,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(routes::login::configure)
         .configure(routes::access_policy::configure)
         .configure(routes::members::configure)
+        .configure(routes::service_tokens::configure)
         .configure(routes::transcripts::configure)
         .configure(routes::memory_sync::configure)
         .configure(routes::memory::configure)

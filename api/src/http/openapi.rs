@@ -5,7 +5,8 @@ use utoipa::{Modify, OpenApi};
 
 use super::routes::{
     access_policy, admin, agents, api_keys, audit, login, members, memory, memory_sync, ops,
-    providers, runs, sandbox_calls, sandbox_exec, sandboxes, tenant, transcripts, usage, workers,
+    providers, runs, sandbox_calls, sandbox_exec, sandboxes, service_tokens, tenant, transcripts,
+    usage, workers,
 };
 
 /// The whole API.
@@ -51,6 +52,7 @@ use super::routes::{
         members::invite,
         members::list_invitations,
         members::withdraw,
+        service_tokens::create_service_token,
         login::revoke_session,
         login::revoke_all_sessions,
         transcripts::get_settings,

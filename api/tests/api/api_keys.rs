@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use sea_orm::ConnectionTrait;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::helpers::{assert_problem, spawn_app};
 
@@ -399,4 +399,72 @@ async fn a_flood_of_bad_keys_writes_a_bounded_number_of_audit_records() {
         (1..=10).contains(&n),
         "{n} audit rows for 40 bad keys from one address"
     );
+}
+
+#[tokio::test]
+async fn a_service_token_is_an_id_and_a_secret_that_only_count_together() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("Acme").await;
+    let res = app
+        .post(
+            "/v1/service-tokens",
+            &acme.key,
+            &json!({"name": "deploy bot", "expires_in_days": 0}),
+        )
+        .await;
+    assert_eq!(res.status(), 422);
+    let res = app
+        .post(
+            "/v1/service-tokens",
+            &acme.key,
+            &json!({"name": "deploy bot", "expires_in_days": 30}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let token: Value = res.json().await.unwrap();
+    let (id, secret) = (
+        token["client_id"].as_str().unwrap().to_owned(),
+        token["client_secret"].as_str().unwrap().to_owned(),
+    );
+    let expires: chrono::DateTime<chrono::Utc> =
+        token["expires_at"].as_str().unwrap().parse().unwrap();
+    assert!(
+        (expires - chrono::Utc::now() - chrono::TimeDelta::days(30))
+            .num_minutes()
+            .abs()
+            < 5
+    );
+    let with = |id: &str, secret: &str| {
+        app.client
+            .get(format!("{}/v1/tenant", app.address))
+            .header("carapace-client-id", id)
+            .header("carapace-client-secret", secret)
+            .send()
+    };
+    let res = with(&id, &secret).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let me: Value = res.json().await.unwrap();
+    assert_eq!(me["principal"]["id"], id.as_str());
+    // The secret with another key's id, or the id without its secret: no.
+    let (_, other) = app.create_key(&acme.key, json!({"name": "other"})).await;
+    let res = with(other["id"].as_str().unwrap(), &secret).await.unwrap();
+    assert_eq!(res.status(), 401);
+    let res = app
+        .client
+        .get(format!("{}/v1/tenant", app.address))
+        .header("carapace-client-id", &id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    // It is an API key: listed, and revoked like one.
+    let res = app
+        .request(Method::DELETE, &format!("/v1/api-keys/{id}"), &acme.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let res = with(&id, &secret).await.unwrap();
+    assert_eq!(res.status(), 401);
 }

@@ -40,16 +40,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 pub struct CreateApiKey {
     /// A label, 1 to 100 characters.
     #[schema(example = "ci deploy")]
-    name: String,
+    pub(super) name: String,
     /// What the key may be used for. Default: `["api"]`.
     #[serde(default)]
-    scopes: Option<Vec<Scope>>,
+    pub(super) scopes: Option<Vec<Scope>>,
     /// The key's role; at most the caller's own. Default: `member`.
     #[serde(default)]
-    role: Option<Role>,
+    pub(super) role: Option<Role>,
     /// When the key stops working (RFC 3339, in the future). Default: never.
     #[serde(default)]
-    expires_at: Option<DateTime<Utc>>,
+    pub(super) expires_at: Option<DateTime<Utc>>,
 }
 
 /// An API key, without its secret.
@@ -131,7 +131,23 @@ pub async fn create_key(
     state: web::Data<AppState>,
     body: web::Json<CreateApiKey>,
 ) -> Result<HttpResponse, Error> {
-    let body = body.into_inner();
+    let (key, secret) = make_key(&caller, &state, body.into_inner()).await?;
+    let location = format!("/v1/api-keys/{}", key.id);
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, location))
+        .json(CreatedApiKey {
+            view: key.into(),
+            key: secret.reveal().to_owned(),
+        }))
+}
+
+/// Creates a key for `caller` as `body` asks, within what the caller may
+/// give: its secret, shown once. Shared with service tokens.
+pub(super) async fn make_key(
+    caller: &Caller<ManageKeys>,
+    state: &AppState,
+    body: CreateApiKey,
+) -> Result<(ApiKey, ApiKeySecret), Error> {
     let name = validate::label("name", &body.name, 100)?;
     let scopes =
         Scopes::new(body.scopes.unwrap_or_else(|| vec![Scope::Api])).ok_or(Error::Invalid {
@@ -192,13 +208,7 @@ pub async fn create_key(
         )
         .await?;
     tracing::info!(tenant_id = %caller.tenant_id(), key_id = %key.id, "API key created");
-    let location = format!("/v1/api-keys/{}", key.id);
-    Ok(HttpResponse::Created()
-        .insert_header((header::LOCATION, location))
-        .json(CreatedApiKey {
-            view: key.into(),
-            key: secret.reveal().to_owned(),
-        }))
+    Ok((key, secret))
 }
 
 /// List the tenant's API keys (never their secrets).

@@ -18,6 +18,7 @@ pub mod sandbox_calls;
 pub mod sandbox_exec;
 pub mod sandbox_stream;
 pub mod sandboxes;
+pub mod service_tokens;
 pub mod tenant;
 pub mod transcripts;
 pub mod usage;
