@@ -56,6 +56,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(routes::providers::configure)
         .configure(routes::agents::configure)
         .configure(routes::login::configure)
+        .configure(routes::sessions::configure)
         .configure(routes::access_policy::configure)
         .configure(routes::members::configure)
         .configure(routes::service_tokens::configure)

@@ -4,8 +4,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::routes::{
-    access_policy, admin, agents, api_keys, audit, login, members, memory, memory_sync, ops,
-    providers, runs, sandbox_calls, sandbox_exec, sandboxes, service_tokens, tenant, transcripts,
+    access_policy, admin, agents, api_keys, audit, members, memory, memory_sync, ops, providers,
+    runs, sandbox_calls, sandbox_exec, sandboxes, service_tokens, sessions, tenant, transcripts,
     usage, workers,
 };
 
@@ -44,7 +44,7 @@ use super::routes::{
         memory_sync::commit,
         memory_sync::commit_run_memory,
         admin::set_plan,
-        login::list_sessions,
+        sessions::list_sessions,
         access_policy::get_policy,
         access_policy::put_policy,
         members::list_members,
@@ -53,8 +53,8 @@ use super::routes::{
         members::list_invitations,
         members::withdraw,
         service_tokens::create_service_token,
-        login::revoke_session,
-        login::revoke_all_sessions,
+        sessions::revoke_session,
+        sessions::revoke_all_sessions,
         transcripts::get_settings,
         transcripts::put_settings,
         transcripts::list_transcripts,

@@ -145,6 +145,23 @@ impl Browser {
             .join("; ")
     }
 
+    /// A JSON request as the page's script would send it: the cookies,
+    /// and the CSRF cookie repeated in its header.
+    async fn change(&self, method: Method, url: &str, body: Option<Value>) -> reqwest::Response {
+        let mut req = self
+            .client
+            .request(method, url)
+            .header("cookie", self.cookie_header(url))
+            .header(
+                "x-csrf-token",
+                self.cookie(url, "carapace_csrf").unwrap_or_default(),
+            );
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        req.send().await.unwrap()
+    }
+
     async fn send(
         &mut self,
         method: Method,
@@ -689,14 +706,12 @@ async fn sensitive_actions_need_a_recent_login() {
     assert_eq!(status, 200);
     let url = format!("{}/v1/api-keys", app.address);
     let res = frank
-        .client
-        .post(&url)
-        .header("cookie", frank.cookie_header(&url))
-        .header("x-csrf-token", frank.cookie(&url, "carapace_csrf").unwrap())
-        .json(&serde_json::json!({"name": "from-a-browser"}))
-        .send()
-        .await
-        .unwrap();
+        .change(
+            Method::POST,
+            &url,
+            Some(serde_json::json!({"name": "from-a-browser"})),
+        )
+        .await;
     assert_eq!(res.status(), 403);
     let problem: Value = res.json().await.unwrap();
     assert!(
@@ -803,14 +818,12 @@ async fn an_invited_person_joins_at_login_and_a_removed_one_is_cut_off() {
     // Hank makes an API key through his session.
     let url = format!("{}/v1/api-keys", app.address);
     let res = hank
-        .client
-        .post(&url)
-        .header("cookie", hank.cookie_header(&url))
-        .header("x-csrf-token", hank.cookie(&url, "carapace_csrf").unwrap())
-        .json(&serde_json::json!({"name": "hanks-key"}))
-        .send()
-        .await
-        .unwrap();
+        .change(
+            Method::POST,
+            &url,
+            Some(serde_json::json!({"name": "hanks-key"})),
+        )
+        .await;
     assert_eq!(res.status(), 201);
     let hanks_key = res.json::<Value>().await.unwrap()["key"]
         .as_str()
@@ -874,14 +887,7 @@ async fn sign_up_can_be_kept_to_domains_and_logging_out_everywhere_ends_every_se
         assert_eq!(status, 200, "{page}");
     }
     let url = format!("{}/v1/sessions", app.address);
-    let res = first
-        .client
-        .delete(&url)
-        .header("cookie", first.cookie_header(&url))
-        .header("x-csrf-token", first.cookie(&url, "carapace_csrf").unwrap())
-        .send()
-        .await
-        .unwrap();
+    let res = first.change(Method::DELETE, &url, None).await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.json::<Value>().await.unwrap()["ended"], 2);
     for browser in [&mut first, &mut second] {
