@@ -234,6 +234,25 @@ impl Browser {
     }
 }
 
+/// A tenant "Acme" made the way `carapace tenant create` does, owned by
+/// `email`: what it returns, and the owner's key.
+async fn tenant_owned_by(
+    app: &TestApp,
+    email: &str,
+) -> (
+    carapace_api::db::TenantWithOwner,
+    carapace_api::auth::api_key::ApiKeySecret,
+) {
+    carapace_api::bootstrap::create_tenant(
+        &app.db,
+        "Acme",
+        email,
+        &carapace_api::audit::Actor::cli(),
+    )
+    .await
+    .unwrap()
+}
+
 async fn execute(app: &TestApp, sql: &str) {
     use sea_orm::ConnectionTrait;
     let backend = app.db.get_database_backend();
@@ -483,14 +502,7 @@ async fn with_sign_up_closed_only_members_get_in_and_removal_cuts_a_session_off(
     assert_eq!(status, 403);
     assert!(page.contains("sign-up is closed"), "{page}");
     // The owner of a tenant made by the operator gets in.
-    let (created, _key) = carapace_api::bootstrap::create_tenant(
-        &app.db,
-        "Acme",
-        "carol@example.com",
-        &carapace_api::audit::Actor::cli(),
-    )
-    .await
-    .unwrap();
+    let (created, _key) = tenant_owned_by(&app, "carol@example.com").await;
     let tenant_id = created.tenant.id.to_string();
     let mut carol = Browser::new();
     let (_, status, page) = log_in(&app, &mut carol, "carol@example.com").await;
@@ -626,14 +638,7 @@ async fn the_access_policy_applies_at_login_and_on_every_request() {
 #[tokio::test]
 async fn mfa_and_address_ranges_are_required_when_the_policy_says_so() {
     let (app, _oidc) = app_with_login(|_| {}).await;
-    let (created, key) = carapace_api::bootstrap::create_tenant(
-        &app.db,
-        "Acme",
-        "erin@example.com",
-        &carapace_api::audit::Actor::cli(),
-    )
-    .await
-    .unwrap();
+    let (created, key) = tenant_owned_by(&app, "erin@example.com").await;
     let key = key.reveal().to_owned();
     let set = |body: Value| {
         app.request(Method::PUT, "/v1/access-policy", &key)
@@ -726,14 +731,7 @@ async fn sensitive_actions_need_a_recent_login() {
 async fn an_invited_person_joins_at_login_and_a_removed_one_is_cut_off() {
     let (app, _oidc) =
         app_with_login(|s| s.signup = Some(carapace_api::login::SignupMode::Closed)).await;
-    let (created, key) = carapace_api::bootstrap::create_tenant(
-        &app.db,
-        "Acme",
-        "gina@example.com",
-        &carapace_api::audit::Actor::cli(),
-    )
-    .await
-    .unwrap();
+    let (created, key) = tenant_owned_by(&app, "gina@example.com").await;
     let key = key.reveal().to_owned();
     let tenant_id = created.tenant.id.to_string();
     let invite = |email: &str, role: &str| {
@@ -899,14 +897,7 @@ async fn sign_up_can_be_kept_to_domains_and_logging_out_everywhere_ends_every_se
 #[tokio::test]
 async fn a_policy_can_require_a_group_from_the_providers_claim() {
     let (app, _oidc) = app_with_login(|_| {}).await;
-    let (_, key) = carapace_api::bootstrap::create_tenant(
-        &app.db,
-        "Acme",
-        "eng-lead@example.com",
-        &carapace_api::audit::Actor::cli(),
-    )
-    .await
-    .unwrap();
+    let (_, key) = tenant_owned_by(&app, "eng-lead@example.com").await;
     let key = key.reveal().to_owned();
     let res = app
         .request(Method::PUT, "/v1/access-policy", &key)
