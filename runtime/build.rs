@@ -11,10 +11,12 @@ fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").unwrap_or_default());
     let source = manifest.join("agent/src/main.rs");
     println!("cargo:rerun-if-changed={}", source.display());
-    println!(
-        "cargo:rerun-if-changed={}",
-        manifest.join("agent/src/protocol.rs").display()
-    );
+    for module in ["protocol.rs", "chat.rs", "http.rs", "json.rs"] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            manifest.join("agent/src").join(module).display()
+        );
+    }
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let target = env::var("TARGET").unwrap_or_default();
     let status = Command::new(rustc)

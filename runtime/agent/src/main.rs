@@ -12,6 +12,11 @@
 #[path = "protocol.rs"]
 #[allow(dead_code)]
 mod protocol;
+mod chat;
+#[allow(dead_code)]
+mod http;
+#[allow(dead_code)]
+mod json;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -435,6 +440,11 @@ fn walk(
 }
 
 fn main() {
+    // `carapace-agent chat`: the built-in agent's tool loop, run as a
+    // command inside the sandbox (not as init).
+    if std::env::args_os().nth(1).as_deref() == Some(OsStr::new("chat")) {
+        std::process::exit(chat::main());
+    }
     // Commands run as the same user as the agent: without this, one could
     // open /proc/1/mem and rewrite the agent (and so forge what the worker
     // hears). Not dumpable, /proc/1 is out of their reach.

@@ -89,6 +89,8 @@ struct Held {
     stop: Option<oneshot::Sender<Stop>>,
     /// The run's token for the gateway (kept in memory only).
     token: RunToken,
+    /// The agent whose memory the run works on, if any.
+    agent: Option<String>,
 }
 
 /// A worker node's runs and its link to the control plane.
@@ -423,6 +425,7 @@ impl Worker {
                     epoch: lease.epoch,
                     stop: Some(stop),
                     token,
+                    agent: spec.memory.as_ref().map(|m| m.agent.clone()),
                 },
             );
         }
@@ -432,10 +435,6 @@ impl Worker {
         });
     }
 
-    /// The environment a run's commands get on top of their own: the run's
-    /// token and where the gateway is, under the names the OpenAI and
-    /// Anthropic clients read. A command's own variables of these names
-    /// are replaced.
     /// The current token of a run this worker holds.
     fn token_of(&self, run: &str) -> Option<RunToken> {
         self.held
@@ -445,18 +444,23 @@ impl Worker {
             .map(|h| h.token.clone())
     }
 
+    /// The environment a run's commands get on top of their own: the run's
+    /// token and where the gateway is, under the names the OpenAI and
+    /// Anthropic clients read, and, for a run on an agent's memory, where
+    /// that memory is. A command's own variables of these names are
+    /// replaced.
     fn with_run_env(&self, run: &str, env: Vec<(String, String)>) -> Vec<(String, String)> {
-        let Some(token) = self
+        let Some((token, agent)) = self
             .held
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(run)
-            .map(|h| h.token.reveal().to_owned())
+            .map(|h| (h.token.reveal().to_owned(), h.agent.clone()))
         else {
             return env;
         };
         let base = self.config.gateway_url.trim_end_matches('/');
-        let ours = [
+        let mut ours = vec![
             ("CARAPACE_RUN_TOKEN", token.clone()),
             ("CARAPACE_GATEWAY_URL", format!("{base}/v1")),
             ("OPENAI_API_KEY", token.clone()),
@@ -464,6 +468,19 @@ impl Worker {
             ("ANTHROPIC_API_KEY", token),
             ("ANTHROPIC_BASE_URL", base.to_owned()),
         ];
+        if let Some(agent) = agent {
+            ours.extend([
+                ("CARAPACE_MEMORY_DIR", crate::Area::Memory.dir().to_owned()),
+                (
+                    "CARAPACE_MEMORY_URL",
+                    format!("http://{SERVICE_HOST}/v1/agents/{agent}/memory"),
+                ),
+                (
+                    "CARAPACE_MEMORY_COMMIT_URL",
+                    format!("http://{SERVICE_HOST}/v1/runs/{run}/memory/commit"),
+                ),
+            ]);
+        }
         let mut env: Vec<(String, String)> = env
             .into_iter()
             .filter(|(k, _)| !ours.iter().any(|(name, _)| name == k))

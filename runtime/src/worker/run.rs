@@ -8,9 +8,9 @@ use carapace_scheduler::protocol::{Lease, MAX_OUTPUT_BYTES, MemorySync, RunEvent
 use tokio::sync::oneshot;
 
 use super::memory::MemorySession;
-use super::{SERVICE_HOST, Stop, Worker};
+use super::{Stop, Worker};
 use crate::egress::Policy;
-use crate::{Area, Exec, SandboxSpec};
+use crate::{Exec, SandboxSpec};
 
 /// A run's memory being committed periodically.
 struct Syncing {
@@ -90,22 +90,7 @@ impl Worker {
             self.finish(id, how, memory, &say).await;
             return;
         }
-        let mut env = self.with_run_env(id, spec.env.clone());
-        if let Some(sync) = &spec.memory {
-            let ours = [
-                ("CARAPACE_MEMORY_DIR", Area::Memory.dir().to_owned()),
-                (
-                    "CARAPACE_MEMORY_URL",
-                    format!("http://{SERVICE_HOST}/v1/agents/{}/memory", sync.agent),
-                ),
-                (
-                    "CARAPACE_MEMORY_COMMIT_URL",
-                    format!("http://{SERVICE_HOST}/v1/runs/{id}/memory/commit"),
-                ),
-            ];
-            env.retain(|(k, _)| !ours.iter().any(|(name, _)| name == k));
-            env.extend(ours.into_iter().map(|(k, v)| (k.to_owned(), v)));
-        }
+        let env = self.with_run_env(id, spec.env.clone());
         let exec = Exec {
             argv: spec.command.clone(),
             env,
