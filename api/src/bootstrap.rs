@@ -33,6 +33,7 @@ pub struct Application {
     transcripts_task: tokio::task::JoinHandle<()>,
     limit_sync: tokio::task::JoinHandle<()>,
     idle_reaper: tokio::task::JoinHandle<()>,
+    conversation_sweeper: tokio::task::JoinHandle<()>,
     fleet_loops: tokio::task::JoinHandle<()>,
     local_worker: Option<tokio::task::JoinHandle<()>>,
 }
@@ -93,9 +94,11 @@ impl Application {
             gateway,
             sandboxes,
             fleet,
+            conversations: crate::conversations::Conversations::new(),
             admin_token: settings.admin_token.clone(),
         });
         let (server, port) = http::serve(settings, state.clone())?;
+        let conversation_sweeper = tokio::spawn(crate::conversations::sweep(state.clone()));
         state
             .sandboxes
             .set_service_addr(std::net::SocketAddr::new(settings.listen.ip(), port));
@@ -123,6 +126,7 @@ impl Application {
             transcripts_task,
             limit_sync,
             idle_reaper,
+            conversation_sweeper,
             fleet_loops,
             local_worker,
         })
@@ -157,6 +161,7 @@ impl Application {
         // Counts not yet shared are at most one sync interval's worth.
         self.limit_sync.abort();
         self.idle_reaper.abort();
+        self.conversation_sweeper.abort();
         self.fleet_loops.abort();
         if let Some(worker) = &self.local_worker {
             worker.abort();

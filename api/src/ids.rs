@@ -108,6 +108,14 @@ define_id!(
     /// An invitation to join a tenant.
     InvitationId, "inv"
 );
+define_id!(
+    /// A conversation with an agent.
+    ConversationId, "cnv"
+);
+define_id!(
+    /// A message of a conversation.
+    MessageId, "msg"
+);
 
 #[cfg(test)]
 mod tests {

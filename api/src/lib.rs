@@ -19,6 +19,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;
+pub mod conversations;
 pub mod crypto;
 pub mod db;
 pub mod email;

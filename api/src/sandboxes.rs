@@ -16,9 +16,15 @@ use sea_orm::DatabaseConnection;
 use serde::Deserialize;
 
 use crate::audit::{Actor, Outcome};
-use crate::db::{self, TenantScope};
+use std::time::Instant;
+
+use carapace_scheduler::RunState;
+use carapace_scheduler::store;
+
+use crate::db::{self, NewSandbox, Sandbox, SandboxState, TenantScope};
 use crate::error::Error;
 use crate::fleet::Fleet;
+use crate::ids::TenantId;
 
 /// The host name under which a sandbox reaches Carapace (gateway, memory)
 /// through its egress proxy: `http://carapace.internal/...`.
@@ -229,7 +235,8 @@ impl SandboxService {
     /// checking every 10 s (or every half timeout, if shorter), until the
     /// task is aborted. Every replica runs it; each step is idempotent.
     pub async fn reap_idle(self: Arc<Self>, db: DatabaseConnection, fleet: Arc<Fleet>) {
-        let every = (self.config.idle_timeout / 2).min(Duration::from_secs(10));
+        // Agents' sandboxes may have idle timeouts of a few seconds.
+        let every = (self.config.idle_timeout / 2).min(Duration::from_secs(1));
         let actor = Actor {
             principal: "system:idle-timeout".to_owned(),
             client_ip: None,
@@ -250,7 +257,7 @@ impl SandboxService {
             if let Err(e) = db::touch_sandboxes_of_runs(&db, &busy).await {
                 tracing::warn!(error = ?e, "cannot record busy sandboxes");
             }
-            let idle = match db::idle_sandboxes(&db, chrono::Utc::now() - idle_for).await {
+            let idle = match db::idle_sandboxes(&db, chrono::Utc::now(), idle_for).await {
                 Ok(idle) => idle,
                 Err(e) => {
                     tracing::warn!(error = ?e, "cannot list idle sandboxes");
@@ -291,4 +298,96 @@ impl SandboxService {
             runtime.shutdown().await;
         }
     }
+}
+
+/// How long a new sandbox may wait for a worker and start.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Records a sandbox, queues its interactive run and waits until it runs
+/// (at most [`START_TIMEOUT`]): the sandbox, running; or an error, with the
+/// record removed. The start goes on to its end even if the caller goes
+/// away, so that the record always ends running or deleted.
+pub async fn start_sandbox(
+    state: &actix_web::web::Data<crate::state::AppState>,
+    tenant: TenantId,
+    actor: Actor,
+    new: NewSandbox,
+) -> Result<Sandbox, Error> {
+    let image = new.image.clone();
+    state.sandboxes.check_offered(&image)?;
+    // Fail fast when no worker could take it.
+    let offered = store::workers::any_offering(&state.db, &image)
+        .await
+        .map_err(crate::db::store_error)?;
+    if !offered {
+        let local = state
+            .sandboxes
+            .local_unavailable()
+            .map(|why| format!("{why}, and "))
+            .unwrap_or_default();
+        return Err(Error::Unavailable(format!(
+            "{local}no connected worker offers the image {image}"
+        )));
+    }
+    let scope = TenantScope::new(&state.db, &tenant);
+    // The record and its run first: the quota holds before anything starts.
+    let sandbox = scope
+        .create_sandbox(new, state.sandboxes.config().max_per_tenant)
+        .await?;
+    state.fleet.wake();
+    // The rest runs to its end even if the client goes away, so that the
+    // record always ends running or deleted.
+    let app = state.clone();
+    let started = tokio::spawn(async move {
+        let scope = crate::db::TenantScope::new(&app.db, &tenant);
+        let run_id = sandbox
+            .run_id
+            .clone()
+            .ok_or_else(|| Error::Unexpected(anyhow::anyhow!("a new sandbox without a run")))?;
+        let begun = Instant::now();
+        let run = app
+            .fleet
+            .wait_run(tenant.as_str(), &run_id, START_TIMEOUT, |r| {
+                !matches!(
+                    r.state,
+                    RunState::Queued | RunState::Placed | RunState::Starting
+                )
+            })
+            .await
+            .map_err(crate::db::store_error)?;
+        if let (RunState::Running, Some(worker)) = (run.state, run.worker.as_deref()) {
+            scope
+                .sandbox_started(
+                    &sandbox.id,
+                    worker,
+                    actor.event("sandbox.create", Outcome::Success),
+                )
+                .await?;
+            tracing::info!(sandbox = %sandbox.id, tenant = %tenant, worker, ms = begun.elapsed().as_millis() as u64, "sandbox started");
+            return Ok(Sandbox {
+                state: SandboxState::Running,
+                worker: worker.to_owned(),
+                ..sandbox
+            });
+        }
+        let why = if run.state == RunState::Queued {
+            "no worker had room for the sandbox in time".to_owned()
+        } else {
+            format!(
+                "the sandbox could not be started: {}",
+                run.reason.as_deref().unwrap_or("its worker gave no reason")
+            )
+        };
+        tracing::warn!(sandbox = %sandbox.id, run = %run.id, state = run.state.as_str(), why, "sandbox did not start");
+        let run = scope.stop_sandbox_run(&run_id).await?;
+        app.fleet.deliver_cancel(&run).await;
+        let event = actor
+            .event("sandbox.create", Outcome::Failed)
+            .reason(why.clone());
+        scope.delete_sandbox(&sandbox.id, Some(event)).await?;
+        Err(Error::Unavailable(why))
+    });
+    started
+        .await
+        .map_err(|e| Error::Unexpected(anyhow::anyhow!("sandbox start task: {e}")))?
 }

@@ -24,6 +24,7 @@ mod m0012_gateway_transcripts;
 mod m0013_plans;
 mod m0014_sessions;
 mod m0015_lowercase_emails;
+mod m0016_conversations;
 
 /// Every migration, in the order it is applied.
 pub struct Migrator;
@@ -47,6 +48,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0013_plans::Migration),
             Box::new(m0014_sessions::Migration),
             Box::new(m0015_lowercase_emails::Migration),
+            Box::new(m0016_conversations::Migration),
         ]
     }
 }

@@ -28,6 +28,8 @@ pub struct Agent {
     pub instructions: String,
     /// Host names the agent may reach through the egress proxy.
     pub egress_allow: Vec<String>,
+    /// How it talks: tools, limits, timeouts.
+    pub settings: AgentSettings,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change.
@@ -47,6 +49,52 @@ pub struct AgentSpec {
     pub instructions: String,
     /// Egress allow-list.
     pub egress_allow: Vec<String>,
+    /// Settings.
+    pub settings: AgentSettings,
+}
+
+/// The tools the built-in agent knows (`reply` is always offered).
+pub const TOOLS: [&str; 5] = [
+    "shell",
+    "read_file",
+    "write_file",
+    "list_files",
+    "http_fetch",
+];
+
+/// How an agent talks: stored as one JSON column; fields missing from an
+/// older record take their defaults.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct AgentSettings {
+    /// Tools the model may call (of [`TOOLS`]).
+    pub tools: Vec<String>,
+    /// Its sandbox's resource limits.
+    pub limits: carapace_runtime::Limits,
+    /// Longest time one message may take, seconds.
+    pub message_timeout_s: u32,
+    /// How long its sandbox stays warm after the last message, seconds.
+    pub idle_timeout_s: u32,
+    /// Most model calls for one message.
+    pub max_steps: u32,
+    /// Most tokens (as the gateway counts them) for one message.
+    pub max_tokens_per_message: u64,
+    /// Longest time one `shell` tool call may take, seconds.
+    pub shell_timeout_s: u32,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        AgentSettings {
+            tools: TOOLS.iter().map(|t| (*t).to_owned()).collect(),
+            limits: carapace_runtime::Limits::default(),
+            message_timeout_s: 300,
+            idle_timeout_s: 300,
+            max_steps: 16,
+            max_tokens_per_message: 200_000,
+            shell_timeout_s: 60,
+        }
+    }
 }
 
 impl TryFrom<agent::Model> for Agent {
@@ -59,6 +107,7 @@ impl TryFrom<agent::Model> for Agent {
             image: row.image,
             instructions: row.instructions,
             egress_allow: serde_json::from_str(&row.egress_allow)?,
+            settings: serde_json::from_str(&row.settings)?,
             created_at: row.created_at,
             updated_at: row.updated_at,
         })
@@ -103,6 +152,7 @@ impl TenantScope<'_> {
         let tenant = self.tenant_id().clone();
         let now = Utc::now();
         let egress = serde_json::to_string(&spec.egress_allow).map_err(anyhow::Error::from)?;
+        let settings = serde_json::to_string(&spec.settings).map_err(anyhow::Error::from)?;
         let row = self
             .db()
             .transaction::<_, agent::Model, Error>(|txn| {
@@ -115,6 +165,7 @@ impl TenantScope<'_> {
                         image: Set(spec.image),
                         instructions: Set(spec.instructions),
                         egress_allow: Set(egress),
+                        settings: Set(settings),
                         created_at: Set(now),
                         updated_at: Set(now),
                     }
@@ -138,6 +189,7 @@ impl TenantScope<'_> {
         let tenant = self.tenant_id().clone();
         let id = id.clone();
         let egress = serde_json::to_string(&spec.egress_allow).map_err(anyhow::Error::from)?;
+        let settings = serde_json::to_string(&spec.settings).map_err(anyhow::Error::from)?;
         let row = self
             .db()
             .transaction::<_, agent::Model, Error>(|txn| {
@@ -157,6 +209,7 @@ impl TenantScope<'_> {
                     active.image = Set(spec.image);
                     active.instructions = Set(spec.instructions);
                     active.egress_allow = Set(egress);
+                    active.settings = Set(settings);
                     active.updated_at = Set(Utc::now());
                     let row = active.update(txn).await?;
                     Ok(row)

@@ -12,6 +12,7 @@
 //! Rows ([`entities`]) never leave this module; callers get domain records.
 
 mod agents;
+mod conversations;
 mod entities;
 pub mod members;
 pub mod platform;
@@ -31,7 +32,11 @@ use carapace_migrations::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend};
 
 use crate::secret::Secret;
-pub use agents::{Agent, AgentSpec};
+pub use agents::{Agent, AgentSettings, AgentSpec, TOOLS};
+pub use conversations::{
+    Conversation, ConversationEvent, MAX_QUEUED, Message, MessageStatus, Posted,
+    waiting_conversations,
+};
 pub use records::{ApiKey, NewApiKey, Tenant, TenantWithOwner};
 pub use runs::store_error;
 pub use sandboxes::{

@@ -14,8 +14,8 @@ use super::entities::sandbox;
 use super::platform::insert_audit;
 use crate::audit::AuditEvent;
 use crate::error::{Error, Result};
-use crate::ids::{SandboxId, TenantId};
-use carapace_scheduler::protocol::RunSpec;
+use crate::ids::{AgentId, SandboxId, TenantId};
+use carapace_scheduler::protocol::{MemorySync, RunSpec};
 use carapace_scheduler::store::{NewRun, runs};
 
 /// Where a sandbox is in its life.
@@ -72,6 +72,10 @@ pub struct Sandbox {
     /// The interactive run that holds it (none for a record made before
     /// sandboxes went through the scheduler).
     pub run_id: Option<String>,
+    /// The agent it keeps warm, if it is an agent's sandbox.
+    pub agent_id: Option<AgentId>,
+    /// Its own idle timeout in seconds (else the server's).
+    pub idle_timeout_s: Option<u32>,
 }
 
 /// What a new sandbox is created with.
@@ -83,6 +87,10 @@ pub struct NewSandbox {
     pub egress_allow: Vec<String>,
     /// Limits (already within bounds).
     pub limits: carapace_runtime::Limits,
+    /// The agent this sandbox keeps warm, whose memory it works on.
+    pub agent: Option<(AgentId, MemorySync)>,
+    /// Its own idle timeout (else the server's).
+    pub idle_timeout_s: Option<u32>,
 }
 
 impl TryFrom<sandbox::Model> for Sandbox {
@@ -98,6 +106,8 @@ impl TryFrom<sandbox::Model> for Sandbox {
             created_at: row.created_at,
             last_used_at: row.last_used_at,
             run_id: row.run_id,
+            agent_id: row.agent_id.as_deref().map(AgentId::parse).transpose()?,
+            idle_timeout_s: row.idle_timeout_s.and_then(|t| u32::try_from(t).ok()),
         })
     }
 }
@@ -151,7 +161,7 @@ impl TenantScope<'_> {
                         limits: new.limits,
                         egress_allow: new.egress_allow,
                         interactive: true,
-                        memory: None,
+                        memory: new.agent.as_ref().map(|(_, sync)| sync.clone()),
                     };
                     // Placed once: a sandbox whose worker is lost is lost.
                     // The write comes first: on SQLite it takes the write
@@ -190,6 +200,8 @@ impl TenantScope<'_> {
                         created_at: Set(now),
                         last_used_at: Set(now),
                         run_id: Set(Some(run.id)),
+                        agent_id: Set(new.agent.map(|(agent, _)| agent.to_string())),
+                        idle_timeout_s: Set(new.idle_timeout_s.map(i64::from)),
                     }
                     .insert(txn)
                     .await?;
@@ -289,18 +301,39 @@ impl TenantScope<'_> {
     }
 }
 
-/// Sandboxes (lost ones included) whose last use is before `idle_since`,
-/// across tenants (for the idle timeout): `(tenant, id, run)`.
+/// Sandboxes (lost ones included) idle for longer than their idle
+/// timeout (their own, else `default_idle`), across tenants (for the idle
+/// timeout): `(tenant, id, run)`.
 pub async fn idle_sandboxes(
     db: &DatabaseConnection,
-    idle_since: DateTime<Utc>,
+    now: DateTime<Utc>,
+    default_idle: chrono::Duration,
 ) -> Result<Vec<(TenantId, SandboxId, Option<String>)>> {
+    use sea_orm::Condition;
     let rows = sandbox::Entity::find()
-        .filter(sandbox::Column::LastUsedAt.lt(idle_since))
+        .filter(
+            Condition::any()
+                .add(
+                    Condition::all()
+                        .add(sandbox::Column::IdleTimeoutS.is_null())
+                        .add(sandbox::Column::LastUsedAt.lt(now - default_idle)),
+                )
+                // Agents' sandboxes have their own timeouts (at least a
+                // second): sorted out below.
+                .add(
+                    Condition::all()
+                        .add(sandbox::Column::IdleTimeoutS.is_not_null())
+                        .add(sandbox::Column::LastUsedAt.lt(now - chrono::Duration::seconds(1))),
+                ),
+        )
         .all(db)
         .await?;
     Ok(rows
         .into_iter()
+        .filter(|r| match r.idle_timeout_s {
+            Some(secs) => r.last_used_at < now - chrono::Duration::seconds(secs),
+            None => true,
+        })
         .map(|r| {
             Ok((
                 TenantId::parse(&r.tenant_id)?,

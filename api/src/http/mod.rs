@@ -55,6 +55,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(routes::usage::configure)
         .configure(routes::providers::configure)
         .configure(routes::agents::configure)
+        .configure(routes::conversations::configure)
         .configure(routes::login::configure)
         .configure(routes::sessions::configure)
         .configure(routes::access_policy::configure)

@@ -4,9 +4,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::routes::{
-    access_policy, admin, agents, api_keys, audit, members, memory, memory_sync, ops, providers,
-    runs, sandbox_calls, sandbox_exec, sandboxes, service_tokens, sessions, tenant, transcripts,
-    usage, workers,
+    access_policy, admin, agents, api_keys, audit, conversations, members, memory, memory_sync,
+    ops, providers, runs, sandbox_calls, sandbox_exec, sandboxes, service_tokens, sessions, tenant,
+    transcripts, usage, workers,
 };
 
 /// The whole API.
@@ -34,6 +34,11 @@ use super::routes::{
         agents::get_agent,
         agents::update_agent,
         agents::delete_agent,
+        conversations::post_message,
+        conversations::list_conversations,
+        conversations::get_conversation,
+        conversations::list_messages,
+        conversations::events,
         memory::list_files,
         memory::list_versions,
         memory::restore,
@@ -90,6 +95,7 @@ use super::routes::{
         (name = "audit", description = "The append-only audit log"),
         (name = "usage", description = "Model gateway usage"),
         (name = "agents", description = "A tenant's agents"),
+        (name = "conversations", description = "Talking to agents: messages answered in turn by the agent in its sandbox, and their events"),
         (name = "memory", description = "An agent's encrypted, versioned memory: raw bytes in and out"),
         (name = "sandboxes", description = "Hardened containers: run commands, move files in and out of /workspace"),
         (name = "runs", description = "Commands in fresh sandboxes, queued durably and placed on workers"),

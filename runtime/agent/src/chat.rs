@@ -137,7 +137,10 @@ fn read_job() -> Result<Job, String> {
         max_steps: job.get("max_steps").as_u64().unwrap_or(8).clamp(1, 100),
         max_tokens: job.get("max_tokens").as_u64().unwrap_or(100_000),
         shell_timeout: Duration::from_secs(
-            job.get("shell_timeout_s").as_u64().unwrap_or(30).clamp(1, 3600),
+            job.get("shell_timeout_s")
+                .as_u64()
+                .unwrap_or(30)
+                .clamp(1, 3600),
         ),
         today: text_of("today").unwrap_or_default(),
     })
@@ -253,7 +256,11 @@ pub fn main() -> i32 {
         let Ok(answer) = json::parse(&text) else {
             return fail("the gateway's answer is not JSON");
         };
-        tokens += answer.get("usage").get("total_tokens").as_u64().unwrap_or(0);
+        tokens += answer
+            .get("usage")
+            .get("total_tokens")
+            .as_u64()
+            .unwrap_or(0);
         let said = answer
             .get("choices")
             .as_array()
@@ -268,7 +275,11 @@ pub fn main() -> i32 {
         messages.push(said.clone());
         for call in &calls {
             let id = call.get("id").as_str().unwrap_or("call").to_owned();
-            let name = call.get("function").get("name").as_str().unwrap_or_default();
+            let name = call
+                .get("function")
+                .get("name")
+                .as_str()
+                .unwrap_or_default();
             let arguments = call
                 .get("function")
                 .get("arguments")
@@ -288,7 +299,10 @@ pub fn main() -> i32 {
             let (ok, output) = if job.tools.iter().any(|t| t == name) {
                 run_tool(name, &args, job.shell_timeout)
             } else {
-                (false, format!("the tool {name:?} is not allowed for this agent"))
+                (
+                    false,
+                    format!("the tool {name:?} is not allowed for this agent"),
+                )
             };
             let output = cut(output);
             emit(Value::obj([
@@ -357,10 +371,18 @@ fn run_tool(name: &str, args: &Value, shell_timeout: Duration) -> (bool, String)
                 std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
             }
             std::fs::write(&p, arg("content")).map_err(|e| format!("{}: {e}", p.display()))?;
-            Ok(format!("wrote {} bytes to {}", arg("content").len(), p.display()))
+            Ok(format!(
+                "wrote {} bytes to {}",
+                arg("content").len(),
+                p.display()
+            ))
         }),
         "list_files" => {
-            let path = if arg("path").is_empty() { MEMORY_DIR } else { arg("path") };
+            let path = if arg("path").is_empty() {
+                MEMORY_DIR
+            } else {
+                arg("path")
+            };
             resolve(path).map(|root| {
                 let mut found = Vec::new();
                 list(&root, &root, &mut found);
@@ -446,8 +468,14 @@ fn shell(command: &str, timeout: Duration) -> Result<String, String> {
     // background process holding its pipes must not hold the loop up.
     let (tx, rx) = std::sync::mpsc::channel::<(usize, Option<Vec<u8>>)>();
     let pipes = [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
-        child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
     ];
     for (i, pipe) in pipes.into_iter().enumerate() {
         let tx = tx.clone();
@@ -511,7 +539,10 @@ mod tests {
 
     #[test]
     fn tool_paths_stay_in_memory_or_workspace() {
-        assert_eq!(resolve("notes.md").unwrap().to_str(), Some("/memory/notes.md"));
+        assert_eq!(
+            resolve("notes.md").unwrap().to_str(),
+            Some("/memory/notes.md")
+        );
         assert!(resolve("/workspace/a/b").is_ok());
         assert!(resolve("../etc/passwd").is_err());
         assert!(resolve("/memory/../etc/passwd").is_err());
@@ -525,7 +556,13 @@ mod tests {
         let names: Vec<_> = tools
             .as_array()
             .iter()
-            .map(|t| t.get("function").get("name").as_str().unwrap_or_default().to_owned())
+            .map(|t| {
+                t.get("function")
+                    .get("name")
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
             .collect();
         assert_eq!(names, ["shell", "reply"]);
     }

@@ -166,17 +166,27 @@ mod tests {
     #[test]
     fn answers_are_read_plain_and_chunked() {
         let plain = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", 10).unwrap();
-        assert_eq!((plain.status, plain.body.as_slice()), (200, b"hi".as_slice()));
+        assert_eq!(
+            (plain.status, plain.body.as_slice()),
+            (200, b"hi".as_slice())
+        );
         let chunked = parse_response(
             b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x\r\nde\r\n0\r\n\r\n",
             10,
         )
         .unwrap();
-        assert_eq!((chunked.status, chunked.body.as_slice()), (403, b"abcde".as_slice()));
+        assert_eq!(
+            (chunked.status, chunked.body.as_slice()),
+            (403, b"abcde".as_slice())
+        );
         assert!(parse_response(b"HTTP/1.1 200 OK\r\n\r\n0123456789ab", 10).is_err());
         assert!(parse_response(b"garbage", 10).is_err());
         assert!(
-            parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nff\r\nab", 10).is_err()
+            parse_response(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nff\r\nab",
+                10
+            )
+            .is_err()
         );
     }
 

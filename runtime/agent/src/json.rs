@@ -252,7 +252,10 @@ impl Parser<'_> {
     }
 
     fn hex4(&mut self) -> Result<u32, ParseError> {
-        let digits = self.s.get(self.at..self.at + 4).ok_or(self.err("short \\u escape"))?;
+        let digits = self
+            .s
+            .get(self.at..self.at + 4)
+            .ok_or(self.err("short \\u escape"))?;
         let text = std::str::from_utf8(digits).map_err(|_| self.err("bad \\u escape"))?;
         let code = u32::from_str_radix(text, 16).map_err(|_| self.err("bad \\u escape"))?;
         self.at += 4;

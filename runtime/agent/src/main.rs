@@ -9,14 +9,14 @@
 //! std only, built static by `runtime/build.rs` with a bare `rustc`: the
 //! few libc calls it needs are declared below.
 
-#[path = "protocol.rs"]
-#[allow(dead_code)]
-mod protocol;
 mod chat;
 #[allow(dead_code)]
 mod http;
 #[allow(dead_code)]
 mod json;
+#[path = "protocol.rs"]
+#[allow(dead_code)]
+mod protocol;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;

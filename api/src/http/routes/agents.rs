@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::Outcome;
 use crate::auth::extract::{Caller, ManageAgents, UseAgents};
-use crate::db::{Agent, AgentSpec};
+use crate::db::{Agent, AgentSettings, AgentSpec, TOOLS};
 use crate::error::Error;
 use crate::http::problem::method_not_allowed;
 use crate::http::validate;
@@ -39,35 +39,131 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-/// A new agent.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+/// An agent's fields: on creation `name` and `model` are required and the
+/// rest take their defaults; on a change absent fields stay as they are.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CreateAgent {
-    /// Display name, 1-100 characters.
-    name: String,
-    /// Model alias (e.g. `fast`) or model name, called through the gateway.
-    model: String,
+pub struct AgentBody {
+    /// Display name, 1-100 characters (required on creation).
+    #[serde(default)]
+    name: Option<String>,
+    /// Model alias (e.g. `fast`) or model name, called through the gateway
+    /// (required on creation).
+    #[serde(default)]
+    model: Option<String>,
     /// `builtin` (default) or an OCI image reference.
     #[serde(default)]
     image: Option<String>,
     /// Persona and standing instructions; written to `AGENTS.md` in the
-    /// agent's memory.
+    /// agent's memory on creation.
     #[serde(default)]
     instructions: Option<String>,
     /// Host names the agent may reach (e.g. `api.github.com`, `*.example.com`).
     #[serde(default)]
     egress_allow: Option<Vec<String>>,
+    /// Tools the model may call: `shell`, `read_file`, `write_file`,
+    /// `list_files`, `http_fetch` (`reply` is always offered). [default: all]
+    #[serde(default)]
+    tools: Option<Vec<String>>,
+    /// Its sandbox's resource limits (as for `POST /v1/sandboxes`).
+    #[serde(default)]
+    limits: Option<super::sandboxes::LimitsBody>,
+    /// Longest time one message may take, 1 s to the server's longest
+    /// command time. [default: 300]
+    #[serde(default)]
+    message_timeout_s: Option<u32>,
+    /// Seconds its sandbox stays warm after a message, 1-86400; then its
+    /// memory is committed and the sandbox deleted. [default: 300]
+    #[serde(default)]
+    idle_timeout_s: Option<u32>,
+    /// Most model calls for one message, 1-100. [default: 16]
+    #[serde(default)]
+    max_steps: Option<u32>,
+    /// Most tokens for one message, 1-10,000,000. [default: 200,000]
+    #[serde(default)]
+    max_tokens_per_message: Option<u64>,
+    /// Longest time one `shell` call may take, 1-3600 s. [default: 60]
+    #[serde(default)]
+    shell_timeout_s: Option<u32>,
 }
 
-/// Changes to an agent; absent fields stay as they are.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateAgent {
-    name: Option<String>,
-    model: Option<String>,
-    image: Option<String>,
-    instructions: Option<String>,
-    egress_allow: Option<Vec<String>>,
+fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+    field: &'static str,
+    value: Option<T>,
+    current: T,
+    lo: T,
+    hi: T,
+) -> Result<T, Error> {
+    let value = value.unwrap_or(current);
+    if value < lo || value > hi {
+        return Err(invalid(field, format!("must be between {lo} and {hi}")));
+    }
+    Ok(value)
+}
+
+/// The settings `body` asks for over `current`, checked.
+fn settings(
+    body: &mut AgentBody,
+    current: AgentSettings,
+    max_timeout: std::time::Duration,
+) -> Result<AgentSettings, Error> {
+    let tools = match body.tools.take() {
+        None => current.tools,
+        Some(tools) => {
+            let mut out: Vec<String> = Vec::new();
+            for tool in tools {
+                if !TOOLS.contains(&tool.as_str()) {
+                    return Err(invalid(
+                        "tools",
+                        format!("unknown tool {tool:?}; known: {}", TOOLS.join(", ")),
+                    ));
+                }
+                if !out.contains(&tool) {
+                    out.push(tool);
+                }
+            }
+            out
+        }
+    };
+    let max_timeout = u32::try_from(max_timeout.as_secs())
+        .unwrap_or(u32::MAX)
+        .max(1);
+    Ok(AgentSettings {
+        tools,
+        limits: match body.limits.take() {
+            Some(limits) => super::sandboxes::limits(Some(limits))?,
+            None => current.limits,
+        },
+        message_timeout_s: in_range(
+            "message_timeout_s",
+            body.message_timeout_s,
+            current.message_timeout_s.min(max_timeout),
+            1,
+            max_timeout,
+        )?,
+        idle_timeout_s: in_range(
+            "idle_timeout_s",
+            body.idle_timeout_s,
+            current.idle_timeout_s,
+            1,
+            86_400,
+        )?,
+        max_steps: in_range("max_steps", body.max_steps, current.max_steps, 1, 100)?,
+        max_tokens_per_message: in_range(
+            "max_tokens_per_message",
+            body.max_tokens_per_message,
+            current.max_tokens_per_message,
+            1,
+            10_000_000,
+        )?,
+        shell_timeout_s: in_range(
+            "shell_timeout_s",
+            body.shell_timeout_s,
+            current.shell_timeout_s,
+            1,
+            3600,
+        )?,
+    })
 }
 
 /// An agent.
@@ -81,6 +177,13 @@ pub struct AgentView {
     image: String,
     instructions: String,
     egress_allow: Vec<String>,
+    tools: Vec<String>,
+    limits: super::sandboxes::LimitsView,
+    message_timeout_s: u32,
+    idle_timeout_s: u32,
+    max_steps: u32,
+    max_tokens_per_message: u64,
+    shell_timeout_s: u32,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -94,6 +197,13 @@ impl From<Agent> for AgentView {
             image: a.image,
             instructions: a.instructions,
             egress_allow: a.egress_allow,
+            tools: a.settings.tools,
+            limits: a.settings.limits.into(),
+            message_timeout_s: a.settings.message_timeout_s,
+            idle_timeout_s: a.settings.idle_timeout_s,
+            max_steps: a.settings.max_steps,
+            max_tokens_per_message: a.settings.max_tokens_per_message,
+            shell_timeout_s: a.settings.shell_timeout_s,
             created_at: a.created_at,
             updated_at: a.updated_at,
         }
@@ -133,7 +243,7 @@ fn validate_instructions(text: String) -> Result<String, Error> {
 /// Create an agent.
 #[utoipa::path(
     post, path = "/v1/agents", tag = "agents",
-    request_body = CreateAgent,
+    request_body = AgentBody,
     responses(
         (status = 201, description = "Created", body = AgentView),
         (status = 409, description = "Too many agents", body = crate::http::problem::Problem, content_type = "application/problem+json"),
@@ -144,15 +254,29 @@ fn validate_instructions(text: String) -> Result<String, Error> {
 pub async fn create_agent(
     caller: Caller<ManageAgents>,
     state: web::Data<AppState>,
-    body: web::Json<CreateAgent>,
+    body: web::Json<AgentBody>,
 ) -> Result<HttpResponse, Error> {
-    let body = body.into_inner();
+    let mut body = body.into_inner();
+    let name = body
+        .name
+        .take()
+        .ok_or_else(|| invalid("name", "is required"))?;
+    let model = body
+        .model
+        .take()
+        .ok_or_else(|| invalid("model", "is required"))?;
+    let settings = settings(
+        &mut body,
+        AgentSettings::default(),
+        state.sandboxes.config().max_exec_timeout,
+    )?;
     let spec = AgentSpec {
-        name: validate::label("name", &body.name, 100)?,
-        model: validate_model(&body.model)?,
+        name: validate::label("name", &name, 100)?,
+        model: validate_model(&model)?,
         image: validate::image(body.image.as_deref().unwrap_or("builtin"))?,
         instructions: validate_instructions(body.instructions.unwrap_or_default())?,
         egress_allow: validate::hosts(body.egress_allow.unwrap_or_default())?,
+        settings,
     };
     let scope = caller.scope(&state.db);
     if scope.agent_count().await? >= MAX_AGENTS {
@@ -222,7 +346,7 @@ pub async fn get_agent(
 /// Change an agent.
 #[utoipa::path(patch, path = "/v1/agents/{id}", tag = "agents",
     params(("id" = String, Path, description = "Agent id")),
-    request_body = UpdateAgent,
+    request_body = AgentBody,
     responses(
         (status = 200, description = "The agent", body = AgentView),
         (status = 404, description = "No such agent in this tenant", body = crate::http::problem::Problem, content_type = "application/problem+json"),
@@ -233,12 +357,17 @@ pub async fn update_agent(
     caller: Caller<ManageAgents>,
     state: web::Data<AppState>,
     id: web::Path<String>,
-    body: web::Json<UpdateAgent>,
+    body: web::Json<AgentBody>,
 ) -> Result<HttpResponse, Error> {
     let id = agent_id(&id)?;
     let scope = caller.scope(&state.db);
     let current = scope.agent(&id).await?;
-    let body = body.into_inner();
+    let mut body = body.into_inner();
+    let settings = settings(
+        &mut body,
+        current.settings,
+        state.sandboxes.config().max_exec_timeout,
+    )?;
     let spec = AgentSpec {
         name: match body.name {
             Some(name) => validate::label("name", &name, 100)?,
@@ -258,6 +387,7 @@ pub async fn update_agent(
         egress_allow: body
             .egress_allow
             .map_or(Ok(current.egress_allow), validate::hosts)?,
+        settings,
     };
     let agent = scope
         .update_agent(

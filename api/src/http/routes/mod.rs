@@ -6,6 +6,7 @@ pub mod admin;
 pub mod agents;
 pub mod api_keys;
 pub mod audit;
+pub mod conversations;
 pub mod docs;
 pub mod login;
 pub mod members;

@@ -3,12 +3,11 @@
 //! a tenant's sandboxes, commands run in them and files moved in and out of
 //! their `/workspace`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::{HttpResponse, web};
 use carapace_scheduler::RunState;
-use carapace_scheduler::store;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -177,8 +176,6 @@ pub(super) fn limits(body: Option<LimitsBody>) -> Result<carapace_runtime::Limit
     }
 }
 
-/// How long a new sandbox may wait for a worker and start.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a deletion waits for the worker to remove the container.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -204,91 +201,20 @@ pub async fn create_sandbox(
     let image = validate::image(body.image.as_deref().unwrap_or("builtin"))?;
     let egress_allow = validate::hosts(body.egress_allow.unwrap_or_default())?;
     let limits = limits(body.limits)?;
-    state.sandboxes.check_offered(&image)?;
-    // Fail fast when no worker could take it.
-    let offered = store::workers::any_offering(&state.db, &image)
-        .await
-        .map_err(crate::db::store_error)?;
-    if !offered {
-        let local = state
-            .sandboxes
-            .local_unavailable()
-            .map(|why| format!("{why}, and "))
-            .unwrap_or_default();
-        return Err(Error::Unavailable(format!(
-            "{local}no connected worker offers the image {image}"
-        )));
-    }
-    let scope = caller.scope(&state.db);
     let new = NewSandbox {
         image,
         egress_allow,
         limits,
+        agent: None,
+        idle_timeout_s: None,
     };
-    // The record and its run first: the quota holds before anything starts.
-    let sandbox = scope
-        .create_sandbox(new, state.sandboxes.config().max_per_tenant)
-        .await?;
-    state.fleet.wake();
-    // The rest runs to its end even if the client goes away, so that the
-    // record always ends running or deleted.
-    let (app, tenant, actor) = (
-        state.clone(),
+    let sandbox = crate::sandboxes::start_sandbox(
+        &state,
         caller.tenant_id().clone(),
         caller.actor().clone(),
-    );
-    let started = tokio::spawn(async move {
-        let scope = crate::db::TenantScope::new(&app.db, &tenant);
-        let run_id = sandbox
-            .run_id
-            .clone()
-            .ok_or_else(|| Error::Unexpected(anyhow::anyhow!("a new sandbox without a run")))?;
-        let begun = Instant::now();
-        let run = app
-            .fleet
-            .wait_run(tenant.as_str(), &run_id, START_TIMEOUT, |r| {
-                !matches!(
-                    r.state,
-                    RunState::Queued | RunState::Placed | RunState::Starting
-                )
-            })
-            .await
-            .map_err(crate::db::store_error)?;
-        if let (RunState::Running, Some(worker)) = (run.state, run.worker.as_deref()) {
-            scope
-                .sandbox_started(
-                    &sandbox.id,
-                    worker,
-                    actor.event("sandbox.create", Outcome::Success),
-                )
-                .await?;
-            tracing::info!(sandbox = %sandbox.id, tenant = %tenant, worker, ms = begun.elapsed().as_millis() as u64, "sandbox started");
-            return Ok(Sandbox {
-                state: SandboxState::Running,
-                worker: worker.to_owned(),
-                ..sandbox
-            });
-        }
-        let why = if run.state == RunState::Queued {
-            "no worker had room for the sandbox in time".to_owned()
-        } else {
-            format!(
-                "the sandbox could not be started: {}",
-                run.reason.as_deref().unwrap_or("its worker gave no reason")
-            )
-        };
-        tracing::warn!(sandbox = %sandbox.id, run = %run.id, state = run.state.as_str(), why, "sandbox did not start");
-        let run = scope.stop_sandbox_run(&run_id).await?;
-        app.fleet.deliver_cancel(&run).await;
-        let event = actor
-            .event("sandbox.create", Outcome::Failed)
-            .reason(why.clone());
-        scope.delete_sandbox(&sandbox.id, Some(event)).await?;
-        Err(Error::Unavailable(why))
-    });
-    let sandbox = started
-        .await
-        .map_err(|e| Error::Unexpected(anyhow::anyhow!("sandbox start task: {e}")))??;
+        new,
+    )
+    .await?;
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/v1/sandboxes/{}", sandbox.id)))
         .json(SandboxView::new(

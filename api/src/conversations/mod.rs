@@ -1,0 +1,209 @@
+//! Conversations with agents, the control plane's side: messages are
+//! taken one at a time per conversation, in order, each answered by one
+//! turn of the agent's tool loop in its warm sandbox (`turn`); every step
+//! is recorded as an event of the conversation, which streams read.
+//!
+//! A conversation is held by one processing task at a time, across
+//! replicas, through a hold with a deadline in its row
+//! (`conversations.busy_until`); a task whose replica dies lets the hold
+//! run out, and the sweeper (every replica's) picks the conversation up
+//! again. A message that was being answered when that happened is failed
+//! (`interrupted`), never answered twice.
+
+mod turn;
+
+use std::collections::HashSet;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use actix_web::web;
+use chrono::Utc;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::db::{MessageStatus, TenantScope};
+use crate::error::Error;
+use crate::ids::{ConversationId, TenantId};
+use crate::state::AppState;
+
+pub use turn::agent_path;
+
+/// How often every replica looks for conversations nobody processes.
+const SWEEP_EVERY: Duration = Duration::from_secs(2);
+/// A conversation's hold beyond its agent's message timeout (the sandbox's
+/// start, the memory load).
+const HOLD_MARGIN: Duration = Duration::from_secs(120);
+
+/// This replica's side of conversations: what it processes, and a signal
+/// for streams when it records an event.
+pub struct Conversations {
+    driving: Mutex<HashSet<ConversationId>>,
+    events: watch::Sender<u64>,
+}
+
+impl Default for Conversations {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Conversations {
+    pub fn new() -> Self {
+        Conversations {
+            driving: Mutex::default(),
+            events: watch::channel(0).0,
+        }
+    }
+
+    /// Changes whenever this replica records an event (streams re-read
+    /// then, and every second anyway for other replicas' events).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.events.subscribe()
+    }
+
+    /// Records an event of a conversation and wakes the streams.
+    pub async fn record(
+        &self,
+        scope: &TenantScope<'_>,
+        conversation: &ConversationId,
+        kind: &str,
+        data: serde_json::Value,
+    ) -> Result<i64, Error> {
+        let seq = scope.append_event(conversation, kind, &data).await?;
+        self.events.send_modify(|n| *n += 1);
+        Ok(seq)
+    }
+}
+
+/// Starts processing a conversation's waiting messages here, unless this
+/// replica already does (another replica's hold is respected by the claim).
+pub fn kick(state: &web::Data<AppState>, tenant: TenantId, conversation: ConversationId) {
+    {
+        let mut driving = state
+            .conversations
+            .driving
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !driving.insert(conversation.clone()) {
+            return;
+        }
+    }
+    let state = state.clone();
+    tokio::spawn(async move {
+        if let Err(e) = drive(&state, &tenant, &conversation).await {
+            tracing::warn!(conversation = %conversation, error = ?e, "conversation processing stopped");
+        }
+        state
+            .conversations
+            .driving
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&conversation);
+    });
+}
+
+/// Answers the conversation's messages in order while it holds it.
+async fn drive(
+    state: &web::Data<AppState>,
+    tenant: &TenantId,
+    conversation: &ConversationId,
+) -> Result<(), Error> {
+    let scope = TenantScope::new(&state.db, tenant);
+    loop {
+        let record = scope.conversation(conversation).await?;
+        let agent = scope.agent(&record.agent_id).await;
+        let hold = HOLD_MARGIN
+            + Duration::from_secs(
+                agent
+                    .as_ref()
+                    .map_or(0, |a| u64::from(a.settings.message_timeout_s)),
+            );
+        let until = Utc::now() + chrono::Duration::from_std(hold).unwrap_or_default();
+        if !scope.claim_conversation(conversation, until).await? {
+            return Ok(());
+        }
+        while let Some(message) = scope.next_message(conversation).await? {
+            let events = &state.conversations;
+            if message.status == MessageStatus::Processing {
+                // Its holder went away mid-answer: not answered twice.
+                let detail = "interrupted: the server answering it stopped; send it again";
+                scope
+                    .set_message_status(&message.id, MessageStatus::Failed, Some(detail.into()))
+                    .await?;
+                events
+                    .record(
+                        &scope,
+                        conversation,
+                        "error",
+                        json!({"message_id": message.id, "detail": detail}),
+                    )
+                    .await?;
+                continue;
+            }
+            scope
+                .set_message_status(&message.id, MessageStatus::Processing, None)
+                .await?;
+            let outcome = match &agent {
+                Ok(agent) => turn::answer(state, &scope, agent, &message).await,
+                Err(_) => Err("the agent was deleted".to_owned()),
+            };
+            match outcome {
+                Ok(text) => {
+                    let reply = scope.record_reply(&message, text.clone()).await?;
+                    events
+                        .record(
+                            &scope,
+                            conversation,
+                            "reply",
+                            json!({"message_id": message.id, "reply_id": reply.id, "text": text}),
+                        )
+                        .await?;
+                }
+                Err(detail) => {
+                    tracing::info!(conversation = %conversation, message = %message.id, detail, "message not answered");
+                    scope
+                        .set_message_status(
+                            &message.id,
+                            MessageStatus::Failed,
+                            Some(detail.clone()),
+                        )
+                        .await?;
+                    events
+                        .record(
+                            &scope,
+                            conversation,
+                            "error",
+                            json!({"message_id": message.id, "detail": detail}),
+                        )
+                        .await?;
+                }
+            }
+            // The hold is renewed for each message.
+            let until = Utc::now() + chrono::Duration::from_std(hold).unwrap_or_default();
+            scope.claim_conversation_again(conversation, until).await?;
+        }
+        scope.release_conversation(conversation).await?;
+        // A message posted while the hold was let go is taken now.
+        if scope.next_message(conversation).await?.is_none() {
+            return Ok(());
+        }
+    }
+}
+
+/// Picks up, every [`SWEEP_EVERY`], conversations with waiting messages
+/// that nobody holds (their replica stopped, or a kick was lost), until
+/// the task is aborted.
+pub async fn sweep(state: web::Data<AppState>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tick.tick().await;
+        match crate::db::waiting_conversations(&state.db).await {
+            Ok(waiting) => {
+                for (tenant, conversation) in waiting {
+                    kick(&state, tenant, conversation);
+                }
+            }
+            Err(e) => tracing::warn!(error = ?e, "cannot list waiting conversations"),
+        }
+    }
+}

@@ -1,0 +1,543 @@
+//! A tenant's conversations with its agents: the conversations, their
+//! messages (users' messages queued in order, agents' replies) and their
+//! events (numbered per conversation, for resumable streams). Platform
+//! functions at the end serve the background sweeper across tenants.
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+};
+
+use super::TenantScope;
+use super::entities::{conversation, conversation_event, message};
+use crate::error::{Error, Result};
+use crate::ids::{AgentId, ConversationId, MessageId, TenantId};
+
+/// Most messages of one conversation waiting for their turn.
+pub const MAX_QUEUED: u64 = 20;
+
+/// A conversation with an agent.
+#[derive(Debug, Clone)]
+pub struct Conversation {
+    pub id: ConversationId,
+    pub agent_id: AgentId,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<conversation::Model> for Conversation {
+    type Error = anyhow::Error;
+    fn try_from(row: conversation::Model) -> anyhow::Result<Self> {
+        Ok(Conversation {
+            id: ConversationId::parse(&row.id)?,
+            agent_id: AgentId::parse(&row.agent_id)?,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+/// Where a user's message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageStatus {
+    /// Waiting for the messages before it.
+    Queued,
+    /// With the agent now.
+    Processing,
+    /// Answered (the agent's replies are `Done` from the start).
+    Done,
+    /// Not answered: see its error.
+    Failed,
+}
+
+impl MessageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageStatus::Queued => "queued",
+            MessageStatus::Processing => "processing",
+            MessageStatus::Done => "done",
+            MessageStatus::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> anyhow::Result<Self> {
+        Ok(match s {
+            "queued" => MessageStatus::Queued,
+            "processing" => MessageStatus::Processing,
+            "done" => MessageStatus::Done,
+            "failed" => MessageStatus::Failed,
+            other => anyhow::bail!("unknown message status {other:?}"),
+        })
+    }
+
+    /// Whether nothing more happens to it.
+    pub fn is_final(self) -> bool {
+        matches!(self, MessageStatus::Done | MessageStatus::Failed)
+    }
+}
+
+/// A message: a user's (`role` `user`) or an agent's reply (`assistant`).
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub id: MessageId,
+    pub conversation_id: ConversationId,
+    pub role: String,
+    pub text: String,
+    pub status: MessageStatus,
+    pub error: Option<String>,
+    /// For a user's message: the agent's reply to it.
+    pub reply_id: Option<MessageId>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<message::Model> for Message {
+    type Error = anyhow::Error;
+    fn try_from(row: message::Model) -> anyhow::Result<Self> {
+        Ok(Message {
+            id: MessageId::parse(&row.id)?,
+            conversation_id: ConversationId::parse(&row.conversation_id)?,
+            role: row.role,
+            text: row.text,
+            status: MessageStatus::parse(&row.status)?,
+            error: row.error,
+            reply_id: row.reply_id.as_deref().map(MessageId::parse).transpose()?,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+/// One event of a conversation.
+#[derive(Debug, Clone)]
+pub struct ConversationEvent {
+    /// Its number in the conversation (from 1): the stream's event id.
+    pub seq: i64,
+    pub kind: String,
+    pub data: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A message posted: the message and whether it is new (not a repeat of
+/// an earlier request with the same idempotency key).
+pub struct Posted {
+    pub message: Message,
+    pub created: bool,
+}
+
+impl TenantScope<'_> {
+    /// One conversation; `NotFound` for an id of another tenant.
+    pub async fn conversation(&self, id: &ConversationId) -> Result<Conversation> {
+        let row = conversation::Entity::find_by_id(id.as_str())
+            .filter(conversation::Column::TenantId.eq(self.tenant_id().as_str()))
+            .one(self.db())
+            .await?
+            .ok_or(Error::NotFound)?;
+        Ok(row.try_into()?)
+    }
+
+    /// The tenant's conversations (of one agent, if given), newest first,
+    /// at most `limit`.
+    pub async fn conversations(
+        &self,
+        agent: Option<&AgentId>,
+        limit: u64,
+    ) -> Result<Vec<Conversation>> {
+        let mut query = conversation::Entity::find()
+            .filter(conversation::Column::TenantId.eq(self.tenant_id().as_str()));
+        if let Some(agent) = agent {
+            query = query.filter(conversation::Column::AgentId.eq(agent.as_str()));
+        }
+        let rows = query
+            .order_by_desc(conversation::Column::Id)
+            .limit(limit)
+            .all(self.db())
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(Conversation::try_from)
+            .collect::<anyhow::Result<_>>()?)
+    }
+
+    async fn message_by_key(&self, key: &str) -> Result<Option<Message>> {
+        let row = message::Entity::find()
+            .filter(message::Column::TenantId.eq(self.tenant_id().as_str()))
+            .filter(message::Column::IdempotencyKey.eq(key))
+            .one(self.db())
+            .await?;
+        Ok(row.map(Message::try_from).transpose()?)
+    }
+
+    /// Queues a user's message to `agent`, in `conversation` (which must be
+    /// the agent's) or a new one. A repeated idempotency key returns the
+    /// message first posted with it (whatever its conversation).
+    pub async fn post_message(
+        &self,
+        agent: &AgentId,
+        conversation: Option<&ConversationId>,
+        text: String,
+        idempotency_key: Option<String>,
+    ) -> Result<Posted> {
+        if let Some(key) = &idempotency_key
+            && let Some(message) = self.message_by_key(key).await?
+        {
+            return Ok(Posted {
+                message,
+                created: false,
+            });
+        }
+        let tenant = self.tenant_id().clone();
+        let (agent, conversation) = (agent.clone(), conversation.cloned());
+        let key = idempotency_key.clone();
+        let now = Utc::now();
+        let inserted = self
+            .db()
+            .transaction::<_, message::Model, Error>(|txn| {
+                Box::pin(async move {
+                    let conversation = match conversation {
+                        Some(id) => {
+                            // The write first (SQLite's write lock).
+                            let touched = conversation::Entity::update_many()
+                                .col_expr(conversation::Column::UpdatedAt, Expr::value(now))
+                                .filter(conversation::Column::Id.eq(id.as_str()))
+                                .filter(conversation::Column::TenantId.eq(tenant.as_str()))
+                                .filter(conversation::Column::AgentId.eq(agent.as_str()))
+                                .exec(txn)
+                                .await?
+                                .rows_affected;
+                            if touched == 0 {
+                                return Err(Error::NotFound);
+                            }
+                            let queued = message::Entity::find()
+                                .filter(message::Column::ConversationId.eq(id.as_str()))
+                                .filter(message::Column::Status.eq(MessageStatus::Queued.as_str()))
+                                .count(txn)
+                                .await?;
+                            if queued >= MAX_QUEUED {
+                                return Err(Error::LimitReached(format!(
+                                    "a conversation holds at most {MAX_QUEUED} messages waiting \
+                                     for their turn"
+                                )));
+                            }
+                            id
+                        }
+                        None => {
+                            let id = ConversationId::generate();
+                            conversation::ActiveModel {
+                                id: Set(id.to_string()),
+                                tenant_id: Set(tenant.to_string()),
+                                agent_id: Set(agent.to_string()),
+                                created_at: Set(now),
+                                updated_at: Set(now),
+                                busy_until: Set(None),
+                            }
+                            .insert(txn)
+                            .await?;
+                            id
+                        }
+                    };
+                    Ok(message::ActiveModel {
+                        id: Set(MessageId::generate().to_string()),
+                        tenant_id: Set(tenant.to_string()),
+                        conversation_id: Set(conversation.to_string()),
+                        role: Set("user".to_owned()),
+                        text: Set(text),
+                        status: Set(MessageStatus::Queued.as_str().to_owned()),
+                        error: Set(None),
+                        reply_id: Set(None),
+                        idempotency_key: Set(key),
+                        created_at: Set(now),
+                        updated_at: Set(now),
+                    }
+                    .insert(txn)
+                    .await?)
+                })
+            })
+            .await;
+        match inserted {
+            Ok(row) => Ok(Posted {
+                message: row.try_into()?,
+                created: true,
+            }),
+            // The same key posted concurrently: the other request won.
+            Err(e) => match &idempotency_key {
+                Some(key) => match self.message_by_key(key).await? {
+                    Some(message) => Ok(Posted {
+                        message,
+                        created: false,
+                    }),
+                    None => Err(e.into()),
+                },
+                None => Err(e.into()),
+            },
+        }
+    }
+
+    /// One message; `NotFound` for an id of another tenant.
+    pub async fn message(&self, id: &MessageId) -> Result<Message> {
+        let row = message::Entity::find_by_id(id.as_str())
+            .filter(message::Column::TenantId.eq(self.tenant_id().as_str()))
+            .one(self.db())
+            .await?
+            .ok_or(Error::NotFound)?;
+        Ok(row.try_into()?)
+    }
+
+    /// A conversation's messages, oldest first: the last `limit`.
+    pub async fn messages(
+        &self,
+        conversation: &ConversationId,
+        limit: u64,
+    ) -> Result<Vec<Message>> {
+        let mut rows = message::Entity::find()
+            .filter(message::Column::TenantId.eq(self.tenant_id().as_str()))
+            .filter(message::Column::ConversationId.eq(conversation.as_str()))
+            .order_by_desc(message::Column::Id)
+            .limit(limit)
+            .all(self.db())
+            .await?;
+        rows.reverse();
+        Ok(rows
+            .into_iter()
+            .map(Message::try_from)
+            .collect::<anyhow::Result<_>>()?)
+    }
+
+    /// Takes the conversation for processing until `until`, if nobody
+    /// holds it (or their hold has run out).
+    pub async fn claim_conversation(
+        &self,
+        id: &ConversationId,
+        until: DateTime<Utc>,
+    ) -> Result<bool> {
+        let now = Utc::now();
+        let claimed = conversation::Entity::update_many()
+            .col_expr(conversation::Column::BusyUntil, Expr::value(Some(until)))
+            .filter(conversation::Column::Id.eq(id.as_str()))
+            .filter(conversation::Column::TenantId.eq(self.tenant_id().as_str()))
+            .filter(
+                Condition::any()
+                    .add(conversation::Column::BusyUntil.is_null())
+                    .add(conversation::Column::BusyUntil.lt(now)),
+            )
+            .exec(self.db())
+            .await?
+            .rows_affected;
+        Ok(claimed == 1)
+    }
+
+    /// Extends a hold this task has.
+    pub async fn claim_conversation_again(
+        &self,
+        id: &ConversationId,
+        until: DateTime<Utc>,
+    ) -> Result<()> {
+        conversation::Entity::update_many()
+            .col_expr(conversation::Column::BusyUntil, Expr::value(Some(until)))
+            .filter(conversation::Column::Id.eq(id.as_str()))
+            .filter(conversation::Column::TenantId.eq(self.tenant_id().as_str()))
+            .exec(self.db())
+            .await?;
+        Ok(())
+    }
+
+    /// Lets the conversation go.
+    pub async fn release_conversation(&self, id: &ConversationId) -> Result<()> {
+        conversation::Entity::update_many()
+            .col_expr(
+                conversation::Column::BusyUntil,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .filter(conversation::Column::Id.eq(id.as_str()))
+            .filter(conversation::Column::TenantId.eq(self.tenant_id().as_str()))
+            .exec(self.db())
+            .await?;
+        Ok(())
+    }
+
+    /// The oldest message of the conversation not yet answered: one left
+    /// `processing` by a holder that went away comes back first.
+    pub async fn next_message(&self, conversation: &ConversationId) -> Result<Option<Message>> {
+        let row = message::Entity::find()
+            .filter(message::Column::TenantId.eq(self.tenant_id().as_str()))
+            .filter(message::Column::ConversationId.eq(conversation.as_str()))
+            .filter(message::Column::Status.is_in([
+                MessageStatus::Queued.as_str(),
+                MessageStatus::Processing.as_str(),
+            ]))
+            .order_by_asc(message::Column::Id)
+            .one(self.db())
+            .await?;
+        Ok(row.map(Message::try_from).transpose()?)
+    }
+
+    /// Sets a user's message's status (and error).
+    pub async fn set_message_status(
+        &self,
+        id: &MessageId,
+        status: MessageStatus,
+        error: Option<String>,
+    ) -> Result<()> {
+        message::Entity::update_many()
+            .col_expr(message::Column::Status, Expr::value(status.as_str()))
+            .col_expr(message::Column::Error, Expr::value(error))
+            .col_expr(message::Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(message::Column::Id.eq(id.as_str()))
+            .filter(message::Column::TenantId.eq(self.tenant_id().as_str()))
+            .exec(self.db())
+            .await?;
+        Ok(())
+    }
+
+    /// Records the agent's reply to `to` and marks `to` answered.
+    pub async fn record_reply(&self, to: &Message, text: String) -> Result<Message> {
+        let tenant = self.tenant_id().clone();
+        let to = to.clone();
+        let now = Utc::now();
+        let row = self
+            .db()
+            .transaction::<_, message::Model, Error>(|txn| {
+                Box::pin(async move {
+                    let reply = message::ActiveModel {
+                        id: Set(MessageId::generate().to_string()),
+                        tenant_id: Set(tenant.to_string()),
+                        conversation_id: Set(to.conversation_id.to_string()),
+                        role: Set("assistant".to_owned()),
+                        text: Set(text),
+                        status: Set(MessageStatus::Done.as_str().to_owned()),
+                        error: Set(None),
+                        reply_id: Set(None),
+                        idempotency_key: Set(None),
+                        created_at: Set(now),
+                        updated_at: Set(now),
+                    }
+                    .insert(txn)
+                    .await?;
+                    message::Entity::update_many()
+                        .col_expr(
+                            message::Column::Status,
+                            Expr::value(MessageStatus::Done.as_str()),
+                        )
+                        .col_expr(
+                            message::Column::ReplyId,
+                            Expr::value(Some(reply.id.clone())),
+                        )
+                        .col_expr(message::Column::UpdatedAt, Expr::value(now))
+                        .filter(message::Column::Id.eq(to.id.as_str()))
+                        .filter(message::Column::TenantId.eq(tenant.as_str()))
+                        .exec(txn)
+                        .await?;
+                    Ok(reply)
+                })
+            })
+            .await?;
+        Ok(row.try_into()?)
+    }
+
+    /// Appends an event to a conversation; its number.
+    pub async fn append_event(
+        &self,
+        conversation: &ConversationId,
+        kind: &str,
+        data: &serde_json::Value,
+    ) -> Result<i64> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let last: Option<i64> = conversation_event::Entity::find()
+                .select_only()
+                .column_as(conversation_event::Column::Seq.max(), "max")
+                .filter(conversation_event::Column::ConversationId.eq(conversation.as_str()))
+                .into_tuple::<Option<i64>>()
+                .one(self.db())
+                .await?
+                .flatten();
+            let seq = last.unwrap_or(0) + 1;
+            let inserted = conversation_event::Entity::insert(conversation_event::ActiveModel {
+                conversation_id: Set(conversation.to_string()),
+                seq: Set(seq),
+                tenant_id: Set(self.tenant_id().to_string()),
+                kind: Set(kind.to_owned()),
+                data: Set(data.to_string()),
+                created_at: Set(Utc::now()),
+            })
+            .exec_without_returning(self.db())
+            .await;
+            match inserted {
+                Ok(_) => return Ok(seq),
+                // Another writer took the number: take the next.
+                Err(_) if attempt < 5 => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// A conversation's events after number `after`, at most `limit`.
+    pub async fn events_after(
+        &self,
+        conversation: &ConversationId,
+        after: i64,
+        limit: u64,
+    ) -> Result<Vec<ConversationEvent>> {
+        let rows = conversation_event::Entity::find()
+            .filter(conversation_event::Column::TenantId.eq(self.tenant_id().as_str()))
+            .filter(conversation_event::Column::ConversationId.eq(conversation.as_str()))
+            .filter(conversation_event::Column::Seq.gt(after))
+            .order_by_asc(conversation_event::Column::Seq)
+            .limit(limit)
+            .all(self.db())
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| ConversationEvent {
+                seq: r.seq,
+                kind: r.kind,
+                data: serde_json::from_str(&r.data).unwrap_or(serde_json::Value::Null),
+                created_at: r.created_at,
+            })
+            .collect())
+    }
+}
+
+/// Conversations with a message waiting and nobody holding them, across
+/// tenants (for the sweeper): `(tenant, conversation)`.
+pub async fn waiting_conversations(
+    db: &DatabaseConnection,
+) -> Result<Vec<(TenantId, ConversationId)>> {
+    let now = Utc::now();
+    let waiting: Vec<String> = message::Entity::find()
+        .select_only()
+        .column(message::Column::ConversationId)
+        .distinct()
+        .filter(message::Column::Status.is_in([
+            MessageStatus::Queued.as_str(),
+            MessageStatus::Processing.as_str(),
+        ]))
+        .limit(1000)
+        .into_tuple::<String>()
+        .all(db)
+        .await?;
+    if waiting.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = conversation::Entity::find()
+        .filter(conversation::Column::Id.is_in(waiting))
+        .filter(
+            Condition::any()
+                .add(conversation::Column::BusyUntil.is_null())
+                .add(conversation::Column::BusyUntil.lt(now)),
+        )
+        .all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            Ok((
+                TenantId::parse(&r.tenant_id)?,
+                ConversationId::parse(&r.id)?,
+            ))
+        })
+        .collect::<anyhow::Result<_>>()?)
+}
