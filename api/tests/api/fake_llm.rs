@@ -135,6 +135,59 @@ fn event_stream(
     )
 }
 
+/// A scripted agent model: the user's last message says which tool to
+/// call (`shell: CMD`, `write: PATH|CONTENT`, `read: PATH`, `fetch: URL`,
+/// `reply: TEXT`; `loop: CMD` calls `shell` again after every result, as
+/// a model that never stops would); once a tool result is back it
+/// answers `saw: <the result>`. Anything else is answered `echo: <text>`.
+fn script(body: &Value, model: &str) -> Value {
+    let messages = body["messages"].as_array().cloned().unwrap_or_default();
+    let last = messages.last().cloned().unwrap_or(Value::Null);
+    let user = messages
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let calls = messages.iter().filter(|m| m["role"] == "tool").count();
+    let call = |name: &str, args: Value| {
+        json!({"role": "assistant", "content": null, "tool_calls": [{
+            "id": format!("call_{calls}"), "type": "function",
+            "function": {"name": name, "arguments": args.to_string()}}]})
+    };
+    let say = |text: String| json!({"role": "assistant", "content": text});
+    let (command, rest) = user.split_once(": ").unwrap_or(("", user.as_str()));
+    let message = if command == "loop" {
+        call("shell", json!({"command": rest}))
+    } else if last["role"] == "tool" {
+        say(format!(
+            "saw: {}",
+            last["content"].as_str().unwrap_or_default()
+        ))
+    } else {
+        match command {
+            "shell" => call("shell", json!({"command": rest})),
+            "read" => call("read_file", json!({"path": rest})),
+            "fetch" => call("http_fetch", json!({"url": rest})),
+            "reply" => call("reply", json!({"text": rest})),
+            "write" => {
+                let (path, content) = rest.split_once('|').unwrap_or((rest, ""));
+                call("write_file", json!({"path": path, "content": content}))
+            }
+            _ => say(format!("echo: {user}")),
+        }
+    };
+    let finish = if message.get("tool_calls").is_some() {
+        "tool_calls"
+    } else {
+        "stop"
+    };
+    json!({"id": "chatcmpl-script", "object": "chat.completion", "created": 1, "model": model,
+           "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+           "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}})
+}
+
 fn tool_name(body: &Value) -> Option<String> {
     let tool = body.get("tools")?.as_array()?.first()?;
     tool.pointer("/function/name")
@@ -149,6 +202,9 @@ async fn chat(req: HttpRequest, shared: web::Data<Shared>, body: web::Json<Value
         return failure;
     }
     let model = body["model"].as_str().unwrap_or_default().to_owned();
+    if model.starts_with("script") {
+        return HttpResponse::Ok().json(script(&body, &model));
+    }
     if model.starts_with("garbage") {
         return HttpResponse::Ok()
             .content_type("application/json")

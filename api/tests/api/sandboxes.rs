@@ -647,6 +647,8 @@ async fn a_sandbox_still_starting_cannot_be_deleted_under_its_creation() {
                 image: "builtin".into(),
                 egress_allow: vec![],
                 limits: carapace_runtime::Limits::default(),
+                agent: None,
+                idle_timeout_s: None,
             },
             10,
         )

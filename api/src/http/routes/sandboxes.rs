@@ -121,6 +121,8 @@ pub struct SandboxView {
     last_used_at: DateTime<Utc>,
     /// Deleted after this long without an exec or file transfer.
     idle_timeout_s: u64,
+    /// The agent this sandbox keeps warm (made by a message to it).
+    agent_id: Option<String>,
 }
 
 impl SandboxView {
@@ -134,7 +136,8 @@ impl SandboxView {
             run_id: s.run_id,
             created_at: s.created_at,
             last_used_at: s.last_used_at,
-            idle_timeout_s: idle_timeout.as_secs(),
+            idle_timeout_s: s.idle_timeout_s.map_or(idle_timeout.as_secs(), u64::from),
+            agent_id: s.agent_id.map(|a| a.to_string()),
         }
     }
 }

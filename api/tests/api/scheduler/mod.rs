@@ -3,6 +3,7 @@
 //! containers (root needed, as in CI).
 
 mod control_plane;
+mod conversations;
 mod fleet;
 mod memory_sync;
 mod runs;

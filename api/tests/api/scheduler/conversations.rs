@@ -1,0 +1,391 @@
+//! Agents end to end: a message answered by the built-in agent's tool loop
+//! in a real sandbox, through the gateway to a scripted fake model; the
+//! conversation's events streamed; the sandbox kept warm for the next
+//! message, then its memory committed; and a prompt-injected model stopped
+//! at the boundaries.
+
+use std::time::Duration;
+
+use carapace_api::config::SettingsArgs;
+use carapace_api::gateway::config::{GatewayArgs, ProviderArgs, ProviderKind};
+use carapace_api::secret::Secret;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::wait_for;
+use crate::fake_llm::FakeLlm;
+use crate::helpers::{TestApp, spawn_app_with, with_sandboxes};
+
+const UPSTREAM_KEY: &str = "sk-upstream-for-agents";
+
+fn gateway(llm: &FakeLlm, adjust: impl FnOnce(&mut GatewayArgs)) -> GatewayArgs {
+    let mut args = GatewayArgs {
+        providers: vec![ProviderArgs {
+            name: "primary".to_owned(),
+            kind: ProviderKind::OpenaiCompatible,
+            base_url: Some(llm.base_url.clone()),
+            api_key: Some(Secret::new(UPSTREAM_KEY.to_owned())),
+            api_key_env: None,
+            models: vec!["script-model".to_owned()],
+        }],
+        ..GatewayArgs::default()
+    };
+    adjust(&mut args);
+    args
+}
+
+async fn app_with_agents(llm: &FakeLlm, adjust: impl FnOnce(&mut GatewayArgs)) -> TestApp {
+    let gateway = gateway(llm, adjust);
+    spawn_app_with(|s: &mut SettingsArgs| {
+        with_sandboxes(s);
+        s.gateway = Some(gateway);
+    })
+    .await
+}
+
+async fn agent(app: &TestApp, key: &str, body: Value) -> String {
+    let res = app.post("/v1/agents", key, &body).await;
+    let status = res.status();
+    let agent: Value = res.json().await.unwrap();
+    assert_eq!(status, 201, "{agent}");
+    agent["id"].as_str().unwrap().to_owned()
+}
+
+/// Posts a message and waits for its answer; the whole response.
+async fn say(
+    app: &TestApp,
+    key: &str,
+    agent: &str,
+    text: &str,
+    conversation: Option<&str>,
+) -> Value {
+    let mut body = json!({"text": text});
+    if let Some(c) = conversation {
+        body["conversation_id"] = json!(c);
+    }
+    let res = app
+        .post(&format!("/v1/agents/{agent}/messages?wait=90"), key, &body)
+        .await;
+    let status = res.status();
+    let posted: Value = res.json().await.unwrap();
+    assert_eq!(status, 200, "{posted}");
+    posted
+}
+
+/// Reads a conversation's event stream until an event of `until` kind
+/// (after `Last-Event-ID: last`): `(id, kind, data)` of each.
+async fn events(
+    app: &TestApp,
+    key: &str,
+    conversation: &str,
+    last: Option<u64>,
+    until: &str,
+) -> Vec<(u64, String, Value)> {
+    let mut req = app.get(&format!("/v1/conversations/{conversation}/events"), key);
+    if let Some(last) = last {
+        req = req.header("Last-Event-ID", last.to_string());
+    }
+    let mut res = req.send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let mut text = String::new();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let chunk = tokio::time::timeout_at(deadline, res.chunk())
+            .await
+            .expect("the stream stalled")
+            .unwrap()
+            .expect("the stream ended");
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            let (mut id, mut kind, mut data) = (0, String::new(), Value::Null);
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    id = v.parse().unwrap();
+                } else if let Some(v) = line.strip_prefix("event: ") {
+                    kind = v.to_owned();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data = serde_json::from_str(v).unwrap();
+                }
+            }
+            if kind.is_empty() {
+                continue;
+            }
+            let done = kind == until;
+            out.push((id, kind, data));
+            if done {
+                return out;
+            }
+        }
+    }
+}
+
+async fn agent_sandboxes(app: &TestApp, key: &str, agent: &str) -> Vec<Value> {
+    let list: Value = app
+        .get("/v1/sandboxes", key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["agent_id"] == agent)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn an_agent_answers_by_acting_in_its_warm_sandbox_and_remembers() {
+    let llm = FakeLlm::start().await;
+    let app = app_with_agents(&llm, |_| {}).await;
+    let t = app.create_tenant("Acme").await;
+    let id = agent(
+        &app,
+        &t.key,
+        json!({"name": "helper", "model": "script-model", "instructions": "You are terse.",
+               "idle_timeout_s": 3}),
+    )
+    .await;
+
+    // A command the model asks for runs in the sandbox; the model sees its
+    // output and answers.
+    let first = say(
+        &app,
+        &t.key,
+        &id,
+        "shell: echo \"hello from $(hostname)\" > /memory/notes.md && cat /memory/notes.md && uname -s",
+        None,
+    )
+    .await;
+    assert_eq!(first["message"]["status"], "done", "{first}");
+    let reply = first["reply"]["text"].as_str().unwrap();
+    assert!(reply.starts_with("saw: exit code 0"), "{reply}");
+    assert!(
+        reply.contains("hello from") && reply.contains("Linux"),
+        "{reply}"
+    );
+    let conversation = first["conversation_id"].as_str().unwrap().to_owned();
+
+    // The model was called with the agent's standing instructions, by the
+    // gateway with the platform's key (never the run's token).
+    let received = llm.received();
+    assert_eq!(received.len(), 2, "one call for the tool, one to answer");
+    let system = received[0].body["messages"][0]["content"].as_str().unwrap();
+    assert!(system.contains("You are terse."), "{system}");
+    for r in &received {
+        assert_eq!(
+            r.authorization.as_deref(),
+            Some(format!("Bearer {UPSTREAM_KEY}").as_str())
+        );
+    }
+    let offered: Vec<&str> = received[0].body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        offered.contains(&"shell") && offered.contains(&"reply"),
+        "{offered:?}"
+    );
+
+    // The same steps as events, in order, resumable.
+    let seen = events(&app, &t.key, &conversation, None, "reply").await;
+    let kinds: Vec<&str> = seen.iter().map(|(_, k, _)| k.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "message_accepted",
+            "run_placed",
+            "tool_call",
+            "tool_result",
+            "reply"
+        ]
+    );
+    assert_eq!(seen[1].2["data"]["warm"], false);
+    let sandbox = seen[1].2["data"]["sandbox_id"].as_str().unwrap().to_owned();
+    assert_eq!(seen[2].2["data"]["name"], "shell");
+    assert!(
+        seen[3].2["data"]["output"]
+            .as_str()
+            .unwrap()
+            .contains("hello from")
+    );
+    let ids: Vec<u64> = seen.iter().map(|(id, _, _)| *id).collect();
+    assert_eq!(ids, [1, 2, 3, 4, 5]);
+    let resumed = events(&app, &t.key, &conversation, Some(3), "reply").await;
+    assert_eq!(resumed.first().map(|(id, _, _)| *id), Some(4));
+
+    // The next message of the conversation reaches the same warm sandbox.
+    let second = say(
+        &app,
+        &t.key,
+        &id,
+        "shell: cat /memory/notes.md",
+        Some(&conversation),
+    )
+    .await;
+    assert_eq!(second["conversation_id"], conversation.as_str());
+    assert!(
+        second["reply"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("hello from"),
+        "{second}"
+    );
+    let seen = events(&app, &t.key, &conversation, Some(5), "reply").await;
+    let placed = seen.iter().find(|(_, k, _)| k == "run_placed").unwrap();
+    assert_eq!(placed.2["data"]["warm"], true);
+    assert_eq!(placed.2["data"]["sandbox_id"], sandbox.as_str());
+    // The model saw the conversation so far.
+    let last_call = llm.received().last().unwrap().body.clone();
+    let roles: Vec<&str> = last_call["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles[..4], ["system", "user", "assistant", "user"]);
+
+    let messages: Value = app
+        .get(
+            &format!("/v1/conversations/{conversation}/messages"),
+            &t.key,
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let roles: Vec<&str> = messages["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["user", "assistant", "user", "assistant"]);
+
+    // After the idle timeout: the sandbox is gone and what the agent wrote
+    // is in its encrypted memory.
+    wait_for(
+        Duration::from_secs(30),
+        "the idle sandbox's deletion",
+        || async {
+            agent_sandboxes(&app, &t.key, &id)
+                .await
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    let note = wait_for(Duration::from_secs(30), "the memory commit", || async {
+        let res = app
+            .get(&format!("/v1/agents/{id}/memory/notes.md"), &t.key)
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 200 {
+            Some(res.text().await.unwrap())
+        } else {
+            None
+        }
+    })
+    .await;
+    assert!(note.starts_with("hello from"), "{note}");
+
+    // A new conversation starts a cold sandbox, which has the memory.
+    let third = say(&app, &t.key, &id, "read: notes.md", None).await;
+    assert_ne!(third["conversation_id"], conversation.as_str());
+    assert_eq!(third["reply"]["text"], format!("saw: {note}"));
+}
+
+#[tokio::test]
+async fn messages_are_validated_and_idempotent() {
+    let llm = FakeLlm::start().await;
+    let app = app_with_agents(&llm, |_| {}).await;
+    let t = app.create_tenant("Acme").await;
+    let id = agent(
+        &app,
+        &t.key,
+        json!({"name": "echo", "model": "script-model", "tools": []}),
+    )
+    .await;
+    for (body, field) in [
+        (json!({"text": ""}), "text"),
+        (json!({"text": "x".repeat(40_000)}), "text"),
+        (
+            json!({"text": "hi", "conversation_id": "cnv_nope"}),
+            "conversation_id",
+        ),
+    ] {
+        let res = app
+            .post(&format!("/v1/agents/{id}/messages"), &t.key, &body)
+            .await;
+        let status = res.status().as_u16();
+        let problem: Value = res.json().await.unwrap();
+        assert!(status == 422 || status == 413, "{status} {problem}");
+        if status == 422 {
+            assert_eq!(problem["field"], field, "{problem}");
+        }
+    }
+    let res = app
+        .post(
+            &format!("/v1/agents/{id}/messages?wait=500"),
+            &t.key,
+            &json!({"text": "hi"}),
+        )
+        .await;
+    assert_eq!(res.status(), 422);
+    // The same idempotency key twice: one message, answered once.
+    let send = || async {
+        let res = app
+            .request(
+                Method::POST,
+                &format!("/v1/agents/{id}/messages?wait=60"),
+                &t.key,
+            )
+            .header("Idempotency-Key", "order-42")
+            .json(&json!({"text": "hello"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        res.json::<Value>().await.unwrap()
+    };
+    let (a, b) = (send().await, send().await);
+    assert_eq!(a["message"]["id"], b["message"]["id"]);
+    assert_eq!(b["reply"]["text"], "echo: hello");
+    let calls = llm.received().len();
+    assert_eq!(calls, 1, "answered once");
+    // Agent settings are checked.
+    for (body, field) in [
+        (
+            json!({"name": "x", "model": "m", "tools": ["rm_rf"]}),
+            "tools",
+        ),
+        (
+            json!({"name": "x", "model": "m", "idle_timeout_s": 0}),
+            "idle_timeout_s",
+        ),
+        (
+            json!({"name": "x", "model": "m", "max_steps": 1000}),
+            "max_steps",
+        ),
+        (
+            json!({"name": "x", "model": "m", "limits": {"memory_mib": 1}}),
+            "limits",
+        ),
+        (json!({"model": "m"}), "name"),
+    ] {
+        let res = app.post("/v1/agents", &t.key, &body).await;
+        let problem: Value = res.json().await.unwrap();
+        assert_eq!(problem["field"], field, "{problem}");
+    }
+}
