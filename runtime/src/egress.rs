@@ -170,13 +170,28 @@ impl Policy {
     }
 }
 
+/// A destination the policy refused, told to whoever listens (the worker
+/// reports it to the control plane, which audits it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The sandbox that asked.
+    pub sandbox: String,
+    /// The host it asked for (as asked, at most 255 bytes).
+    pub host: String,
+    pub port: u16,
+    /// Why it was refused.
+    pub reason: String,
+}
+
 /// Serves the proxy on `listener` until the task is aborted; aborting it
-/// also ends every connection it opened.
+/// also ends every connection it opened. Refusals are also sent on
+/// `refusals` (dropped when nobody listens or the listeners lag).
 pub async fn serve(
     listener: TcpListener,
     policy: Arc<Policy>,
     counters: Arc<Counters>,
     sandbox: String,
+    refusals: tokio::sync::broadcast::Sender<Refused>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     // The connections belong to this task: when it is aborted (the sandbox
@@ -193,10 +208,13 @@ pub async fn serve(
             continue;
         };
         let (policy, counters, sandbox) = (policy.clone(), counters.clone(), sandbox.clone());
+        let refusals = refusals.clone();
         connections.spawn(async move {
-            let _ =
-                tokio::time::timeout(MAX_CONNECTION, handle(client, &policy, &counters, &sandbox))
-                    .await;
+            let _ = tokio::time::timeout(
+                MAX_CONNECTION,
+                handle(client, &policy, &counters, &sandbox, &refusals),
+            )
+            .await;
             drop(permit);
         });
     }
@@ -245,7 +263,13 @@ fn split_authority(authority: &str, default_port: u16) -> Option<(String, u16)> 
     }
 }
 
-async fn handle(mut client: TcpStream, policy: &Policy, counters: &Counters, sandbox: &str) {
+async fn handle(
+    mut client: TcpStream,
+    policy: &Policy,
+    counters: &Counters,
+    sandbox: &str,
+    refusals: &tokio::sync::broadcast::Sender<Refused>,
+) {
     let Ok(Some(head)) = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut client)).await else {
         respond(
             &mut client,
@@ -305,6 +329,12 @@ async fn handle(mut client: TcpStream, policy: &Policy, counters: &Counters, san
         Err(refusal) => {
             counters.refused.fetch_add(1, Ordering::Relaxed);
             tracing::info!(sandbox, host = shown(&host), port, reason = %refusal, "egress refused");
+            let _ = refusals.send(Refused {
+                sandbox: sandbox.to_owned(),
+                host: shown(&host).chars().take(255).collect(),
+                port,
+                reason: refusal.to_string(),
+            });
             respond(
                 &mut client,
                 "403 Forbidden",

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::limits::Limits;
 
 /// The protocol version a worker announces in its hello.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// The largest message either side accepts (a call's stdin of 1 MiB,
 /// base64-encoded, fits).
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
@@ -326,6 +326,18 @@ pub enum WorkerMessage {
         call: u64,
         /// How it ended.
         result: CallResult,
+    },
+    /// A run's sandbox asked its egress proxy for a destination its
+    /// allow-list does not hold (best effort: not kept, not acknowledged;
+    /// the control plane audits it).
+    EgressRefused {
+        /// Which run, under which lease.
+        lease: Lease,
+        /// The host asked for (at most 255 bytes).
+        host: String,
+        port: u16,
+        /// Why (at most 500 bytes).
+        reason: String,
     },
     /// Something happened to a run. Kept by the worker, and sent again
     /// after a reconnection, until acknowledged.

@@ -123,6 +123,8 @@ pub struct Fleet {
     calls: calls::Calls,
     /// Bumped whenever this replica applies a report.
     changes: tokio::sync::watch::Sender<u64>,
+    /// When each (run, destination) refusal was last audited.
+    egress_audited: Mutex<HashMap<(String, String, u16), std::time::Instant>>,
 }
 
 impl Fleet {
@@ -137,6 +139,7 @@ impl Fleet {
             cancels_sent: Mutex::default(),
             calls: calls::Calls::default(),
             changes: tokio::sync::watch::Sender::new(0),
+            egress_audited: Mutex::default(),
         })
     }
 

@@ -116,6 +116,16 @@ impl Fleet {
                     self.call_done(worker, call, result);
                     Ok(())
                 }
+                WorkerMessage::EgressRefused {
+                    lease,
+                    host,
+                    port,
+                    reason,
+                } => {
+                    self.on_egress_refused(worker, &lease, &host, port, &reason)
+                        .await;
+                    Ok(())
+                }
             };
             if let Err(reason) = outcome {
                 return reason;
@@ -206,6 +216,63 @@ impl Fleet {
         }
         let _ = end.tx.send(ControlMessage::ReportAck { seq }).await;
         Ok(())
+    }
+
+    /// Audits a destination a run's egress proxy refused (once a minute
+    /// per run and destination), if the worker holds the run.
+    async fn on_egress_refused(
+        &self,
+        worker: &str,
+        lease: &Lease,
+        host: &str,
+        port: u16,
+        reason: &str,
+    ) {
+        const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+        let host: String = host.chars().take(255).collect();
+        let reason: String = reason.chars().take(500).collect();
+        {
+            let mut audited = self
+                .egress_audited
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if audited.len() > 10_000 {
+                audited.retain(|_, at| at.elapsed() < EVERY);
+            }
+            let key = (lease.run.clone(), host.clone(), port);
+            if audited.get(&key).is_some_and(|at| at.elapsed() < EVERY) {
+                return;
+            }
+            audited.insert(key, std::time::Instant::now());
+        }
+        let run = match store::runs::leased_run(&self.db, worker, lease).await {
+            Ok(Some(run)) => run,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "egress refusal not audited");
+                return;
+            }
+        };
+        let Ok(tenant) = crate::ids::TenantId::parse(&run.tenant) else {
+            return;
+        };
+        let principal = match &run.spec.memory {
+            Some(memory) => format!("agent:{}", memory.agent),
+            None => format!("run:{}", run.id),
+        };
+        let actor = crate::audit::Actor {
+            principal,
+            client_ip: None,
+            request_id: None,
+        };
+        let event = actor
+            .event("sandbox.egress", crate::audit::Outcome::Denied)
+            .reason(format!("egress to {host}:{port} refused: {reason}"))
+            .in_tenant(&tenant)
+            .target(run.id.as_str());
+        if let Err(e) = crate::db::platform::record_audit(&self.db, event).await {
+            tracing::warn!(error = ?e, "egress refusal not audited");
+        }
     }
 
     /// Records a refused report in the run's tenant's audit log.

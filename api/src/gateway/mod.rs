@@ -51,6 +51,10 @@ pub struct Gateway {
     transcripts: Transcripts,
     upstream_seconds: HistogramVec,
     overhead_seconds: HistogramVec,
+    /// When each (tenant, principal, refusal) was last audited.
+    refusals_audited: std::sync::Mutex<
+        std::collections::HashMap<(String, String, &'static str), std::time::Instant>,
+    >,
 }
 
 impl Gateway {
@@ -108,7 +112,28 @@ impl Gateway {
             transcripts,
             upstream_seconds,
             overhead_seconds,
+            refusals_audited: std::sync::Mutex::default(),
         })
+    }
+
+    /// Whether a refusal of this kind for this principal is due for the
+    /// audit log (once a minute each, so that a client hammering a limit
+    /// cannot flood it).
+    pub(crate) fn refusal_due(&self, tenant: &str, principal: &str, code: &'static str) -> bool {
+        const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+        let mut audited = self
+            .refusals_audited
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if audited.len() > 10_000 {
+            audited.retain(|_, at| at.elapsed() < EVERY);
+        }
+        let key = (tenant.to_owned(), principal.to_owned(), code);
+        if audited.get(&key).is_some_and(|at| at.elapsed() < EVERY) {
+            return false;
+        }
+        audited.insert(key, std::time::Instant::now());
+        true
     }
 }
 

@@ -17,6 +17,7 @@ use super::config::{Price, Target, WireFormat};
 use super::limits::{Permit, Refusal};
 use super::usage::{self, StreamTap, Usage};
 use super::wire_error::GatewayError;
+use crate::audit::Outcome;
 use crate::auth::extract::{Caller, UseGateway};
 use crate::db::UsageEntry;
 use crate::error::Error;
@@ -232,30 +233,28 @@ async fn proxy(
         )
         .await
         .map_err(Error::from)?;
-    let permit = gateway
-        .limiter
-        .acquire_for(
-            caller.tenant_id(),
-            &caller.principal().credential.id(),
-            &limits,
-        )
-        .map_err(|refusal| match refusal {
-            Refusal::Rate {
-                reason,
-                retry_after_secs,
-            } => GatewayError {
-                retry_after: Some(retry_after_secs),
-                ..GatewayError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", reason)
-            },
-            Refusal::Budget { budget_usd } => GatewayError::new(
-                StatusCode::PAYMENT_REQUIRED,
-                "budget_exceeded",
-                format!(
-                    "this month's model budget of ${budget_usd:.2} is spent; \
-                     it renews on the first of next month (UTC)"
-                ),
-            ),
-        })?;
+    let permit = match gateway.limiter.acquire_for(
+        caller.tenant_id(),
+        &caller.principal().credential.id(),
+        &limits,
+    ) {
+        Ok(permit) => permit,
+        Err(refusal) => {
+            let refused = refused_by_limit(refusal);
+            let principal = &caller.actor().principal;
+            if gateway.refusal_due(caller.tenant_id().as_str(), principal, refused.code) {
+                let event = caller
+                    .actor()
+                    .event("gateway.limit", Outcome::Denied)
+                    .reason(refused.message.clone())
+                    .in_tenant(caller.tenant_id());
+                if let Err(e) = crate::db::platform::record_audit(&state.db, event).await {
+                    tracing::warn!(error = ?e, "gateway refusal not audited");
+                }
+            }
+            return Err(refused);
+        }
+    };
 
     // A run token's calls are its run's agent's; it may not name another.
     let bound = caller.principal().agent.clone();
@@ -698,5 +697,26 @@ impl Drop for TappedStream {
         // Still pending: the client left before the end. Priced with what
         // had been counted by then.
         self.finish("client_disconnected");
+    }
+}
+
+/// The answer to a call a limit refused.
+fn refused_by_limit(refusal: Refusal) -> GatewayError {
+    match refusal {
+        Refusal::Rate {
+            reason,
+            retry_after_secs,
+        } => GatewayError {
+            retry_after: Some(retry_after_secs),
+            ..GatewayError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", reason)
+        },
+        Refusal::Budget { budget_usd } => GatewayError::new(
+            StatusCode::PAYMENT_REQUIRED,
+            "budget_exceeded",
+            format!(
+                "this month's model budget of ${budget_usd:.2} is spent; \
+                 it renews on the first of next month (UTC)"
+            ),
+        ),
     }
 }

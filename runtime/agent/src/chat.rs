@@ -36,6 +36,8 @@ const GATEWAY_TIMEOUT: Duration = Duration::from_secs(300);
 const MAX_LISTED: usize = 500;
 
 const MEMORY_DIR: &str = "/memory";
+/// The control plane's name inside a sandbox (through the egress proxy).
+const CONTROL_PLANE: &str = "carapace.internal";
 const WORKSPACE_DIR: &str = "/workspace";
 
 /// The tools the loop knows, with their JSON-schema parameters.
@@ -62,7 +64,7 @@ const TOOLS: [(&str, &str, &str); 6] = [
     ),
     (
         "http_fetch",
-        "Fetch an http:// URL (GET) through the sandbox's egress proxy; only allow-listed hosts answer.",
+        "Fetch an http:// URL (GET) through the sandbox's egress proxy; only allow-listed hosts answer. Requests to http://carapace.internal/ carry your run's token.",
         r#"{"type":"object","properties":{"url":{"type":"string"}},"required":["url"]}"#,
     ),
     (
@@ -389,15 +391,27 @@ fn run_tool(name: &str, args: &Value, shell_timeout: Duration) -> (bool, String)
                 found.join("\n")
             })
         }
-        "http_fetch" => http::request(
-            "GET",
-            arg("url"),
-            &[],
-            &[],
-            Duration::from_secs(30),
-            MAX_TOOL_OUTPUT,
-        )
-        .map(|r| format!("status {}\n{}", r.status, String::from_utf8_lossy(&r.body))),
+        "http_fetch" => {
+            // The run's token goes to the control plane only, never to
+            // another host.
+            let token = std::env::var("CARAPACE_RUN_TOKEN").unwrap_or_default();
+            let auth = format!("Bearer {token}");
+            let own = arg("url").starts_with(&format!("http://{CONTROL_PLANE}/"));
+            let headers: &[(&str, &str)] = if own && !token.is_empty() {
+                &[("Authorization", auth.as_str())]
+            } else {
+                &[]
+            };
+            http::request(
+                "GET",
+                arg("url"),
+                headers,
+                &[],
+                Duration::from_secs(30),
+                MAX_TOOL_OUTPUT,
+            )
+            .map(|r| format!("status {}\n{}", r.status, String::from_utf8_lossy(&r.body)))
+        }
         other => Err(format!("unknown tool {other:?}")),
     };
     match result {

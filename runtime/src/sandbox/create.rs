@@ -193,6 +193,7 @@ impl Runtime {
             Arc::new(egress),
             counters.clone(),
             id.to_owned(),
+            self.egress_refusals.clone(),
         ));
         Ok(Live {
             container: prepared.container,

@@ -148,6 +148,8 @@ pub struct Runtime {
     mounts: PathBuf,
     /// Whether memory plus swap can be limited (see `cgroups::accounts_swap`).
     limit_swap: bool,
+    /// Destinations refused by any sandbox's egress proxy.
+    egress_refusals: tokio::sync::broadcast::Sender<crate::egress::Refused>,
 }
 
 /// Egress counters of one sandbox.
@@ -220,9 +222,16 @@ impl Runtime {
             handle: tokio::runtime::Handle::current(),
             mounts,
             limit_swap,
+            egress_refusals: tokio::sync::broadcast::channel(256).0,
         });
         pool::spawn_refill(&runtime);
         Ok(runtime)
+    }
+
+    /// Destinations the egress proxies refuse from now on, as they happen
+    /// (a listener that lags loses the oldest).
+    pub fn egress_refusals(&self) -> tokio::sync::broadcast::Receiver<crate::egress::Refused> {
+        self.egress_refusals.subscribe()
     }
 
     /// The tokio runtime the worker runs its tasks on. Callers on another

@@ -286,6 +286,7 @@ impl Worker {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let silence = every * 4 + Duration::from_secs(2);
         let mut last_heard = tokio::time::Instant::now();
+        let mut refusals = self.runtime.egress_refusals();
         loop {
             // Everything waiting goes out first, in order.
             while let Some(message) = self.next_report() {
@@ -317,6 +318,21 @@ impl Worker {
                 () = self.outbox_ready.notified() => {}
                 Some(answer) = calls_rx.recv() => {
                     if link.tx.send(answer).await.is_err() {
+                        return SessionEnd::Disconnected("the link closed".into());
+                    }
+                }
+                Ok(refused) = refusals.recv() => {
+                    // A sandbox's name is its run's id.
+                    let Some(lease) = self.lease_of(&refused.sandbox) else {
+                        continue;
+                    };
+                    let message = WorkerMessage::EgressRefused {
+                        lease,
+                        host: refused.host,
+                        port: refused.port,
+                        reason: refused.reason.chars().take(500).collect(),
+                    };
+                    if link.tx.send(message).await.is_err() {
                         return SessionEnd::Disconnected("the link closed".into());
                     }
                 }
@@ -433,6 +449,18 @@ impl Worker {
         self.runtime.handle().spawn(async move {
             worker.execute(lease, spec, stopped).await;
         });
+    }
+
+    /// The lease of a run this worker holds.
+    fn lease_of(&self, run: &str) -> Option<Lease> {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(run)
+            .map(|h| Lease {
+                run: run.to_owned(),
+                epoch: h.epoch,
+            })
     }
 
     /// The current token of a run this worker holds.

@@ -438,6 +438,22 @@ pub async fn by_token(
     Ok(Some((row.try_into()?, stored, super::digest(token))))
 }
 
+/// The run of `lease` if `worker` holds that lease now.
+pub async fn leased_run(
+    db: &impl ConnectionTrait,
+    worker: &str,
+    lease: &Lease,
+) -> Result<Option<Run>> {
+    run::Entity::find_by_id(lease.run.as_str())
+        .filter(run::Column::WorkerId.eq(worker))
+        .filter(run::Column::Epoch.eq(lease.epoch))
+        .filter(run::Column::State.is_in(ACTIVE))
+        .one(db)
+        .await?
+        .map(Run::try_from)
+        .transpose()
+}
+
 /// The runs a worker holds a lease on (placed, starting or running there).
 pub async fn leased_to(db: &impl ConnectionTrait, worker: &str) -> Result<Vec<Run>> {
     run::Entity::find()
