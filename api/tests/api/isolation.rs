@@ -22,7 +22,8 @@ enum Expect {
 /// of tenant B, `{provider}` with the name of one of B's providers and
 /// `{agent}` with one of B's agents (whose memory holds `notes.md`) and
 /// `{sandbox}` with one of B's sandboxes (whose workspace holds `notes.txt`)
-/// and `{run}` with one of B's runs.
+/// and `{run}` with one of B's runs and `{conversation}` with one of B's
+/// conversations.
 struct Case(Method, &'static str, Expect);
 
 const CASES: &[Case] = &[
@@ -119,6 +120,27 @@ const CASES: &[Case] = &[
         "/v1/invitations/{invitation}",
         Expect::NotFound,
     ),
+    Case(
+        Method::POST,
+        "/v1/agents/{agent}/messages",
+        Expect::NotFound,
+    ),
+    Case(Method::GET, "/v1/conversations", Expect::ListsNothingOfB),
+    Case(
+        Method::GET,
+        "/v1/conversations/{conversation}",
+        Expect::NotFound,
+    ),
+    Case(
+        Method::GET,
+        "/v1/conversations/{conversation}/messages",
+        Expect::NotFound,
+    ),
+    Case(
+        Method::GET,
+        "/v1/conversations/{conversation}/events",
+        Expect::NotFound,
+    ),
 ];
 
 /// Everything tenant B owns, for substitution and for leak checks.
@@ -131,6 +153,7 @@ struct Fixture {
     b_user_id: String,
     b_invitation_id: String,
     b_run_id: String,
+    b_conversation_id: String,
 }
 
 async fn fixture(app: &TestApp) -> Fixture {
@@ -246,7 +269,22 @@ async fn fixture(app: &TestApp) -> Fixture {
         .as_str()
         .unwrap()
         .to_owned();
+    // A conversation of B's with its agent (answered or not: only its
+    // records matter here).
+    let b_conversation_id = TenantScope::new(&app.db, &b_id)
+        .post_message(
+            &carapace_api::ids::AgentId::parse(&b_agent_id).unwrap(),
+            None,
+            "bravo secret message".to_owned(),
+            None,
+        )
+        .await
+        .unwrap()
+        .message
+        .conversation_id
+        .to_string();
     Fixture {
+        b_conversation_id,
         b_user_id,
         b_invitation_id,
         b_session_id,
@@ -263,6 +301,7 @@ async fn probe(app: &TestApp, method: &Method, path: &str, key: &str) -> reqwest
     let req = app.request(method.clone(), path, key);
     let req = match *method {
         Method::PUT => req.body("overwritten by A"),
+        Method::POST if path.ends_with("/messages") => req.json(&json!({"text": "hello from A"})),
         Method::PATCH => req.json(&json!({"name": "renamed by A"})),
         Method::POST => req.json(&json!({"command": ["rm", "-rf", "/workspace"]})),
         _ => req,
@@ -280,6 +319,8 @@ async fn a_tenant_never_sees_or_touches_another_tenants_resources() {
         f.b_key_id.as_str(),
         "Bravo",
         "bravo-secret-key",
+        f.b_conversation_id.as_str(),
+        "bravo secret message",
     ];
 
     for Case(method, template, expect) in CASES {
@@ -291,7 +332,8 @@ async fn a_tenant_never_sees_or_touches_another_tenants_resources() {
             .replace("{run}", &f.b_run_id)
             .replace("{session}", &f.b_session_id)
             .replace("{user}", &f.b_user_id)
-            .replace("{invitation}", &f.b_invitation_id);
+            .replace("{invitation}", &f.b_invitation_id)
+            .replace("{conversation}", &f.b_conversation_id);
         let res = probe(&app, method, &path, &a.key).await;
         let status = res.status().as_u16();
         let body = res.text().await.unwrap();
@@ -319,6 +361,41 @@ async fn a_tenant_never_sees_or_touches_another_tenants_resources() {
             );
         }
     }
+
+    // A cannot slip a message into B's conversation through its own agent.
+    let res = app
+        .post(
+            "/v1/agents",
+            &a.key,
+            &json!({"name": "alpha-agent", "model": "m"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let a_agent = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = app
+        .post(
+            &format!("/v1/agents/{a_agent}/messages"),
+            &a.key,
+            &json!({"text": "injected", "conversation_id": f.b_conversation_id}),
+        )
+        .await;
+    assert_eq!(res.status(), 422);
+    let res = app
+        .get(
+            &format!("/v1/conversations/{}/messages", f.b_conversation_id),
+            &f.b.key,
+        )
+        .send()
+        .await
+        .unwrap();
+    let text = res.text().await.unwrap();
+    assert!(
+        !text.contains("injected") && !text.contains("hello from A"),
+        "{text}"
+    );
 
     // B's resources are untouched by A's attempts.
     let res = app.get("/v1/sessions", &f.b.key).send().await.unwrap();
