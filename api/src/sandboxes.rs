@@ -391,3 +391,30 @@ pub async fn start_sandbox(
         .await
         .map_err(|e| Error::Unexpected(anyhow::anyhow!("sandbox start task: {e}")))?
 }
+
+/// How long a deletion waits for the worker to remove the container.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Stops a sandbox's run (its worker removes the container, committing an
+/// agent's memory first; a worker that is gone took it with it), waits up
+/// to [`STOP_TIMEOUT`] for that, and deletes the record with `audit`;
+/// `false` if there was no such record any more.
+pub async fn stop_sandbox(
+    state: &crate::state::AppState,
+    scope: &TenantScope<'_>,
+    sandbox: &Sandbox,
+    audit: crate::audit::AuditEvent,
+) -> Result<bool, Error> {
+    if let Some(run) = &sandbox.run_id {
+        let run = scope.stop_sandbox_run(run).await?;
+        state.fleet.deliver_cancel(&run).await;
+        state
+            .fleet
+            .wait_run(scope.tenant_id().as_str(), &run.id, STOP_TIMEOUT, |r| {
+                r.state.is_terminal() || r.state == RunState::Lost
+            })
+            .await
+            .map_err(db::store_error)?;
+    }
+    scope.delete_sandbox(&sandbox.id, Some(audit)).await
+}

@@ -122,8 +122,15 @@ async fn drive(
         if !scope.claim_conversation(conversation, until).await? {
             return Ok(());
         }
+        let mut first = true;
         while let Some(message) = scope.next_message(conversation).await? {
             let events = &state.conversations;
+            if !first {
+                // The hold is renewed for each further message.
+                let until = Utc::now() + chrono::Duration::from_std(hold).unwrap_or_default();
+                scope.claim_conversation_again(conversation, until).await?;
+            }
+            first = false;
             if message.status == MessageStatus::Processing {
                 // Its holder went away mid-answer: not answered twice.
                 let detail = "interrupted: the server answering it stopped; send it again";
@@ -178,9 +185,6 @@ async fn drive(
                         .await?;
                 }
             }
-            // The hold is renewed for each message.
-            let until = Utc::now() + chrono::Duration::from_std(hold).unwrap_or_default();
-            scope.claim_conversation_again(conversation, until).await?;
         }
         scope.release_conversation(conversation).await?;
         // A message posted while the hold was let go is taken now.

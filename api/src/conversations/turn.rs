@@ -218,7 +218,7 @@ async fn run_loop(
         timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
         stream: true,
     };
-    let _ = scope.touch_sandbox(&warm.sandbox).await;
+    // No touch before: a sandbox with a call in flight is not idle.
     let mut replies = match state
         .fleet
         .call(&warm.worker, warm.lease.clone(), request, None)
@@ -231,7 +231,7 @@ async fn run_loop(
     let mut reply = None;
     let mut error = None;
     let mut stderr = Vec::new();
-    let result = loop {
+    let result = 'read: loop {
         match replies.recv().await {
             Some(CallReply::Chunk(Part::Stdout, data)) => {
                 for byte in data {
@@ -244,7 +244,12 @@ async fn run_loop(
                     let text = String::from_utf8_lossy(&line).into_owned();
                     line.clear();
                     match step(state, scope, message, &text).await {
-                        Some(Ok(text)) => reply = Some(text),
+                        // The reply is the loop's last word: the answer
+                        // need not wait for its process to end.
+                        Some(Ok(text)) => {
+                            reply = Some(text);
+                            break 'read None;
+                        }
                         Some(Err(detail)) => error = Some(detail),
                         None => {}
                     }
@@ -261,9 +266,22 @@ async fn run_loop(
             Some(CallReply::Overflow) | None => break None,
         }
     };
+    if let Some(reply) = reply {
+        // The rest of the call is read to its end in the background; the
+        // idle timeout counts from then.
+        let (db, tenant, sandbox) = (
+            state.db.clone(),
+            scope.tenant_id().clone(),
+            warm.sandbox.clone(),
+        );
+        tokio::spawn(async move {
+            while replies.recv().await.is_some() {}
+            let _ = TenantScope::new(&db, &tenant).touch_sandbox(&sandbox).await;
+        });
+        return Ran::Replied(reply);
+    }
     let _ = scope.touch_sandbox(&warm.sandbox).await;
     match result {
-        _ if reply.is_some() => Ran::Replied(reply.unwrap_or_default()),
         Some(CallResult::Exec {
             timed_out: true, ..
         }) => Ran::Failed(format!(

@@ -413,8 +413,19 @@ pub async fn delete_agent(
     id: web::Path<String>,
 ) -> Result<HttpResponse, Error> {
     let id = agent_id(&id)?;
-    let deleted = caller
-        .scope(&state.db)
+    let scope = caller.scope(&state.db);
+    scope.agent(&id).await?;
+    // Its warm sandbox first, so that nothing commits to its memory after.
+    for sandbox in scope.sandboxes().await? {
+        if sandbox.agent_id.as_ref() == Some(&id) {
+            let event = caller
+                .actor()
+                .event("sandbox.delete", Outcome::Success)
+                .reason("its agent was deleted");
+            crate::sandboxes::stop_sandbox(&state, &scope, &sandbox, event).await?;
+        }
+    }
+    let deleted = scope
         .delete_agent(&id, caller.actor().event("agent.delete", Outcome::Success))
         .await?;
     if !deleted {

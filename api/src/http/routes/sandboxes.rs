@@ -179,9 +179,6 @@ pub(super) fn limits(body: Option<LimitsBody>) -> Result<carapace_runtime::Limit
     }
 }
 
-/// How long a deletion waits for the worker to remove the container.
-const STOP_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Create a sandbox and start it: an interactive run, placed by the
 /// scheduler on a worker that offers its image.
 #[utoipa::path(
@@ -312,21 +309,8 @@ pub async fn delete_sandbox(
             "the sandbox is still starting; delete it once it runs".into(),
         ));
     }
-    if let Some(run) = &sandbox.run_id {
-        let run = scope.stop_sandbox_run(run).await?;
-        state.fleet.deliver_cancel(&run).await;
-        // The worker removes the container and says so; a worker that is
-        // gone took it with it.
-        state
-            .fleet
-            .wait_run(caller.tenant_id().as_str(), &run.id, STOP_TIMEOUT, |r| {
-                r.state.is_terminal() || r.state == RunState::Lost
-            })
-            .await
-            .map_err(crate::db::store_error)?;
-    }
     let event = caller.actor().event("sandbox.delete", Outcome::Success);
-    if !scope.delete_sandbox(&id, Some(event)).await? {
+    if !crate::sandboxes::stop_sandbox(&state, &scope, &sandbox, event).await? {
         return Err(Error::NotFound);
     }
     Ok(HttpResponse::NoContent().finish())

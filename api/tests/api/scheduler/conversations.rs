@@ -364,6 +364,15 @@ async fn messages_are_validated_and_idempotent() {
     assert_eq!(b["reply"]["text"], "echo: hello");
     let calls = llm.received().len();
     assert_eq!(calls, 1, "answered once");
+    // Deleting the agent stops its warm sandbox.
+    assert_eq!(agent_sandboxes(&app, &t.key, &id).await.len(), 1);
+    let res = app
+        .request(Method::DELETE, &format!("/v1/agents/{id}"), &t.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert!(agent_sandboxes(&app, &t.key, &id).await.is_empty());
     // Agent settings are checked.
     for (body, field) in [
         (
