@@ -148,6 +148,21 @@ pub struct MemorySync {
     pub max_files: u32,
     /// Most bytes its files may hold together.
     pub max_bytes: u64,
+    /// Directories of the memory (relative, e.g. `openclaw/credentials`)
+    /// never synced either way: neither written into the sandbox nor
+    /// committed from it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+}
+
+impl MemorySync {
+    /// Whether `path` (relative to the memory) is in an excluded directory.
+    pub fn excludes(&self, path: &str) -> bool {
+        self.exclude.iter().any(|dir| {
+            path.strip_prefix(dir.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+    }
 }
 
 /// A request to a running interactive sandbox, answered by

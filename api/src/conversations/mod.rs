@@ -10,6 +10,7 @@
 //! again. A message that was being answered when that happened is failed
 //! (`interrupted`), never answered twice.
 
+mod openclaw;
 mod turn;
 
 use std::collections::HashSet;

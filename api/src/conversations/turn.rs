@@ -16,7 +16,7 @@ use carapace_scheduler::protocol::{
 use serde_json::{Value, json};
 
 use crate::audit::Actor;
-use crate::db::{Agent, Message, MessageStatus, NewSandbox, SandboxState, TenantScope};
+use crate::db::{Agent, Flavor, Message, MessageStatus, NewSandbox, SandboxState, TenantScope};
 use crate::error::Error;
 use crate::fleet::CallReply;
 use crate::ids::RunId;
@@ -42,14 +42,14 @@ pub fn agent_path(image: &str) -> &'static str {
 }
 
 /// The agent's running sandbox, to send calls to.
-struct Warm {
-    sandbox: crate::ids::SandboxId,
-    run: String,
-    worker: String,
-    lease: Lease,
+pub(super) struct Warm {
+    pub sandbox: crate::ids::SandboxId,
+    pub run: String,
+    pub worker: String,
+    pub lease: Lease,
 }
 
-fn cut(text: &str, max: usize) -> String {
+pub(super) fn cut(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_owned();
     }
@@ -102,6 +102,10 @@ async fn start_cold(
         interval_s: quota.sync_interval_s,
         max_files: u32::try_from(quota.max_files).unwrap_or(u32::MAX),
         max_bytes: quota.max_total_bytes,
+        exclude: match agent.settings.flavor {
+            Flavor::Carapace => Vec::new(),
+            Flavor::Openclaw => vec![super::openclaw::CREDENTIALS.to_owned()],
+        },
     };
     let new = NewSandbox {
         image: agent.image.clone(),
@@ -154,7 +158,7 @@ async fn job(scope: &TenantScope<'_>, agent: &Agent, message: &Message) -> Resul
 }
 
 /// What came of one run of the loop.
-enum Ran {
+pub(super) enum Ran {
     Replied(String),
     Failed(String),
     /// The sandbox was gone: worth one more try in a new one.
@@ -188,7 +192,11 @@ pub(super) async fn answer(
             )
             .await
             .map_err(failed)?;
-        match run_loop(state, scope, agent, message, &warm, &job).await {
+        let ran = match agent.settings.flavor {
+            Flavor::Carapace => run_loop(state, scope, agent, message, &warm, &job).await,
+            Flavor::Openclaw => super::openclaw::run(state, scope, agent, message, &warm).await,
+        };
+        match ran {
             Ran::Replied(text) => return Ok(text),
             Ran::Failed(detail) => return Err(detail),
             Ran::Gone => {

@@ -62,11 +62,25 @@ pub const TOOLS: [&str; 5] = [
     "http_fetch",
 ];
 
+/// What answers an agent's messages in its sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Flavor {
+    /// The built-in tool loop (`carapace-agent chat`).
+    #[default]
+    Carapace,
+    /// OpenClaw, from the agent's image (`openclaw agent --local`), wired
+    /// to the gateway and the synced memory.
+    Openclaw,
+}
+
 /// How an agent talks: stored as one JSON column; fields missing from an
 /// older record take their defaults.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct AgentSettings {
+    /// What answers its messages.
+    pub flavor: Flavor,
     /// Tools the model may call (of [`TOOLS`]).
     pub tools: Vec<String>,
     /// Its sandbox's resource limits.
@@ -86,6 +100,7 @@ pub struct AgentSettings {
 impl Default for AgentSettings {
     fn default() -> Self {
         AgentSettings {
+            flavor: Flavor::Carapace,
             tools: TOOLS.iter().map(|t| (*t).to_owned()).collect(),
             limits: carapace_runtime::Limits::default(),
             message_timeout_s: 300,

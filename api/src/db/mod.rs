@@ -32,7 +32,7 @@ use carapace_migrations::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend};
 
 use crate::secret::Secret;
-pub use agents::{Agent, AgentSettings, AgentSpec, TOOLS};
+pub use agents::{Agent, AgentSettings, AgentSpec, Flavor, TOOLS};
 pub use conversations::{
     Conversation, ConversationEvent, MAX_QUEUED, Message, MessageStatus, Posted,
     waiting_conversations,

@@ -80,6 +80,9 @@ impl MemorySession {
             .saturating_add(1024);
         let archive = read_bounded(res, limit).await?;
         for (path, range) in unpack(&archive, spec.max_files)? {
+            if spec.excludes(&path) {
+                continue;
+            }
             match runtime
                 .write_file_in(id, Area::Memory, &path, archive[range].to_vec())
                 .await
@@ -252,6 +255,7 @@ impl MemorySession {
         let mut files = HashMap::new();
         for file in listing.0 {
             match String::from_utf8(file.path) {
+                Ok(path) if self.spec.excludes(&path) => {}
                 Ok(path) if acceptable(&path) => {
                     files.insert(path, (file.size, file.stamp));
                 }

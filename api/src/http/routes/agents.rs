@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::Outcome;
 use crate::auth::extract::{Caller, ManageAgents, UseAgents};
-use crate::db::{Agent, AgentSettings, AgentSpec, TOOLS};
+use crate::db::{Agent, AgentSettings, AgentSpec, Flavor, TOOLS};
 use crate::error::Error;
 use crate::http::problem::method_not_allowed;
 use crate::http::validate;
@@ -61,6 +61,12 @@ pub struct AgentBody {
     /// Host names the agent may reach (e.g. `api.github.com`, `*.example.com`).
     #[serde(default)]
     egress_allow: Option<Vec<String>>,
+    /// What answers its messages: `carapace` (the built-in tool loop; the
+    /// default) or `openclaw` (OpenClaw from the agent's image, which must
+    /// then be an OCI image holding an `openclaw` command).
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    flavor: Option<Flavor>,
     /// Tools the model may call: `shell`, `read_file`, `write_file`,
     /// `list_files`, `http_fetch` (`reply` is always offered). [default: all]
     #[serde(default)]
@@ -85,6 +91,17 @@ pub struct AgentBody {
     /// Longest time one `shell` call may take, 1-3600 s. [default: 60]
     #[serde(default)]
     shell_timeout_s: Option<u32>,
+}
+
+/// An OpenClaw agent runs OpenClaw from its own image.
+fn check_flavor(spec: &AgentSpec) -> Result<(), Error> {
+    if spec.settings.flavor == Flavor::Openclaw && spec.image == "builtin" {
+        return Err(invalid(
+            "flavor",
+            "an openclaw agent needs an OCI image that holds OpenClaw, not builtin",
+        ));
+    }
+    Ok(())
 }
 
 fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
@@ -129,6 +146,7 @@ fn settings(
         .unwrap_or(u32::MAX)
         .max(1);
     Ok(AgentSettings {
+        flavor: body.flavor.unwrap_or(current.flavor),
         tools,
         limits: match body.limits.take() {
             Some(limits) => super::sandboxes::limits(Some(limits))?,
@@ -177,6 +195,9 @@ pub struct AgentView {
     image: String,
     instructions: String,
     egress_allow: Vec<String>,
+    /// `carapace` or `openclaw`.
+    #[schema(value_type = String)]
+    flavor: Flavor,
     tools: Vec<String>,
     limits: super::sandboxes::LimitsView,
     message_timeout_s: u32,
@@ -197,6 +218,7 @@ impl From<Agent> for AgentView {
             image: a.image,
             instructions: a.instructions,
             egress_allow: a.egress_allow,
+            flavor: a.settings.flavor,
             tools: a.settings.tools,
             limits: a.settings.limits.into(),
             message_timeout_s: a.settings.message_timeout_s,
@@ -278,6 +300,7 @@ pub async fn create_agent(
         egress_allow: validate::hosts(body.egress_allow.unwrap_or_default())?,
         settings,
     };
+    check_flavor(&spec)?;
     let scope = caller.scope(&state.db);
     if scope.agent_count().await? >= MAX_AGENTS {
         return Err(Error::LimitReached(format!(
@@ -389,6 +412,7 @@ pub async fn update_agent(
             .map_or(Ok(current.egress_allow), validate::hosts)?,
         settings,
     };
+    check_flavor(&spec)?;
     let agent = scope
         .update_agent(
             &id,

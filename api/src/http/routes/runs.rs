@@ -253,6 +253,7 @@ pub async fn create_run(
                 interval_s,
                 max_files: u32::try_from(limits.max_files).unwrap_or(u32::MAX),
                 max_bytes: limits.max_total_bytes,
+                exclude: Vec::new(),
             })
         }
     };

@@ -526,3 +526,217 @@ async fn a_prompt_injected_agent_is_stopped_at_the_boundaries_and_seen() {
     let theirs_audit = app.audit(&b.key, "?outcome=denied").await;
     assert!(theirs_audit.is_empty(), "{theirs_audit:?}");
 }
+
+/// An OCI image standing in for OpenClaw: busybox, and an `openclaw`
+/// command that records what it was given (arguments, environment, its
+/// configuration), writes state, workspace and credential files as
+/// OpenClaw would, and prints a reply as `--json` does.
+fn openclaw_image(dir: &std::path::Path) -> std::path::PathBuf {
+    use sha2::Digest;
+    let script = br#"#!/bin/sh
+echo "$@" > /workspace/received-args
+export -p > /workspace/received-env
+/bin/busybox cat "$OPENCLAW_CONFIG_PATH" > /workspace/received-config
+/bin/busybox mkdir -p "$OPENCLAW_STATE_DIR/credentials" "$OPENCLAW_WORKSPACE_DIR"
+echo '{"token": "oauth-secret"}' > "$OPENCLAW_STATE_DIR/credentials/oauth.json"
+echo "turn" >> "$OPENCLAW_STATE_DIR/sessions.log"
+echo "remember the answer" > "$OPENCLAW_WORKSPACE_DIR/MEMORY.md"
+turns=$(/bin/busybox wc -l < "$OPENCLAW_STATE_DIR/sessions.log")
+printf '{"payloads": [{"text": "openclaw turn %s"}]}\n' "$turns"
+"#;
+    let mut layer = tar::Builder::new(Vec::new());
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    for (path, mode, data) in [
+        ("bin/sh", 0o755, busybox.as_slice()),
+        ("bin/busybox", 0o755, busybox.as_slice()),
+        ("usr/local/bin/openclaw", 0o755, script.as_slice()),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_path(path).unwrap();
+        header.set_mode(mode);
+        header.set_size(data.len() as u64);
+        header.set_cksum();
+        layer.append(&header, data).unwrap();
+    }
+    let layer = layer.into_inner().unwrap();
+    let root = dir.join("layout");
+    let blobs = root.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |data: &[u8]| {
+        let hex: String = sha2::Sha256::digest(data)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        std::fs::write(blobs.join(&hex), data).unwrap();
+        format!("sha256:{hex}")
+    };
+    let config = br#"{"architecture":"amd64","os":"linux"}"#;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": put(config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": put(&layer), "size": layer.len()}],
+    })
+    .to_string();
+    let index = json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": put(manifest.as_bytes()), "size": manifest.len(),
+    }]});
+    std::fs::write(root.join("index.json"), index.to_string()).unwrap();
+    std::fs::write(root.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    root
+}
+
+#[tokio::test]
+async fn an_openclaw_agent_is_wired_to_the_gateway_and_memory_without_credentials() {
+    let llm = FakeLlm::start().await;
+    let images = tempfile::tempdir().unwrap();
+    let layout = openclaw_image(images.path());
+    let gateway = gateway(&llm, |_| {});
+    let app = spawn_app_with(move |s: &mut SettingsArgs| {
+        with_sandboxes(s);
+        s.sandbox
+            .as_mut()
+            .unwrap()
+            .images
+            .insert("example.com/openclaw:1".into(), layout);
+        s.gateway = Some(gateway);
+    })
+    .await;
+    let t = app.create_tenant("Acme").await;
+    // OpenClaw comes from an image, never the built-in one.
+    let res = app
+        .post(
+            "/v1/agents",
+            &t.key,
+            &json!({"name": "claw", "model": "script-model", "flavor": "openclaw"}),
+        )
+        .await;
+    assert_eq!(res.status(), 422);
+    let id = agent(
+        &app,
+        &t.key,
+        json!({"name": "claw", "model": "script-model", "flavor": "openclaw",
+               "image": "example.com/openclaw:1", "idle_timeout_s": 2}),
+    )
+    .await;
+    let first = say(&app, &t.key, &id, "hello claw", None).await;
+    assert_eq!(first["reply"]["text"], "openclaw turn 1", "{first}");
+    let conversation = first["conversation_id"].as_str().unwrap().to_owned();
+    let second = say(&app, &t.key, &id, "again", Some(&conversation)).await;
+    assert_eq!(second["reply"]["text"], "openclaw turn 2", "{second}");
+
+    // What it received, read from its (warm) sandbox.
+    let sandbox = agent_sandboxes(&app, &t.key, &id).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let file = |name: &'static str| {
+        let (app, key, sandbox) = (&app, t.key.clone(), sandbox.clone());
+        async move {
+            let res = app
+                .get(&format!("/v1/sandboxes/{sandbox}/files/{name}"), &key)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200, "{name}");
+            res.text().await.unwrap()
+        }
+    };
+    let args = file("received-args").await;
+    assert_eq!(
+        args.trim(),
+        format!("agent --local --json --session-id {conversation} --timeout 300 --message again")
+    );
+    let env = file("received-env").await;
+    for expected in [
+        "OPENCLAW_STATE_DIR='/memory/openclaw'",
+        "OPENCLAW_WORKSPACE_DIR='/memory/workspace'",
+        "OPENCLAW_CONFIG_PATH='/workspace/.carapace/openclaw.json'",
+        "OPENCLAW_GATEWAY_BIND='loopback'",
+        "OPENAI_BASE_URL='http://carapace.internal/gateway/v1'",
+        "OPENAI_API_KEY='crt_",
+    ] {
+        assert!(env.contains(expected), "{expected} missing: {env}");
+    }
+    assert!(
+        !env.contains(UPSTREAM_KEY) && !env.contains(&t.key),
+        "{env}"
+    );
+    let config: Value = serde_json::from_str(&file("received-config").await).unwrap();
+    assert_eq!(config["gateway"]["bind"], "loopback");
+    let provider = &config["models"]["providers"]["carapace"];
+    assert_eq!(provider["baseUrl"], "http://carapace.internal/gateway/v1");
+    assert_eq!(provider["apiKey"], "${CARAPACE_RUN_TOKEN}");
+    assert_eq!(
+        config["agents"]["defaults"]["model"]["primary"],
+        "carapace/script-model"
+    );
+
+    // After the idle timeout its state and workspace are in the memory;
+    // its credentials are not.
+    wait_for(
+        Duration::from_secs(30),
+        "the idle sandbox's deletion",
+        || async {
+            agent_sandboxes(&app, &t.key, &id)
+                .await
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    let listing: Value = wait_for(Duration::from_secs(30), "the memory commit", || async {
+        let listing: Value = app
+            .get(&format!("/v1/agents/{id}/memory"), &t.key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (!listing["files"].as_array().unwrap().is_empty()).then_some(listing)
+    })
+    .await;
+    let mut paths: Vec<&str> = listing["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    paths.sort_unstable();
+    assert_eq!(paths, ["openclaw/sessions.log", "workspace/MEMORY.md"]);
+    // A credential put into the memory by hand is not handed to the
+    // sandbox either; the next sandbox carries on from the state.
+    let res = app
+        .request(
+            Method::PUT,
+            &format!("/v1/agents/{id}/memory/openclaw/credentials/planted.json"),
+            &t.key,
+        )
+        .body("planted")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let third = say(&app, &t.key, &id, "cold again", None).await;
+    assert_eq!(third["reply"]["text"], "openclaw turn 3", "{third}");
+    let sandbox = agent_sandboxes(&app, &t.key, &id).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = app
+        .request(
+            Method::POST,
+            &format!("/v1/sandboxes/{sandbox}/exec"),
+            &t.key,
+        )
+        .json(&json!({"command": ["/bin/sh", "-c", "echo /memory/openclaw/credentials/*"]}))
+        .send()
+        .await
+        .unwrap();
+    let out: Value = res.json().await.unwrap();
+    assert!(
+        !out["stdout"].as_str().unwrap().contains("planted"),
+        "{out}"
+    );
+}
