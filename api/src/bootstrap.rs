@@ -95,6 +95,7 @@ impl Application {
             sandboxes,
             fleet,
             conversations: crate::conversations::Conversations::new(),
+            run_logs: crate::run_logs::RunLogs::default(),
             admin_token: settings.admin_token.clone(),
         });
         let (server, port) = http::serve(settings, state.clone())?;

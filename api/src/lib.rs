@@ -32,6 +32,7 @@ pub mod login;
 pub mod master_key;
 pub mod memory;
 pub mod plans;
+pub mod run_logs;
 pub mod sandboxes;
 pub mod secret;
 pub mod state;

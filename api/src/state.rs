@@ -36,6 +36,8 @@ pub struct AppState {
     pub gateway: crate::gateway::Gateway,
     /// Sandboxes (the local worker, or why there is none).
     pub sandboxes: std::sync::Arc<crate::sandboxes::SandboxService>,
+    /// Live output of runs followed through this replica.
+    pub run_logs: crate::run_logs::RunLogs,
     /// Conversations with agents processed here, and their event signal.
     pub conversations: crate::conversations::Conversations,
     /// The workers connected to this replica and the scheduler's loops.

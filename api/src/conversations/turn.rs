@@ -251,6 +251,9 @@ async fn run_loop(
                     }
                     let text = String::from_utf8_lossy(&line).into_owned();
                     line.clear();
+                    state
+                        .run_logs
+                        .publish(&warm.run, "stdout", format!("{text}\n"));
                     match step(state, scope, message, &text).await {
                         // The reply is the loop's last word: the answer
                         // need not wait for its process to end.
@@ -264,6 +267,11 @@ async fn run_loop(
                 }
             }
             Some(CallReply::Chunk(Part::Stderr, data)) => {
+                state.run_logs.publish(
+                    &warm.run,
+                    "stderr",
+                    String::from_utf8_lossy(&data).into_owned(),
+                );
                 stderr.extend_from_slice(&data);
                 if stderr.len() > 8192 {
                     stderr.drain(..stderr.len() - 4096);

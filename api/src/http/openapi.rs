@@ -5,8 +5,8 @@ use utoipa::{Modify, OpenApi};
 
 use super::routes::{
     access_policy, admin, agents, api_keys, audit, conversations, members, memory, memory_sync,
-    ops, providers, runs, sandbox_calls, sandbox_exec, sandboxes, service_tokens, sessions, tenant,
-    transcripts, usage, workers,
+    ops, providers, run_logs, runs, sandbox_calls, sandbox_exec, sandboxes, service_tokens,
+    sessions, tenant, transcripts, usage, workers,
 };
 
 /// The whole API.
@@ -75,6 +75,7 @@ use super::routes::{
         runs::list_runs,
         runs::get_run,
         runs::cancel_run,
+        run_logs::logs,
         workers::join,
         admin::list_workers,
         admin::drain_worker,

@@ -15,6 +15,7 @@ pub mod memory_sync;
 mod memory_tar;
 pub mod ops;
 pub mod providers;
+pub mod run_logs;
 pub mod runs;
 pub mod sandbox_calls;
 pub mod sandbox_exec;

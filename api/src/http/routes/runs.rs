@@ -38,6 +38,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(method_not_allowed)),
     )
     .service(
+        web::resource("/v1/runs/{id}/logs")
+            .route(web::get().to(super::run_logs::logs))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
         web::resource("/v1/runs/{id}/cancel")
             .route(web::post().to(cancel_run))
             .default_service(web::to(method_not_allowed)),
@@ -174,7 +179,7 @@ pub struct ListQuery {
     limit: Option<u64>,
 }
 
-fn run_id(raw: &str) -> Result<RunId, Error> {
+pub(super) fn run_id(raw: &str) -> Result<RunId, Error> {
     RunId::parse(raw).map_err(|_| Error::NotFound)
 }
 

@@ -740,3 +740,121 @@ async fn an_openclaw_agent_is_wired_to_the_gateway_and_memory_without_credential
         "{out}"
     );
 }
+
+/// Reads a run's log stream until its `end` event: (kind, text) of each.
+async fn run_logs(app: &TestApp, key: &str, run: &str) -> Vec<(String, String)> {
+    let mut res = app
+        .get(&format!("/v1/runs/{run}/logs"), key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while let Some(chunk) = tokio::time::timeout_at(deadline, res.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    text.split("\n\n")
+        .filter(|b| !b.is_empty())
+        .map(|block| {
+            let kind = block
+                .lines()
+                .find_map(|l| l.strip_prefix("event: "))
+                .unwrap()
+                .to_owned();
+            let data: Value = serde_json::from_str(
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data: "))
+                    .unwrap(),
+            )
+            .unwrap();
+            let text = data["text"]
+                .as_str()
+                .map_or_else(|| data.to_string(), str::to_owned);
+            (kind, text)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_runs_logs_follow_its_output_to_its_end() {
+    let llm = FakeLlm::start().await;
+    let app = app_with_agents(&llm, |_| {}).await;
+    let t = app.create_tenant("Acme").await;
+    // A command's run: its output once it ends.
+    let run = super::submit(
+        &app,
+        &t.key,
+        json!({"command": ["sh", "-c", "echo out; echo err >&2"]}),
+    )
+    .await;
+    let logs = run_logs(&app, &t.key, &run).await;
+    assert_eq!(
+        logs,
+        [
+            ("stdout".to_owned(), "out\n".to_owned()),
+            ("stderr".to_owned(), "err\n".to_owned()),
+            (
+                "end".to_owned(),
+                json!({"state": "succeeded", "reason": null}).to_string()
+            ),
+        ]
+    );
+    // An agent's warm run: what its loop prints while it answers, live.
+    let id = agent(&app, &t.key, json!({"name": "a", "model": "script-model"})).await;
+    let first = say(&app, &t.key, &id, "hello", None).await;
+    let conversation = first["conversation_id"].as_str().unwrap().to_owned();
+    let warm = agent_sandboxes(&app, &t.key, &id).await[0]["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let follower = {
+        let (address, key, warm) = (app.address.clone(), t.key.clone(), warm.clone());
+        tokio::spawn(async move {
+            let mut res = reqwest::Client::new()
+                .get(format!("{address}/v1/runs/{warm}/logs"))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap();
+            let mut text = String::new();
+            while let Ok(Some(chunk)) = res.chunk().await {
+                text.push_str(std::str::from_utf8(&chunk).unwrap());
+            }
+            text
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    say(
+        &app,
+        &t.key,
+        &id,
+        "shell: echo logged-line",
+        Some(&conversation),
+    )
+    .await;
+    // Deleting the agent ends its run, and the stream.
+    let res = app
+        .request(Method::DELETE, &format!("/v1/agents/{id}"), &t.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let text = tokio::time::timeout(Duration::from_secs(30), follower)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        text.contains("tool_call") && text.contains("logged-line"),
+        "{text}"
+    );
+    assert!(
+        text.contains("event: end") && text.contains("cancelled"),
+        "{text}"
+    );
+}
