@@ -230,10 +230,11 @@ impl SandboxService {
         })
     }
 
-    /// Deletes sandboxes idle for longer than the idle timeout (none with a
-    /// call in flight here) and records as lost those whose run ended,
-    /// checking every 10 s (or every half timeout, if shorter), until the
-    /// task is aborted. Every replica runs it; each step is idempotent.
+    /// Deletes sandboxes idle for longer than their idle timeout (none
+    /// with a call in flight here), checking every second (or every half
+    /// timeout, if shorter: agents' sandboxes have timeouts of their own),
+    /// and every ten checks records as lost those whose run ended, until
+    /// the task is aborted. Every replica runs it; each step is idempotent.
     pub async fn reap_idle(self: Arc<Self>, db: DatabaseConnection, fleet: Arc<Fleet>) {
         // Agents' sandboxes may have idle timeouts of a few seconds.
         let every = (self.config.idle_timeout / 2).min(Duration::from_secs(1));
@@ -246,17 +247,23 @@ impl SandboxService {
             return;
         };
         let mut tick = tokio::time::interval(every);
+        let mut ticks = 0u64;
         loop {
             tick.tick().await;
-            if let Err(e) = db::mark_ended_sandboxes_lost(&db).await {
-                tracing::warn!(error = ?e, "cannot record ended sandboxes");
+            // The writes every 10 ticks: each takes SQLite's write lock.
+            if ticks % 10 == 0 {
+                if let Err(e) = db::mark_ended_sandboxes_lost(&db).await {
+                    tracing::warn!(error = ?e, "cannot record ended sandboxes");
+                }
+                // A sandbox with a call in flight here is in use,
+                // whichever replica's reaper looks at it (this replica's
+                // own skips it below anyway).
+                let busy = fleet.runs_with_calls();
+                if let Err(e) = db::touch_sandboxes_of_runs(&db, &busy).await {
+                    tracing::warn!(error = ?e, "cannot record busy sandboxes");
+                }
             }
-            // A sandbox with a call in flight here is in use, whichever
-            // replica's reaper looks at it.
-            let busy = fleet.runs_with_calls();
-            if let Err(e) = db::touch_sandboxes_of_runs(&db, &busy).await {
-                tracing::warn!(error = ?e, "cannot record busy sandboxes");
-            }
+            ticks += 1;
             let idle = match db::idle_sandboxes(&db, chrono::Utc::now(), idle_for).await {
                 Ok(idle) => idle,
                 Err(e) => {

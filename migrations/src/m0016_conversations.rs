@@ -2,8 +2,8 @@
 //! limits, idle timeout; one JSON column), the sandbox that keeps an
 //! agent warm (`sandboxes.agent_id`, `sandboxes.idle_timeout_s`), the
 //! conversations, their messages (in order, with an optional idempotency
-//! key) and their events (numbered per conversation, for resumable
-//! streams).
+//! key) and their events (numbered per conversation from the
+//! conversation's counter `events`, for resumable streams).
 
 use sea_orm_migration::prelude::*;
 
@@ -43,6 +43,7 @@ enum Conversations {
     CreatedAt,
     UpdatedAt,
     BusyUntil,
+    Events,
 }
 
 #[derive(DeriveIden)]
@@ -141,6 +142,12 @@ impl MigrationTrait for Migration {
                         ColumnDef::new(Conversations::BusyUntil)
                             .timestamp_with_time_zone()
                             .null(),
+                    )
+                    .col(
+                        ColumnDef::new(Conversations::Events)
+                            .big_integer()
+                            .not_null()
+                            .default(0),
                     )
                     .foreign_key(&mut owned_by_tenant(
                         Conversations::Table,

@@ -22,7 +22,7 @@ use chrono::Utc;
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::db::{MessageStatus, TenantScope};
+use crate::db::{MessageStatus, Take, TenantScope};
 use crate::error::Error;
 use crate::ids::{ConversationId, TenantId};
 use crate::state::AppState;
@@ -60,6 +60,11 @@ impl Conversations {
     /// then, and every second anyway for other replicas' events).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.events.subscribe()
+    }
+
+    /// Wakes the streams and waiters: an event was recorded here.
+    pub fn notify(&self) {
+        self.events.send_modify(|n| *n += 1);
     }
 
     /// Records an event of a conversation and wakes the streams.
@@ -119,71 +124,36 @@ async fn drive(
                     .as_ref()
                     .map_or(0, |a| u64::from(a.settings.message_timeout_s)),
             );
-        let until = Utc::now() + chrono::Duration::from_std(hold).unwrap_or_default();
-        if !scope.claim_conversation(conversation, until).await? {
-            return Ok(());
-        }
-        let mut first = true;
-        while let Some(message) = scope.next_message(conversation).await? {
-            let events = &state.conversations;
-            if !first {
-                // The hold is renewed for each further message.
-                let until = Utc::now() + chrono::Duration::from_std(hold).unwrap_or_default();
-                scope.claim_conversation_again(conversation, until).await?;
-            }
-            first = false;
-            if message.status == MessageStatus::Processing {
-                // Its holder went away mid-answer: not answered twice.
-                let detail = "interrupted: the server answering it stopped; send it again";
-                scope
-                    .set_message_status(&message.id, MessageStatus::Failed, Some(detail.into()))
-                    .await?;
-                events
-                    .record(
-                        &scope,
-                        conversation,
-                        "error",
-                        json!({"message_id": message.id, "detail": detail}),
-                    )
-                    .await?;
-                continue;
-            }
-            scope
-                .set_message_status(&message.id, MessageStatus::Processing, None)
-                .await?;
+        let events = &state.conversations;
+        let mut renew = false;
+        loop {
+            // The hold is taken, then renewed for each further message.
+            let until = Utc::now() + chrono::Duration::from_std(hold).unwrap_or_default();
+            let message = match scope.take_message(conversation, until, renew).await? {
+                Take::Busy => return Ok(()),
+                Take::Empty => break,
+                Take::Message(message, false) => {
+                    renew = true;
+                    // Its holder went away mid-answer: not answered twice.
+                    let detail = "interrupted: the server answering it stopped; send it again";
+                    fail(&scope, events, &message, detail).await?;
+                    continue;
+                }
+                Take::Message(message, true) => message,
+            };
+            renew = true;
             let outcome = match &agent {
                 Ok(agent) => turn::answer(state, &scope, agent, &message).await,
                 Err(_) => Err("the agent was deleted".to_owned()),
             };
             match outcome {
-                Ok(text) => {
-                    let reply = scope.record_reply(&message, text.clone()).await?;
-                    events
-                        .record(
-                            &scope,
-                            conversation,
-                            "reply",
-                            json!({"message_id": message.id, "reply_id": reply.id, "text": text}),
-                        )
-                        .await?;
+                Ok((text, sandbox)) => {
+                    scope.record_reply(&message, text, &sandbox).await?;
+                    events.notify();
                 }
                 Err(detail) => {
                     tracing::info!(conversation = %conversation, message = %message.id, detail, "message not answered");
-                    scope
-                        .set_message_status(
-                            &message.id,
-                            MessageStatus::Failed,
-                            Some(detail.clone()),
-                        )
-                        .await?;
-                    events
-                        .record(
-                            &scope,
-                            conversation,
-                            "error",
-                            json!({"message_id": message.id, "detail": detail}),
-                        )
-                        .await?;
+                    fail(&scope, events, &message, &detail).await?;
                 }
             }
         }
@@ -193,6 +163,27 @@ async fn drive(
             return Ok(());
         }
     }
+}
+
+/// Records a message as failed, with its `error` event.
+async fn fail(
+    scope: &TenantScope<'_>,
+    events: &Conversations,
+    message: &crate::db::Message,
+    detail: &str,
+) -> Result<(), Error> {
+    scope
+        .set_message_status(&message.id, MessageStatus::Failed, Some(detail.to_owned()))
+        .await?;
+    events
+        .record(
+            scope,
+            &message.conversation_id,
+            "error",
+            json!({"message_id": message.id, "detail": detail}),
+        )
+        .await?;
+    Ok(())
 }
 
 /// Picks up, every [`SWEEP_EVERY`], conversations with waiting messages

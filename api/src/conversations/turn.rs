@@ -165,13 +165,14 @@ pub(super) enum Ran {
     Gone,
 }
 
-/// Answers a message: the reply's text, or why there is none.
+/// Answers a message: the reply's text and the sandbox that answered, or
+/// why there is none.
 pub(super) async fn answer(
     state: &web::Data<AppState>,
     scope: &TenantScope<'_>,
     agent: &Agent,
     message: &Message,
-) -> Result<String, String> {
+) -> Result<(String, crate::ids::SandboxId), String> {
     let failed = |e: Error| format!("{e}");
     let job = job(scope, agent, message).await.map_err(failed)?;
     for attempt in 0..2 {
@@ -197,7 +198,7 @@ pub(super) async fn answer(
             Flavor::Openclaw => super::openclaw::run(state, scope, agent, message, &warm).await,
         };
         match ran {
-            Ran::Replied(text) => return Ok(text),
+            Ran::Replied(text) => return Ok((text, warm.sandbox)),
             Ran::Failed(detail) => return Err(detail),
             Ran::Gone => {
                 scope
@@ -284,16 +285,8 @@ async fn run_loop(
     };
     if let Some(reply) = reply {
         // The rest of the call is read to its end in the background; the
-        // idle timeout counts from then.
-        let (db, tenant, sandbox) = (
-            state.db.clone(),
-            scope.tenant_id().clone(),
-            warm.sandbox.clone(),
-        );
-        tokio::spawn(async move {
-            while replies.recv().await.is_some() {}
-            let _ = TenantScope::new(&db, &tenant).touch_sandbox(&sandbox).await;
-        });
+        // idle timeout counts from the reply (recorded with it).
+        tokio::spawn(async move { while replies.recv().await.is_some() {} });
         return Ran::Replied(reply);
     }
     let _ = scope.touch_sandbox(&warm.sandbox).await;

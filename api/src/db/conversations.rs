@@ -120,6 +120,17 @@ pub struct ConversationEvent {
     pub created_at: DateTime<Utc>,
 }
 
+/// What [`TenantScope::take_message`] found.
+pub enum Take {
+    /// Another task holds the conversation.
+    Busy,
+    /// Held, and no message is waiting.
+    Empty,
+    /// The next message; `true` if it was queued (now `processing`),
+    /// `false` if it was left `processing` by a holder that went away.
+    Message(Message, bool),
+}
+
 /// A message posted: the message and whether it is new (not a repeat of
 /// an earlier request with the same idempotency key).
 pub struct Posted {
@@ -171,8 +182,9 @@ impl TenantScope<'_> {
     }
 
     /// Queues a user's message to `agent`, in `conversation` (which must be
-    /// the agent's) or a new one. A repeated idempotency key returns the
-    /// message first posted with it (whatever its conversation).
+    /// the agent's) or a new one, with its `message_accepted` event. A
+    /// repeated idempotency key returns the message first posted with it
+    /// (whatever its conversation).
     pub async fn post_message(
         &self,
         agent: &AgentId,
@@ -232,13 +244,14 @@ impl TenantScope<'_> {
                                 created_at: Set(now),
                                 updated_at: Set(now),
                                 busy_until: Set(None),
+                                events: Set(0),
                             }
                             .insert(txn)
                             .await?;
                             id
                         }
                     };
-                    Ok(message::ActiveModel {
+                    let row = message::ActiveModel {
                         id: Set(MessageId::generate().to_string()),
                         tenant_id: Set(tenant.to_string()),
                         conversation_id: Set(conversation.to_string()),
@@ -252,7 +265,11 @@ impl TenantScope<'_> {
                         updated_at: Set(now),
                     }
                     .insert(txn)
-                    .await?)
+                    .await?;
+                    let accepted = serde_json::json!({"message_id": row.id, "text": row.text});
+                    append_event_in(txn, &tenant, &conversation, "message_accepted", &accepted)
+                        .await?;
+                    Ok(row)
                 })
             })
             .await;
@@ -305,42 +322,69 @@ impl TenantScope<'_> {
             .collect::<anyhow::Result<_>>()?)
     }
 
-    /// Takes the conversation for processing until `until`, if nobody
-    /// holds it (or their hold has run out).
-    pub async fn claim_conversation(
+    /// Holds the conversation until `until` (taking the hold if nobody
+    /// holds it, or renewing this task's with `renew`) and takes its next
+    /// message, marking a queued one `processing`, in one transaction.
+    pub async fn take_message(
         &self,
-        id: &ConversationId,
+        conversation: &ConversationId,
         until: DateTime<Utc>,
-    ) -> Result<bool> {
+        renew: bool,
+    ) -> Result<Take> {
+        let (tenant, conversation) = (self.tenant_id().clone(), conversation.clone());
         let now = Utc::now();
-        let claimed = conversation::Entity::update_many()
-            .col_expr(conversation::Column::BusyUntil, Expr::value(Some(until)))
-            .filter(conversation::Column::Id.eq(id.as_str()))
-            .filter(conversation::Column::TenantId.eq(self.tenant_id().as_str()))
-            .filter(
-                Condition::any()
-                    .add(conversation::Column::BusyUntil.is_null())
-                    .add(conversation::Column::BusyUntil.lt(now)),
-            )
-            .exec(self.db())
-            .await?
-            .rows_affected;
-        Ok(claimed == 1)
-    }
-
-    /// Extends a hold this task has.
-    pub async fn claim_conversation_again(
-        &self,
-        id: &ConversationId,
-        until: DateTime<Utc>,
-    ) -> Result<()> {
-        conversation::Entity::update_many()
-            .col_expr(conversation::Column::BusyUntil, Expr::value(Some(until)))
-            .filter(conversation::Column::Id.eq(id.as_str()))
-            .filter(conversation::Column::TenantId.eq(self.tenant_id().as_str()))
-            .exec(self.db())
+        let row = self
+            .db()
+            .transaction::<_, Take, Error>(|txn| {
+                Box::pin(async move {
+                    let mut hold = conversation::Entity::update_many()
+                        .col_expr(conversation::Column::BusyUntil, Expr::value(Some(until)))
+                        .filter(conversation::Column::Id.eq(conversation.as_str()))
+                        .filter(conversation::Column::TenantId.eq(tenant.as_str()));
+                    if !renew {
+                        hold = hold.filter(
+                            Condition::any()
+                                .add(conversation::Column::BusyUntil.is_null())
+                                .add(conversation::Column::BusyUntil.lt(now)),
+                        );
+                    }
+                    if hold.exec(txn).await?.rows_affected == 0 {
+                        return Ok(Take::Busy);
+                    }
+                    let next = message::Entity::find()
+                        .filter(message::Column::TenantId.eq(tenant.as_str()))
+                        .filter(message::Column::ConversationId.eq(conversation.as_str()))
+                        .filter(message::Column::Status.is_in([
+                            MessageStatus::Queued.as_str(),
+                            MessageStatus::Processing.as_str(),
+                        ]))
+                        .order_by_asc(message::Column::Id)
+                        .one(txn)
+                        .await?;
+                    let Some(next) = next else {
+                        return Ok(Take::Empty);
+                    };
+                    let mut next: Message = next.try_into()?;
+                    if next.status == MessageStatus::Queued {
+                        message::Entity::update_many()
+                            .col_expr(
+                                message::Column::Status,
+                                Expr::value(MessageStatus::Processing.as_str()),
+                            )
+                            .col_expr(message::Column::UpdatedAt, Expr::value(now))
+                            .filter(message::Column::Id.eq(next.id.as_str()))
+                            .exec(txn)
+                            .await?;
+                        next.status = MessageStatus::Processing;
+                        Ok(Take::Message(next, true))
+                    } else {
+                        // Left processing by a holder that went away.
+                        Ok(Take::Message(next, false))
+                    }
+                })
+            })
             .await?;
-        Ok(())
+        Ok(row)
     }
 
     /// Lets the conversation go.
@@ -391,10 +435,18 @@ impl TenantScope<'_> {
         Ok(())
     }
 
-    /// Records the agent's reply to `to` and marks `to` answered.
-    pub async fn record_reply(&self, to: &Message, text: String) -> Result<Message> {
+    /// Records the agent's reply to `to`, marks `to` answered, appends the
+    /// `reply` event and notes the use of the `sandbox` that answered, in
+    /// one transaction.
+    pub async fn record_reply(
+        &self,
+        to: &Message,
+        text: String,
+        sandbox: &crate::ids::SandboxId,
+    ) -> Result<Message> {
         let tenant = self.tenant_id().clone();
         let to = to.clone();
+        let sandbox = sandbox.clone();
         let now = Utc::now();
         let row = self
             .db()
@@ -429,6 +481,15 @@ impl TenantScope<'_> {
                         .filter(message::Column::TenantId.eq(tenant.as_str()))
                         .exec(txn)
                         .await?;
+                    let event = serde_json::json!({"message_id": to.id, "reply_id": reply.id, "text": reply.text});
+                    append_event_in(txn, &tenant, &to.conversation_id, "reply", &event).await?;
+                    // Its idle timeout counts from here.
+                    super::entities::sandbox::Entity::update_many()
+                        .col_expr(super::entities::sandbox::Column::LastUsedAt, Expr::value(now))
+                        .filter(super::entities::sandbox::Column::Id.eq(sandbox.as_str()))
+                        .filter(super::entities::sandbox::Column::TenantId.eq(tenant.as_str()))
+                        .exec(txn)
+                        .await?;
                     Ok(reply)
                 })
             })
@@ -443,35 +504,16 @@ impl TenantScope<'_> {
         kind: &str,
         data: &serde_json::Value,
     ) -> Result<i64> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let last: Option<i64> = conversation_event::Entity::find()
-                .select_only()
-                .column_as(conversation_event::Column::Seq.max(), "max")
-                .filter(conversation_event::Column::ConversationId.eq(conversation.as_str()))
-                .into_tuple::<Option<i64>>()
-                .one(self.db())
-                .await?
-                .flatten();
-            let seq = last.unwrap_or(0) + 1;
-            let inserted = conversation_event::Entity::insert(conversation_event::ActiveModel {
-                conversation_id: Set(conversation.to_string()),
-                seq: Set(seq),
-                tenant_id: Set(self.tenant_id().to_string()),
-                kind: Set(kind.to_owned()),
-                data: Set(data.to_string()),
-                created_at: Set(Utc::now()),
+        let (tenant, conversation) = (self.tenant_id().clone(), conversation.clone());
+        let (kind, data) = (kind.to_owned(), data.clone());
+        Ok(self
+            .db()
+            .transaction::<_, i64, Error>(|txn| {
+                Box::pin(
+                    async move { append_event_in(txn, &tenant, &conversation, &kind, &data).await },
+                )
             })
-            .exec_without_returning(self.db())
-            .await;
-            match inserted {
-                Ok(_) => return Ok(seq),
-                // Another writer took the number: take the next.
-                Err(_) if attempt < 5 => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
+            .await?)
     }
 
     /// A conversation's events after number `after`, at most `limit`.
@@ -499,6 +541,50 @@ impl TenantScope<'_> {
             })
             .collect())
     }
+}
+
+/// Appends an event within a transaction: its number comes from the
+/// conversation's counter, whose row the increment locks until the
+/// transaction ends, so concurrent writers take turns (on PostgreSQL as on
+/// SQLite).
+async fn append_event_in(
+    txn: &impl sea_orm::ConnectionTrait,
+    tenant: &TenantId,
+    conversation: &ConversationId,
+    kind: &str,
+    data: &serde_json::Value,
+) -> Result<i64> {
+    let bumped = conversation::Entity::update_many()
+        .col_expr(
+            conversation::Column::Events,
+            Expr::col(conversation::Column::Events).add(1),
+        )
+        .filter(conversation::Column::Id.eq(conversation.as_str()))
+        .filter(conversation::Column::TenantId.eq(tenant.as_str()))
+        .exec(txn)
+        .await?
+        .rows_affected;
+    if bumped == 0 {
+        return Err(Error::NotFound);
+    }
+    let seq: i64 = conversation::Entity::find_by_id(conversation.as_str())
+        .select_only()
+        .column(conversation::Column::Events)
+        .into_tuple()
+        .one(txn)
+        .await?
+        .ok_or(Error::NotFound)?;
+    conversation_event::Entity::insert(conversation_event::ActiveModel {
+        conversation_id: Set(conversation.to_string()),
+        seq: Set(seq),
+        tenant_id: Set(tenant.to_string()),
+        kind: Set(kind.to_owned()),
+        data: Set(data.to_string()),
+        created_at: Set(Utc::now()),
+    })
+    .exec_without_returning(txn)
+    .await?;
+    Ok(seq)
 }
 
 /// Conversations with a message waiting and nobody holding them, across

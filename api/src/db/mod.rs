@@ -34,7 +34,7 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbB
 use crate::secret::Secret;
 pub use agents::{Agent, AgentSettings, AgentSpec, Flavor, TOOLS};
 pub use conversations::{
-    Conversation, ConversationEvent, MAX_QUEUED, Message, MessageStatus, Posted,
+    Conversation, ConversationEvent, MAX_QUEUED, Message, MessageStatus, Posted, Take,
     waiting_conversations,
 };
 pub use records::{ApiKey, NewApiKey, Tenant, TenantWithOwner};

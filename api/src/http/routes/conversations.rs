@@ -230,15 +230,7 @@ pub async fn post_message(
     };
     let message = posted.message;
     if posted.created {
-        state
-            .conversations
-            .record(
-                &scope,
-                &message.conversation_id,
-                "message_accepted",
-                json!({"message_id": message.id, "text": message.text}),
-            )
-            .await?;
+        state.conversations.notify();
         crate::conversations::kick(
             &state,
             caller.tenant_id().clone(),
