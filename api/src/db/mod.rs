@@ -59,19 +59,23 @@ pub async fn connect(
         .min_connections(1)
         .connect_timeout(Duration::from_secs(10))
         .acquire_timeout(Duration::from_secs(10))
-        .sqlx_logging(false);
+        .sqlx_logging(false)
+        // SQLite: WAL lets readers proceed while one writer commits; with
+        // `synchronous=NORMAL` a commit waits for no flush (the WAL is
+        // flushed at checkpoints): an application crash loses nothing, a
+        // power cut or kernel crash may lose the last commits, and never
+        // corrupts the file. PostgreSQL is the database for durability.
+        .map_sqlx_sqlite_opts(|o| {
+            use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+            o.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+        });
     // The error text of a failed connection can quote the URL; say only
     // which kind of database it was.
     let db = Database::connect(options)
         .await
         .map_err(|e| anyhow::anyhow!("{}", redact(&e.to_string(), url.expose())))
         .context("failed to connect to the database")?;
-    if db.get_database_backend() == DbBackend::Sqlite {
-        // WAL lets readers proceed while one writer commits.
-        db.execute_unprepared("PRAGMA journal_mode=WAL")
-            .await
-            .context("failed to enable SQLite WAL mode")?;
-    }
     Ok(db)
 }
 
