@@ -251,7 +251,7 @@ impl SandboxService {
         loop {
             tick.tick().await;
             // The writes every 10 ticks: each takes SQLite's write lock.
-            if ticks % 10 == 0 {
+            if ticks.is_multiple_of(10) {
                 if let Err(e) = db::mark_ended_sandboxes_lost(&db).await {
                     tracing::warn!(error = ?e, "cannot record ended sandboxes");
                 }
