@@ -471,54 +471,14 @@ async fn a_deleted_tenants_sandboxes_are_removed_from_the_worker() {
 
 /// An OCI image layout with one layer: busybox as `/bin/sh` and `/etc/motd`.
 fn image_layout(dir: &std::path::Path) -> std::path::PathBuf {
-    use sha2::Digest;
-    let mut layer = tar::Builder::new(Vec::new());
-    let add = |layer: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, data: &[u8]| {
-        let mut header = tar::Header::new_gnu();
-        header.set_path(path).unwrap();
-        header.set_mode(mode);
-        header.set_size(data.len() as u64);
-        header.set_cksum();
-        layer.append(&header, data).unwrap();
-    };
-    add(
-        &mut layer,
-        "bin/sh",
-        0o755,
-        &std::fs::read("/bin/busybox").unwrap(),
-    );
-    add(
-        &mut layer,
-        "etc/motd",
-        0o644,
-        b"welcome to the tools image\n",
-    );
-    let layer = layer.into_inner().unwrap();
-    let root = dir.join("layout");
-    let blobs = root.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let put = |data: &[u8]| {
-        let hex: String = sha2::Sha256::digest(data)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        std::fs::write(blobs.join(&hex), data).unwrap();
-        format!("sha256:{hex}")
-    };
-    let config = br#"{"architecture":"amd64","os":"linux"}"#;
-    let manifest = json!({
-        "schemaVersion": 2,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": put(config), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": put(&layer), "size": layer.len()}],
-    })
-    .to_string();
-    let index = json!({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": put(manifest.as_bytes()), "size": manifest.len(),
-    }]});
-    std::fs::write(root.join("index.json"), index.to_string()).unwrap();
-    std::fs::write(root.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    root
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    crate::helpers::oci_layout(
+        dir,
+        &[
+            ("bin/sh", 0o755, &busybox),
+            ("etc/motd", 0o644, b"welcome to the tools image\n"),
+        ],
+    )
 }
 
 #[tokio::test]

@@ -532,7 +532,6 @@ async fn a_prompt_injected_agent_is_stopped_at_the_boundaries_and_seen() {
 /// configuration), writes state, workspace and credential files as
 /// OpenClaw would, and prints a reply as `--json` does.
 fn openclaw_image(dir: &std::path::Path) -> std::path::PathBuf {
-    use sha2::Digest;
     let script = br#"#!/bin/sh
 echo "$@" > /workspace/received-args
 export -p > /workspace/received-env
@@ -544,46 +543,15 @@ echo "remember the answer" > "$OPENCLAW_WORKSPACE_DIR/MEMORY.md"
 turns=$(/bin/busybox wc -l < "$OPENCLAW_STATE_DIR/sessions.log")
 printf '{"payloads": [{"text": "openclaw turn %s"}]}\n' "$turns"
 "#;
-    let mut layer = tar::Builder::new(Vec::new());
     let busybox = std::fs::read("/bin/busybox").unwrap();
-    for (path, mode, data) in [
-        ("bin/sh", 0o755, busybox.as_slice()),
-        ("bin/busybox", 0o755, busybox.as_slice()),
-        ("usr/local/bin/openclaw", 0o755, script.as_slice()),
-    ] {
-        let mut header = tar::Header::new_gnu();
-        header.set_path(path).unwrap();
-        header.set_mode(mode);
-        header.set_size(data.len() as u64);
-        header.set_cksum();
-        layer.append(&header, data).unwrap();
-    }
-    let layer = layer.into_inner().unwrap();
-    let root = dir.join("layout");
-    let blobs = root.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let put = |data: &[u8]| {
-        let hex: String = sha2::Sha256::digest(data)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        std::fs::write(blobs.join(&hex), data).unwrap();
-        format!("sha256:{hex}")
-    };
-    let config = br#"{"architecture":"amd64","os":"linux"}"#;
-    let manifest = json!({
-        "schemaVersion": 2,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": put(config), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": put(&layer), "size": layer.len()}],
-    })
-    .to_string();
-    let index = json!({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": put(manifest.as_bytes()), "size": manifest.len(),
-    }]});
-    std::fs::write(root.join("index.json"), index.to_string()).unwrap();
-    std::fs::write(root.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    root
+    crate::helpers::oci_layout(
+        dir,
+        &[
+            ("bin/sh", 0o755, &busybox),
+            ("bin/busybox", 0o755, &busybox),
+            ("usr/local/bin/openclaw", 0o755, script),
+        ],
+    )
 }
 
 #[tokio::test]
