@@ -23,6 +23,9 @@ use crate::storage;
 
 /// Logins allowed per minute per client address and per person.
 const LOGINS_PER_MINUTE: u32 = 20;
+/// Failed credentials a client address may present per minute; the next
+/// ones are answered 429 (unaudited) for the rest of the minute.
+pub const AUTH_FAILURES_PER_MINUTE: u32 = 60;
 
 /// A built, bound, not yet running application.
 pub struct Application {
@@ -87,6 +90,7 @@ impl Application {
                 .transpose()?
                 .map(std::sync::Arc::new),
             login_limiter: crate::login::LoginLimiter::new(LOGINS_PER_MINUTE),
+            auth_failures: crate::login::LoginLimiter::new(AUTH_FAILURES_PER_MINUTE),
             store,
             master_key,
             metrics,

@@ -71,6 +71,10 @@ pub enum Error {
     /// A plan or safety limit was reached.
     #[error("limit reached: {0}")]
     LimitReached(String),
+    /// Too many requests of this kind from this client for now: retry
+    /// after the given seconds.
+    #[error("too many requests: {0}")]
+    RateLimited(String, u64),
     /// A dependency (database, object store) is not answering.
     #[error("service unavailable: {0}")]
     Unavailable(String),

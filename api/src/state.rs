@@ -26,6 +26,9 @@ pub struct AppState {
     pub login: Option<Arc<crate::login::oidc::Provider>>,
     /// Logins per minute per address and per person.
     pub login_limiter: crate::login::LoginLimiter,
+    /// Failed credentials (API keys, service tokens, sessions, run tokens)
+    /// per minute per client address.
+    pub auth_failures: crate::login::LoginLimiter,
     /// Master key (wraps tenant data keys; used by the memory service).
     pub master_key: MasterKey,
     /// Prometheus metrics.

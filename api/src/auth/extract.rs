@@ -315,6 +315,20 @@ async fn authenticate<P: Permission>(req: &HttpRequest) -> Result<Caller<P>, Err
         request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()),
     };
     let verdict = state.auth.verify(token).await?;
+    // An address that keeps presenting bad credentials is answered 429,
+    // unaudited, for the rest of the minute. A valid credential always
+    // passes: behind a proxy every client shares one address, and one
+    // must not lock the others out.
+    if !matches!(verdict, Verdict::Valid(_)) {
+        let failures = format!("ip:{}", anonymous.client_ip.as_deref().unwrap_or("?"));
+        if !state.auth_failures.allow(&failures) {
+            tracing::warn!(client_ip = ?anonymous.client_ip, "failed credential rate-limited");
+            return Err(Error::RateLimited(
+                "too many failed credentials from this address; wait a minute".into(),
+                60,
+            ));
+        }
+    }
     // A service token's secret counts only with its own id.
     let verdict = match (&service_id, verdict) {
         (Some(id), Verdict::Valid(p) | Verdict::Revoked(p) | Verdict::Expired(p)) if !matches!(&p.credential, Credential::ApiKey(key) if key.as_str() == id) => {

@@ -34,6 +34,7 @@ pub const PROBLEMS: &[(&str, u16, &str)] = &[
         "Request body does not match the schema",
     ),
     ("invalid_field", 422, "Invalid field"),
+    ("rate_limited", 429, "Too many requests"),
     ("unavailable", 503, "Service unavailable"),
     ("internal", 500, "Internal error"),
 ];
@@ -65,6 +66,7 @@ impl Error {
             Error::NotFound => "not_found",
             Error::MethodNotAllowed => "method_not_allowed",
             Error::LimitReached(_) => "limit_reached",
+            Error::RateLimited(..) => "rate_limited",
             Error::Conflict(_) => "conflict",
             Error::Integrity(_) => "integrity_failure",
             Error::PayloadTooLarge { .. } => "payload_too_large",
@@ -112,6 +114,9 @@ impl ResponseError for Error {
         }
         let mut res = HttpResponse::build(self.status_code());
         res.insert_header((header::CONTENT_TYPE, "application/problem+json"));
+        if let Error::RateLimited(_, secs) = self {
+            res.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
         if let Error::Unauthenticated(_) = self {
             res.insert_header((
                 header::WWW_AUTHENTICATE,

@@ -468,3 +468,23 @@ async fn a_service_token_is_an_id_and_a_secret_that_only_count_together() {
     let res = with(&id, &secret).await.unwrap();
     assert_eq!(res.status(), 401);
 }
+
+#[tokio::test]
+async fn an_address_presenting_bad_credentials_is_slowed_down_but_valid_ones_pass() {
+    let app = spawn_app().await;
+    let t = app.create_tenant("Acme").await;
+    let limit = carapace_api::bootstrap::AUTH_FAILURES_PER_MINUTE;
+    for i in 0..limit {
+        let forged = format!("cpk_{i:0>64}");
+        let res = app.get("/v1/tenant", &forged).send().await.unwrap();
+        assert_eq!(res.status(), 401, "attempt {i}");
+    }
+    let res = app.get("/v1/tenant", "cpk_guess").send().await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.headers()["retry-after"], "60");
+    let problem: Value = res.json().await.unwrap();
+    assert_eq!(problem["code"], "rate_limited");
+    // The tenant's own key still works from the same address.
+    let res = app.get("/v1/tenant", &t.key).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+}
