@@ -12,6 +12,9 @@ use tokio::sync::broadcast;
 
 /// Pieces waiting for a slow follower before it loses the oldest.
 const BACKLOG: usize = 256;
+/// Most bytes of one piece (longer ones are cut): a follower that stops
+/// reading pins at most `BACKLOG` × this.
+const MAX_PIECE: usize = 16 * 1024;
 
 /// One piece of a run's output.
 #[derive(Debug, Clone)]
@@ -29,7 +32,15 @@ pub struct RunLogs {
 
 impl RunLogs {
     /// Hands a piece of `run`'s output to its followers, if it has any.
-    pub fn publish(&self, run: &str, stream: &'static str, text: String) {
+    pub fn publish(&self, run: &str, stream: &'static str, mut text: String) {
+        if text.len() > MAX_PIECE {
+            let mut end = MAX_PIECE;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push_str("…\n");
+        }
         let mut followed = self.followed.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(tx) = followed.get(run) else {
             return;

@@ -250,18 +250,18 @@ impl SandboxService {
         let mut ticks = 0u64;
         loop {
             tick.tick().await;
-            // The writes every 10 ticks: each takes SQLite's write lock.
-            if ticks.is_multiple_of(10) {
-                if let Err(e) = db::mark_ended_sandboxes_lost(&db).await {
-                    tracing::warn!(error = ?e, "cannot record ended sandboxes");
-                }
-                // A sandbox with a call in flight here is in use,
-                // whichever replica's reaper looks at it (this replica's
-                // own skips it below anyway).
-                let busy = fleet.runs_with_calls();
-                if let Err(e) = db::touch_sandboxes_of_runs(&db, &busy).await {
-                    tracing::warn!(error = ?e, "cannot record busy sandboxes");
-                }
+            // The writes every 10 ticks (each takes SQLite's write lock),
+            // but a sandbox with a call in flight here is noted as in use
+            // at every check, so that no other replica's reaper takes it
+            // for idle.
+            if ticks.is_multiple_of(10)
+                && let Err(e) = db::mark_ended_sandboxes_lost(&db).await
+            {
+                tracing::warn!(error = ?e, "cannot record ended sandboxes");
+            }
+            let busy = fleet.runs_with_calls();
+            if let Err(e) = db::touch_sandboxes_of_runs(&db, &busy).await {
+                tracing::warn!(error = ?e, "cannot record busy sandboxes");
             }
             ticks += 1;
             let idle = match db::idle_sandboxes(&db, chrono::Utc::now(), idle_for).await {

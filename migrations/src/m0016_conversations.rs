@@ -43,6 +43,7 @@ enum Conversations {
     CreatedAt,
     UpdatedAt,
     BusyUntil,
+    BusyBy,
     Events,
 }
 
@@ -143,6 +144,7 @@ impl MigrationTrait for Migration {
                             .timestamp_with_time_zone()
                             .null(),
                     )
+                    .col(ColumnDef::new(Conversations::BusyBy).string_len(40).null())
                     .col(
                         ColumnDef::new(Conversations::Events)
                             .big_integer()

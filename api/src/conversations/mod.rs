@@ -19,10 +19,10 @@ use std::time::Duration;
 
 use actix_web::web;
 use chrono::Utc;
-use serde_json::json;
+
 use tokio::sync::watch;
 
-use crate::db::{MessageStatus, Take, TenantScope};
+use crate::db::{Take, TenantScope};
 use crate::error::Error;
 use crate::ids::{ConversationId, TenantId};
 use crate::state::AppState;
@@ -34,6 +34,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(2);
 /// A conversation's hold beyond its agent's message timeout (the sandbox's
 /// start, the memory load).
 const HOLD_MARGIN: Duration = Duration::from_secs(120);
+/// How often a hold is renewed while a message is answered.
+const RENEW_EVERY: Duration = Duration::from_secs(30);
 
 /// This replica's side of conversations: what it processes, and a signal
 /// for streams when it records an event.
@@ -115,6 +117,9 @@ async fn drive(
     conversation: &ConversationId,
 ) -> Result<(), Error> {
     let scope = TenantScope::new(&state.db, tenant);
+    // This task's name on the hold: renewals, releases and answers are
+    // its own only while it holds the conversation.
+    let holder = uuid::Uuid::now_v7().simple().to_string();
     loop {
         let record = scope.conversation(conversation).await?;
         let agent = scope.agent(&record.agent_id).await;
@@ -129,7 +134,10 @@ async fn drive(
         loop {
             // The hold is taken, then renewed for each further message.
             let until = Utc::now() + chrono::Duration::from_std(hold).unwrap_or_default();
-            let message = match scope.take_message(conversation, until, renew).await? {
+            let message = match scope
+                .take_message(conversation, &holder, until, renew)
+                .await?
+            {
                 Take::Busy => return Ok(()),
                 Take::Empty => break,
                 Take::Message(message, false) => {
@@ -142,22 +150,50 @@ async fn drive(
                 Take::Message(message, true) => message,
             };
             renew = true;
+            // The hold is renewed while the message is answered (a sandbox
+            // to start, a retry): it runs out only if this replica stops.
+            let renewer = {
+                let (db, tenant, conversation, holder) = (
+                    state.db.clone(),
+                    tenant.clone(),
+                    conversation.clone(),
+                    holder.clone(),
+                );
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(RENEW_EVERY).await;
+                        let until =
+                            Utc::now() + chrono::Duration::from_std(hold).unwrap_or_default();
+                        let scope = TenantScope::new(&db, &tenant);
+                        if !matches!(
+                            scope.renew_hold(&conversation, &holder, until).await,
+                            Ok(true)
+                        ) {
+                            tracing::warn!(conversation = %conversation, "conversation hold lost while answering");
+                        }
+                    }
+                })
+            };
             let outcome = match &agent {
                 Ok(agent) => turn::answer(state, &scope, agent, &message).await,
                 Err(_) => Err("the agent was deleted".to_owned()),
             };
+            renewer.abort();
             match outcome {
-                Ok((text, sandbox)) => {
-                    scope.record_reply(&message, text, &sandbox).await?;
-                    events.notify();
-                }
+                Ok((text, sandbox)) => match scope.record_reply(&message, text, &sandbox).await {
+                    Ok(_) => events.notify(),
+                    Err(Error::Conflict(_)) => {
+                        tracing::warn!(conversation = %conversation, message = %message.id, "reply dropped: the message was failed meanwhile");
+                    }
+                    Err(e) => return Err(e),
+                },
                 Err(detail) => {
                     tracing::info!(conversation = %conversation, message = %message.id, detail, "message not answered");
                     fail(&scope, events, &message, &detail).await?;
                 }
             }
         }
-        scope.release_conversation(conversation).await?;
+        scope.release_conversation(conversation, &holder).await?;
         // A message posted while the hold was let go is taken now.
         if scope.next_message(conversation).await?.is_none() {
             return Ok(());
@@ -172,17 +208,9 @@ async fn fail(
     message: &crate::db::Message,
     detail: &str,
 ) -> Result<(), Error> {
-    scope
-        .set_message_status(&message.id, MessageStatus::Failed, Some(detail.to_owned()))
-        .await?;
-    events
-        .record(
-            scope,
-            &message.conversation_id,
-            "error",
-            json!({"message_id": message.id, "detail": detail}),
-        )
-        .await?;
+    if scope.fail_message(message, detail).await? {
+        events.notify();
+    }
     Ok(())
 }
 

@@ -240,6 +240,11 @@ async fn run_loop(
     let mut reply = None;
     let mut error = None;
     let mut stderr = Vec::new();
+    // A tool call and its result per step, and a few more: what a loop
+    // prints beyond that is not recorded (a sandbox cannot fill the
+    // database with events).
+    let mut events_left = 2 * u64::from(agent.settings.max_steps) + 8;
+    let mut lines_seen = false;
     let result = 'read: loop {
         match replies.recv().await {
             Some(CallReply::Chunk(Part::Stdout, data)) => {
@@ -252,10 +257,11 @@ async fn run_loop(
                     }
                     let text = String::from_utf8_lossy(&line).into_owned();
                     line.clear();
+                    lines_seen = true;
                     state
                         .run_logs
                         .publish(&warm.run, "stdout", format!("{text}\n"));
-                    match step(state, scope, message, &text).await {
+                    match step(state, scope, message, &text, &mut events_left).await {
                         // The reply is the loop's last word: the answer
                         // need not wait for its process to end.
                         Some(Ok(text)) => {
@@ -316,10 +322,16 @@ async fn run_loop(
                 }
             )
         })),
+        // Tried again in a new sandbox only if nothing ran yet here: the
+        // tools it already ran must not run twice.
         Some(CallResult::Failed {
             error: CallError::Gone,
             ..
-        }) => Ran::Gone,
+        }) if !lines_seen => Ran::Gone,
+        Some(CallResult::Failed {
+            error: CallError::Gone,
+            ..
+        }) => Ran::Failed("the agent's sandbox stopped while it answered".into()),
         Some(CallResult::Failed { message, .. }) => Ran::Failed(message),
         Some(_) => Ran::Failed("the sandbox answered the wrong call".into()),
         None => Ran::Failed("the agent's sandbox stopped answering".into()),
@@ -332,6 +344,7 @@ async fn step(
     scope: &TenantScope<'_>,
     message: &Message,
     line: &str,
+    events_left: &mut u64,
 ) -> Option<Result<String, String>> {
     let Ok(event) = serde_json::from_str::<Value>(line) else {
         return None;
@@ -352,6 +365,10 @@ async fn step(
         "error" => return Some(Err(cut(text("detail"), 4000))),
         _ => return None,
     };
+    if *events_left == 0 {
+        return None;
+    }
+    *events_left -= 1;
     if let Err(e) = state
         .conversations
         .record(scope, &message.conversation_id, kind, data)

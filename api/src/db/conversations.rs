@@ -244,6 +244,7 @@ impl TenantScope<'_> {
                                 created_at: Set(now),
                                 updated_at: Set(now),
                                 busy_until: Set(None),
+                                busy_by: Set(None),
                                 events: Set(0),
                             }
                             .insert(txn)
@@ -322,16 +323,19 @@ impl TenantScope<'_> {
             .collect::<anyhow::Result<_>>()?)
     }
 
-    /// Holds the conversation until `until` (taking the hold if nobody
-    /// holds it, or renewing this task's with `renew`) and takes its next
-    /// message, marking a queued one `processing`, in one transaction.
+    /// Holds the conversation for `holder` until `until` (taking the hold
+    /// if nobody holds it, or renewing `holder`'s with `renew`) and takes
+    /// its next message, marking a queued one `processing`, in one
+    /// transaction.
     pub async fn take_message(
         &self,
         conversation: &ConversationId,
+        holder: &str,
         until: DateTime<Utc>,
         renew: bool,
     ) -> Result<Take> {
         let (tenant, conversation) = (self.tenant_id().clone(), conversation.clone());
+        let holder = holder.to_owned();
         let now = Utc::now();
         let row = self
             .db()
@@ -339,9 +343,15 @@ impl TenantScope<'_> {
                 Box::pin(async move {
                     let mut hold = conversation::Entity::update_many()
                         .col_expr(conversation::Column::BusyUntil, Expr::value(Some(until)))
+                        .col_expr(
+                            conversation::Column::BusyBy,
+                            Expr::value(Some(holder.clone())),
+                        )
                         .filter(conversation::Column::Id.eq(conversation.as_str()))
                         .filter(conversation::Column::TenantId.eq(tenant.as_str()));
-                    if !renew {
+                    if renew {
+                        hold = hold.filter(conversation::Column::BusyBy.eq(holder.as_str()));
+                    } else {
                         hold = hold.filter(
                             Condition::any()
                                 .add(conversation::Column::BusyUntil.is_null())
@@ -388,17 +398,77 @@ impl TenantScope<'_> {
     }
 
     /// Lets the conversation go.
-    pub async fn release_conversation(&self, id: &ConversationId) -> Result<()> {
+    pub async fn release_conversation(&self, id: &ConversationId, holder: &str) -> Result<()> {
         conversation::Entity::update_many()
             .col_expr(
                 conversation::Column::BusyUntil,
                 Expr::value(Option::<DateTime<Utc>>::None),
             )
+            .col_expr(
+                conversation::Column::BusyBy,
+                Expr::value(Option::<String>::None),
+            )
             .filter(conversation::Column::Id.eq(id.as_str()))
             .filter(conversation::Column::TenantId.eq(self.tenant_id().as_str()))
+            .filter(conversation::Column::BusyBy.eq(holder))
             .exec(self.db())
             .await?;
         Ok(())
+    }
+
+    /// Extends `holder`'s hold on the conversation to `until`; whether it
+    /// still held it.
+    pub async fn renew_hold(
+        &self,
+        id: &ConversationId,
+        holder: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool> {
+        let renewed = conversation::Entity::update_many()
+            .col_expr(conversation::Column::BusyUntil, Expr::value(Some(until)))
+            .filter(conversation::Column::Id.eq(id.as_str()))
+            .filter(conversation::Column::TenantId.eq(self.tenant_id().as_str()))
+            .filter(conversation::Column::BusyBy.eq(holder))
+            .exec(self.db())
+            .await?
+            .rows_affected;
+        Ok(renewed == 1)
+    }
+
+    /// Fails a message being answered, with its `error` event, in one
+    /// transaction; `false` (nothing written) if it was no longer being
+    /// answered (another holder failed it meanwhile).
+    pub async fn fail_message(&self, message: &Message, detail: &str) -> Result<bool> {
+        let tenant = self.tenant_id().clone();
+        let message = message.clone();
+        let detail = detail.to_owned();
+        Ok(self
+            .db()
+            .transaction::<_, bool, Error>(|txn| {
+                Box::pin(async move {
+                    let failed = message::Entity::update_many()
+                        .col_expr(
+                            message::Column::Status,
+                            Expr::value(MessageStatus::Failed.as_str()),
+                        )
+                        .col_expr(message::Column::Error, Expr::value(Some(detail.clone())))
+                        .col_expr(message::Column::UpdatedAt, Expr::value(Utc::now()))
+                        .filter(message::Column::Id.eq(message.id.as_str()))
+                        .filter(message::Column::TenantId.eq(tenant.as_str()))
+                        .filter(message::Column::Status.eq(MessageStatus::Processing.as_str()))
+                        .exec(txn)
+                        .await?
+                        .rows_affected;
+                    if failed == 0 {
+                        return Ok(false);
+                    }
+                    let event = serde_json::json!({"message_id": message.id, "detail": detail});
+                    append_event_in(txn, &tenant, &message.conversation_id, "error", &event)
+                        .await?;
+                    Ok(true)
+                })
+            })
+            .await?)
     }
 
     /// The oldest message of the conversation not yet answered: one left
@@ -415,24 +485,6 @@ impl TenantScope<'_> {
             .one(self.db())
             .await?;
         Ok(row.map(Message::try_from).transpose()?)
-    }
-
-    /// Sets a user's message's status (and error).
-    pub async fn set_message_status(
-        &self,
-        id: &MessageId,
-        status: MessageStatus,
-        error: Option<String>,
-    ) -> Result<()> {
-        message::Entity::update_many()
-            .col_expr(message::Column::Status, Expr::value(status.as_str()))
-            .col_expr(message::Column::Error, Expr::value(error))
-            .col_expr(message::Column::UpdatedAt, Expr::value(Utc::now()))
-            .filter(message::Column::Id.eq(id.as_str()))
-            .filter(message::Column::TenantId.eq(self.tenant_id().as_str()))
-            .exec(self.db())
-            .await?;
-        Ok(())
     }
 
     /// Records the agent's reply to `to`, marks `to` answered, appends the
@@ -467,7 +519,7 @@ impl TenantScope<'_> {
                     }
                     .insert(txn)
                     .await?;
-                    message::Entity::update_many()
+                    let answered = message::Entity::update_many()
                         .col_expr(
                             message::Column::Status,
                             Expr::value(MessageStatus::Done.as_str()),
@@ -479,8 +531,17 @@ impl TenantScope<'_> {
                         .col_expr(message::Column::UpdatedAt, Expr::value(now))
                         .filter(message::Column::Id.eq(to.id.as_str()))
                         .filter(message::Column::TenantId.eq(tenant.as_str()))
+                        .filter(message::Column::Status.eq(MessageStatus::Processing.as_str()))
                         .exec(txn)
-                        .await?;
+                        .await?
+                        .rows_affected;
+                    if answered == 0 {
+                        // Failed meanwhile by another holder: the reply is
+                        // dropped (the transaction rolls back).
+                        return Err(Error::Conflict(
+                            "the message is no longer being answered".into(),
+                        ));
+                    }
                     let event = serde_json::json!({"message_id": to.id, "reply_id": reply.id, "text": reply.text});
                     append_event_in(txn, &tenant, &to.conversation_id, "reply", &event).await?;
                     // Its idle timeout counts from here.

@@ -399,6 +399,7 @@ pub mod conversation {
         pub created_at: ChronoDateTimeUtc,
         pub updated_at: ChronoDateTimeUtc,
         pub busy_until: Option<ChronoDateTimeUtc>,
+        pub busy_by: Option<String>,
         pub events: i64,
     }
 

@@ -229,6 +229,7 @@ impl Fleet {
         reason: &str,
     ) {
         const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+        const PER_RUN: usize = 10;
         let host: String = host.chars().take(255).collect();
         let reason: String = reason.chars().take(500).collect();
         {
@@ -238,9 +239,24 @@ impl Fleet {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if audited.len() > 10_000 {
                 audited.retain(|_, at| at.elapsed() < EVERY);
+                if audited.len() > 10_000 {
+                    // Still full of fresh entries: drop them rather than
+                    // scan them on every refusal.
+                    audited.clear();
+                }
             }
             let key = (lease.run.clone(), host.clone(), port);
             if audited.get(&key).is_some_and(|at| at.elapsed() < EVERY) {
+                return;
+            }
+            // The sandbox chooses the hosts: at most PER_RUN destinations
+            // a minute are audited for one run (the rest are only logged
+            // by the worker).
+            let recent = audited
+                .iter()
+                .filter(|((run, _, _), at)| run == &lease.run && at.elapsed() < EVERY)
+                .count();
+            if recent >= PER_RUN {
                 return;
             }
             audited.insert(key, std::time::Instant::now());

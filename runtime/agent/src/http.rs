@@ -151,7 +151,7 @@ fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
         if size == 0 {
             return Ok(out);
         }
-        if data.len() < size + 2 {
+        if size.checked_add(2).is_none_or(|end| data.len() < end) {
             return Err("a chunk is cut off".into());
         }
         out.extend_from_slice(&data[..size]);
@@ -181,6 +181,14 @@ mod tests {
         );
         assert!(parse_response(b"HTTP/1.1 200 OK\r\n\r\n0123456789ab", 10).is_err());
         assert!(parse_response(b"garbage", 10).is_err());
+        // A chunk size at the top of the range neither overflows nor panics.
+        assert!(
+            parse_response(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nab",
+                10
+            )
+            .is_err()
+        );
         assert!(
             parse_response(
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nff\r\nab",

@@ -93,6 +93,26 @@ pub struct AgentBody {
     shell_timeout_s: Option<u32>,
 }
 
+/// Stops the agent's warm sandboxes (their memory committed first).
+async fn stop_warm_sandboxes<P: crate::auth::extract::Permission>(
+    state: &AppState,
+    caller: &Caller<P>,
+    scope: &crate::db::TenantScope<'_>,
+    agent: &AgentId,
+    why: &str,
+) -> Result<(), Error> {
+    for sandbox in scope.sandboxes().await? {
+        if sandbox.agent_id.as_ref() == Some(agent) {
+            let event = caller
+                .actor()
+                .event("sandbox.delete", Outcome::Success)
+                .reason(why);
+            crate::sandboxes::stop_sandbox(state, scope, &sandbox, event).await?;
+        }
+    }
+    Ok(())
+}
+
 /// An OpenClaw agent runs OpenClaw from its own image.
 fn check_flavor(spec: &AgentSpec) -> Result<(), Error> {
     if spec.settings.flavor == Flavor::Openclaw && spec.image == "builtin" {
@@ -420,6 +440,9 @@ pub async fn update_agent(
             caller.actor().event("agent.update", Outcome::Success),
         )
         .await?;
+    // A warm sandbox runs with the settings it was started with: it goes,
+    // its memory committed, and the next message starts one with these.
+    stop_warm_sandboxes(&state, &caller, &scope, &id, "its agent was changed").await?;
     Ok(HttpResponse::Ok().json(AgentView::from(agent)))
 }
 
@@ -440,15 +463,7 @@ pub async fn delete_agent(
     let scope = caller.scope(&state.db);
     scope.agent(&id).await?;
     // Its warm sandbox first, so that nothing commits to its memory after.
-    for sandbox in scope.sandboxes().await? {
-        if sandbox.agent_id.as_ref() == Some(&id) {
-            let event = caller
-                .actor()
-                .event("sandbox.delete", Outcome::Success)
-                .reason("its agent was deleted");
-            crate::sandboxes::stop_sandbox(&state, &scope, &sandbox, event).await?;
-        }
-    }
+    stop_warm_sandboxes(&state, &caller, &scope, &id, "its agent was deleted").await?;
     let deleted = scope
         .delete_agent(&id, caller.actor().event("agent.delete", Outcome::Success))
         .await?;

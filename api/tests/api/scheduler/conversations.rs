@@ -435,7 +435,9 @@ async fn a_prompt_injected_agent_is_stopped_at_the_boundaries_and_seen() {
     // the tenant's.
     let env = say(&app, &a.key, &ours, "shell: env; cat /proc/1/environ", None).await;
     let text = env["reply"]["text"].as_str().unwrap();
-    assert!(text.contains("CARAPACE_RUN_TOKEN=crt_"), "{text}");
+    // Its token is in the environment, and never in what is recorded.
+    assert!(text.contains("CARAPACE_RUN_TOKEN=[run token]"), "{text}");
+    assert!(!text.contains("crt_"), "{text}");
     assert!(
         !text.contains(UPSTREAM_KEY) && !text.contains(&a.key),
         "{text}"
