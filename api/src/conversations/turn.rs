@@ -174,7 +174,11 @@ pub(super) async fn answer(
     message: &Message,
 ) -> Result<(String, crate::ids::SandboxId), String> {
     let failed = |e: Error| format!("{e}");
-    let job = job(scope, agent, message).await.map_err(failed)?;
+    // The built-in loop's job (OpenClaw keeps its own history).
+    let job = match agent.settings.flavor {
+        Flavor::Carapace => job(scope, agent, message).await.map_err(failed)?,
+        Flavor::Openclaw => Value::Null,
+    };
     for attempt in 0..2 {
         let (warm, was_warm) = match find_warm(scope, agent).await.map_err(failed)? {
             Some(warm) if attempt == 0 => (warm, true),
