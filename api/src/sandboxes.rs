@@ -425,3 +425,25 @@ pub async fn stop_sandbox(
     }
     scope.delete_sandbox(&sandbox.id, Some(audit)).await
 }
+
+/// Where a sandbox recorded running takes its calls: its worker and its
+/// run's lease. One whose run no longer runs (or that has no run) is
+/// recorded lost, and `None` comes back.
+pub async fn call_target(
+    scope: &TenantScope<'_>,
+    sandbox: &Sandbox,
+) -> Result<Option<(String, carapace_scheduler::protocol::Lease)>, Error> {
+    let run = match sandbox.run_id.as_deref().map(crate::ids::RunId::parse) {
+        Some(Ok(run)) => Some(scope.run(&run).await?),
+        _ => None,
+    };
+    match run.map(|r| (r.state, r.lease())) {
+        Some((RunState::Running, Some(target))) => Ok(Some(target)),
+        _ => {
+            scope
+                .set_sandbox_state(&sandbox.id, SandboxState::Lost)
+                .await?;
+            Ok(None)
+        }
+    }
+}

@@ -27,8 +27,6 @@ use crate::error::Error;
 use crate::ids::{ConversationId, TenantId};
 use crate::state::AppState;
 
-pub use turn::agent_path;
-
 /// How often every replica looks for conversations nobody processes.
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
 /// A conversation's hold beyond its agent's message timeout (the sandbox's

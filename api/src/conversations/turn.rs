@@ -9,7 +9,6 @@
 use std::time::Duration;
 
 use actix_web::web;
-use carapace_scheduler::RunState;
 use carapace_scheduler::protocol::{
     CallError, CallRequest, CallResult, Lease, MemorySync, Part, encode,
 };
@@ -19,7 +18,6 @@ use crate::audit::Actor;
 use crate::db::{Agent, Flavor, Message, MessageStatus, NewSandbox, SandboxState, TenantScope};
 use crate::error::Error;
 use crate::fleet::CallReply;
-use crate::ids::RunId;
 use crate::state::AppState;
 
 /// Most bytes of one line the loop prints.
@@ -33,7 +31,7 @@ const HISTORY_MESSAGES: u64 = 40;
 const HISTORY_BYTES: usize = 256 * 1024;
 
 /// Where the agent binary is inside a sandbox of `image`.
-pub fn agent_path(image: &str) -> &'static str {
+fn agent_path(image: &str) -> &'static str {
     if image == "builtin" {
         carapace_runtime::image::AGENT_PATH
     } else {
@@ -66,24 +64,13 @@ async fn find_warm(scope: &TenantScope<'_>, agent: &Agent) -> Result<Option<Warm
         if sandbox.agent_id.as_ref() != Some(&agent.id) || sandbox.state != SandboxState::Running {
             continue;
         }
-        let Some(Ok(run_id)) = sandbox.run_id.as_deref().map(RunId::parse) else {
-            continue;
-        };
-        let run = scope.run(&run_id).await?;
-        match (run.state, run.lease()) {
-            (RunState::Running, Some((worker, lease))) => {
-                return Ok(Some(Warm {
-                    sandbox: sandbox.id,
-                    run: run.id,
-                    worker,
-                    lease,
-                }));
-            }
-            _ => {
-                scope
-                    .set_sandbox_state(&sandbox.id, SandboxState::Lost)
-                    .await?;
-            }
+        if let Some((worker, lease)) = crate::sandboxes::call_target(scope, &sandbox).await? {
+            return Ok(Some(Warm {
+                sandbox: sandbox.id,
+                run: lease.run.clone(),
+                worker,
+                lease,
+            }));
         }
     }
     Ok(None)

@@ -5,7 +5,6 @@
 
 use actix_web::web::Bytes;
 use actix_web::{HttpResponse, web};
-use carapace_scheduler::RunState;
 use carapace_scheduler::protocol::{CallError, CallRequest, CallResult, Lease, Part};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -15,7 +14,7 @@ use crate::auth::extract::{Caller, UseSandboxes};
 use crate::db::SandboxState;
 use crate::error::Error;
 use crate::fleet::CallReply;
-use crate::ids::{RunId, SandboxId};
+use crate::ids::SandboxId;
 use crate::state::AppState;
 
 /// A running sandbox and where it runs.
@@ -48,17 +47,10 @@ pub(super) async fn running(
         }
         SandboxState::Lost => return Err(lost()),
     }
-    let run = match sandbox.run_id.as_deref().map(RunId::parse) {
-        Some(Ok(run)) => scope.run(&run).await?,
-        _ => return Err(lost()),
-    };
-    match (run.state, run.lease()) {
-        (RunState::Running, Some((worker, lease))) => Ok(Target { id, worker, lease }),
-        _ => {
-            scope.set_sandbox_state(&id, SandboxState::Lost).await?;
-            Err(lost())
-        }
-    }
+    let (worker, lease) = crate::sandboxes::call_target(&scope, &sandbox)
+        .await?
+        .ok_or_else(lost)?;
+    Ok(Target { id, worker, lease })
 }
 
 /// Sends a call to the sandbox; its clock for the idle timeout restarts
