@@ -43,6 +43,8 @@ pub(super) struct Pool {
     closing: AtomicBool,
     refill: Arc<Notify>,
     seq: AtomicU64,
+    /// Containers handed out since the start.
+    taken: AtomicU64,
 }
 
 impl Pool {
@@ -53,6 +55,9 @@ impl Pool {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop_front();
+        if taken.is_some() {
+            self.taken.fetch_add(1, Ordering::Relaxed);
+        }
         self.refill.notify_one();
         taken
     }
@@ -81,6 +86,11 @@ impl Runtime {
     /// Containers waiting in the pool.
     pub fn pooled(&self) -> usize {
         self.pool.len()
+    }
+
+    /// Sandboxes that started from a pooled container, since the start.
+    pub fn pool_hits(&self) -> u64 {
+        self.pool.taken.load(Ordering::Relaxed)
     }
 }
 
