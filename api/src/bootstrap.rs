@@ -86,7 +86,7 @@ impl Application {
             login: settings
                 .login
                 .clone()
-                .map(crate::login::oidc::Provider::new)
+                .map(crate::login::Login::new)
                 .transpose()?
                 .map(std::sync::Arc::new),
             login_limiter: crate::login::LoginLimiter::new(LOGINS_PER_MINUTE),

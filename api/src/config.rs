@@ -161,6 +161,14 @@ pub struct SettingsArgs {
     #[arg(long, env = "CARAPACE_OIDC_GROUPS_CLAIM", value_name = "CLAIM")]
     pub oidc_groups_claim: Option<String>,
 
+    /// More OpenID Connect providers, beside (or instead of) the
+    /// `oidc_issuer` one: the settings file's `[[oidc_providers]]` tables
+    /// only (`name`, `issuer`, `client_id`, `client_secret`, optional
+    /// `label` and `groups_claim`; see `login::ProviderArgs`).
+    #[arg(skip)]
+    #[serde(default)]
+    pub oidc_providers: Option<Vec<crate::login::ProviderArgs>>,
+
     /// Whether `carapace serve` runs a worker in-process (placed runs then
     /// execute on this host when it can run sandboxes). [default: true]
     #[arg(long, env = "CARAPACE_LOCAL_WORKER", value_name = "BOOL")]
@@ -330,6 +338,7 @@ impl SettingsArgs {
             reauth_minutes: self.reauth_minutes.or(lower.reauth_minutes),
             signup_domains: self.signup_domains.or(lower.signup_domains),
             oidc_groups_claim: self.oidc_groups_claim.or(lower.oidc_groups_claim),
+            oidc_providers: self.oidc_providers.or(lower.oidc_providers),
             gateway: self.gateway.or(lower.gateway),
             sandboxes: self.sandboxes.or(lower.sandboxes),
             sandbox: self.sandbox.or(lower.sandbox),
@@ -406,6 +415,7 @@ impl SettingsArgs {
             reauth_minutes: self.reauth_minutes,
             signup_domains: self.signup_domains,
             groups_claim: self.oidc_groups_claim,
+            providers: self.oidc_providers.unwrap_or_default(),
         })?;
         Ok(Settings {
             login,

@@ -22,8 +22,8 @@ pub struct AppState {
     pub memory: crate::memory::MemoryStore,
     /// What each tenant may use (gateway limits, memory quotas).
     pub plans: crate::plans::Plans,
-    /// The OpenID Connect provider browsers log in with, if configured.
-    pub login: Option<Arc<crate::login::oidc::Provider>>,
+    /// The OpenID Connect providers browsers log in with, if configured.
+    pub login: Option<Arc<crate::login::Login>>,
     /// Logins per minute per address and per person.
     pub login_limiter: crate::login::LoginLimiter,
     /// Failed credentials (API keys, service tokens, sessions, run tokens)

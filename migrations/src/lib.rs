@@ -25,6 +25,7 @@ mod m0013_plans;
 mod m0014_sessions;
 mod m0015_lowercase_emails;
 mod m0016_conversations;
+mod m0017_login_providers;
 
 /// Every migration, in the order it is applied.
 pub struct Migrator;
@@ -49,6 +50,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0014_sessions::Migration),
             Box::new(m0015_lowercase_emails::Migration),
             Box::new(m0016_conversations::Migration),
+            Box::new(m0017_login_providers::Migration),
         ]
     }
 }

@@ -224,11 +224,54 @@ fn header_value(req: &HttpRequest, name: &str) -> Option<String> {
         .filter(|v| !v.is_empty() && v.len() <= 200)
 }
 
-/// The cookie holding a browser's session token.
-pub const SESSION_COOKIE: &str = "carapace_session";
-/// The cookie whose value a cookie-authenticated request that changes
-/// state must repeat in [`CSRF_HEADER`].
-pub const CSRF_COOKIE: &str = "carapace_csrf";
+/// The names of the login cookies. Behind an `https://` public URL they
+/// carry the prefixes browsers enforce: `__Host-` (set `Secure`, path `/`,
+/// no domain, by this very host: a neighbour on another subdomain or a
+/// plain-http page cannot plant one for a fixation attack) and, for the
+/// login binding kept to `/auth`, `__Secure-`. Only the names of the
+/// server's mode are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CookieNames {
+    /// The browser's session token.
+    pub session: &'static str,
+    /// The value a cookie-authenticated request that changes state must
+    /// repeat in [`CSRF_HEADER`].
+    pub csrf: &'static str,
+    /// Binds a login to the browser that started it.
+    pub login: &'static str,
+}
+
+impl CookieNames {
+    /// Over plain http (development, tests).
+    pub const PLAIN: CookieNames = CookieNames {
+        session: "carapace_session",
+        csrf: "carapace_csrf",
+        login: "carapace_login",
+    };
+    /// Behind https.
+    pub const SECURE: CookieNames = CookieNames {
+        session: "__Host-carapace_session",
+        csrf: "__Host-carapace_csrf",
+        login: "__Secure-carapace_login",
+    };
+
+    /// The names this server uses.
+    pub fn of(state: &AppState) -> CookieNames {
+        if Self::secure(state) {
+            Self::SECURE
+        } else {
+            Self::PLAIN
+        }
+    }
+
+    /// Whether cookies are `Secure` (an https public URL).
+    pub fn secure(state: &AppState) -> bool {
+        state
+            .login
+            .as_deref()
+            .is_some_and(|l| l.config().secure_cookies())
+    }
+}
 /// The header carrying the CSRF cookie's value.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
@@ -243,13 +286,13 @@ pub fn cookie(req: &HttpRequest, name: &str) -> Option<String> {
 /// request that changes state only if it repeats the CSRF cookie in the
 /// header (another site can make the browser send the cookie, not read
 /// it).
-fn csrf_ok(req: &HttpRequest) -> bool {
+fn csrf_ok(req: &HttpRequest, names: CookieNames) -> bool {
     use subtle::ConstantTimeEq;
     if matches!(req.method().as_str(), "GET" | "HEAD" | "OPTIONS") {
         return true;
     }
     let (Some(expected), Some(presented)) = (
-        cookie(req, CSRF_COOKIE),
+        cookie(req, names.csrf),
         req.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok()),
     ) else {
         return false;
@@ -301,7 +344,7 @@ async fn authenticate<P: Permission>(req: &HttpRequest) -> Result<Caller<P>, Err
             }
         },
         // Only a session token is taken from the cookie.
-        Err(missing) => match cookie(req, SESSION_COOKIE)
+        Err(missing) => match cookie(req, CookieNames::of(state).session)
             .filter(|t| t.starts_with(crate::auth::SESSION_PREFIX))
         {
             Some(token) => (token, true),
@@ -433,7 +476,7 @@ async fn authenticate<P: Permission>(req: &HttpRequest) -> Result<Caller<P>, Err
             return Err(Error::Forbidden(reason));
         }
     }
-    if via_cookie && !csrf_ok(req) {
+    if via_cookie && !csrf_ok(req, CookieNames::of(state)) {
         let reason = "missing or wrong X-CSRF-Token header (the carapace_csrf cookie's value)";
         deny(state, &anonymous, &principal, P::ACTION, reason).await?;
         return Err(Error::Forbidden(reason.to_owned()));

@@ -292,6 +292,7 @@ pub mod login_attempt {
         pub pkce_verifier: String,
         pub nonce: String,
         pub created_at: ChronoDateTimeUtc,
+        pub provider: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -318,6 +319,7 @@ pub mod session {
         pub client_ip: Option<String>,
         pub amr: String,
         pub groups: String,
+        pub provider: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

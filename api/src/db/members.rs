@@ -1,6 +1,6 @@
 //! A tenant's members (people and their roles) and its invitations: an
 //! invitation names an address and a role; the next login of that address
-//! makes them a member (`accept_invitations`, called by `sessions::sign_in`).
+//! makes them a member (`accept_invitations`, called by `sign_in::sign_in`).
 
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::{
@@ -66,23 +66,30 @@ fn invitation(row: invitation::Model) -> Result<Invitation> {
     })
 }
 
-/// Turns the pending invitations of `email` into memberships of `user`
-/// (each in its tenant, with its role; audited there); how many. Run
-/// inside the login's transaction.
+/// Turns the pending invitations of `email` to the `admitted` tenants
+/// (those whose access policy lets this login in) into memberships of
+/// `user` (each with its role; audited there); the tenants joined, oldest
+/// invitation first. Invitations to other tenants stay pending. Run
+/// inside the login's transaction (`sign_in`).
 pub(super) async fn accept_invitations<C: ConnectionTrait>(
     txn: &C,
     email: &EmailAddress,
     user: &str,
+    admitted: &[String],
     audit: &AuditEvent,
-) -> Result<usize> {
+) -> Result<Vec<String>> {
     let now = Utc::now();
     let pending = invitation::Entity::find()
         .filter(invitation::Column::Email.eq(email.as_str()))
         .filter(invitation::Column::ExpiresAt.gt(now))
+        .order_by_asc(invitation::Column::CreatedAt)
         .all(txn)
         .await?;
-    let mut accepted = 0;
+    let mut joined = Vec::new();
     for invite in pending {
+        if !admitted.contains(&invite.tenant_id) {
+            continue;
+        }
         let already = membership::Entity::find_by_id((invite.tenant_id.clone(), user.to_owned()))
             .one(txn)
             .await?;
@@ -103,13 +110,13 @@ pub(super) async fn accept_invitations<C: ConnectionTrait>(
                 event.reason(format!("{email} joined as {}", invite.role)),
             )
             .await?;
-            accepted += 1;
+            joined.push(invite.tenant_id.clone());
         }
         invitation::Entity::delete_by_id(invite.id)
             .exec(txn)
             .await?;
     }
-    Ok(accepted)
+    Ok(joined)
 }
 
 impl TenantScope<'_> {

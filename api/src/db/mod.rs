@@ -20,6 +20,7 @@ mod records;
 mod runs;
 mod sandboxes;
 pub mod sessions;
+mod sign_in;
 mod tenant_scope;
 mod tenant_secrets;
 mod transcripts;

@@ -9,14 +9,12 @@ use sea_orm::{
 };
 
 use super::TenantScope;
-use super::entities::{
-    access_policy, identity, invitation, login_attempt, membership, session, tenant, user,
-};
+use super::entities::{access_policy, login_attempt, membership, session, user};
 use super::platform::insert_audit;
+pub use super::sign_in::{Account, SignIn, SignedIn, sign_in};
 use crate::access::Role;
 use crate::access_policy::AccessPolicy;
 use crate::audit::AuditEvent;
-use crate::email::EmailAddress;
 use crate::error::{Error, Result};
 use crate::ids::{SessionId, TenantId, UserId};
 
@@ -35,6 +33,8 @@ pub struct LoginAttempt {
     pub nonce: String,
     /// When it started.
     pub created_at: DateTime<Utc>,
+    /// The provider it went to (its configured name).
+    pub provider: String,
 }
 
 /// Records a login attempt (and forgets those that ran out of time).
@@ -58,6 +58,7 @@ pub async fn save_login_attempt(db: &DatabaseConnection, attempt: &LoginAttempt)
         pkce_verifier: Set(attempt.verifier.clone()),
         nonce: Set(attempt.nonce.clone()),
         created_at: Set(attempt.created_at),
+        provider: Set(attempt.provider.clone()),
     }
     .insert(db)
     .await?;
@@ -89,187 +90,8 @@ pub async fn take_login_attempt(
         verifier: row.pkce_verifier,
         nonce: row.nonce,
         created_at: row.created_at,
+        provider: row.provider,
     }))
-}
-
-/// Who logged in, and where.
-#[derive(Debug, Clone)]
-pub struct SignedIn {
-    /// The person.
-    pub user: UserId,
-    /// The tenant they land in (their oldest membership, or a new one).
-    pub tenant: TenantId,
-    /// Their role there.
-    pub role: Role,
-    /// Whether this login created the tenant.
-    pub signed_up: bool,
-}
-
-/// What a login found.
-#[derive(Debug, Clone)]
-pub enum SignIn {
-    /// In, to this tenant.
-    In(SignedIn),
-    /// Not a member of any tenant, and sign-up is closed.
-    NotMember,
-    /// The address belongs to a person who logs in with another account
-    /// of this provider.
-    OtherAccount,
-}
-
-/// Finds the person behind a provider account (`issuer`, `subject`), and
-/// the tenant they belong to. The first login of an account links it to
-/// the person with its (verified) email address, unless that person
-/// already logs in with another account of the same provider; after that
-/// the account alone decides who it is (an address changed at the
-/// provider does not move it to someone else). With `signup` open,
-/// someone unknown or in no tenant gets a new tenant, named after the
-/// address, with them as its owner (`audit` is recorded then).
-pub async fn sign_in(
-    db: &DatabaseConnection,
-    issuer: &str,
-    subject: &str,
-    email: &EmailAddress,
-    signup: bool,
-    audit: AuditEvent,
-) -> Result<SignIn> {
-    let (issuer, subject, email) = (issuer.to_owned(), subject.to_owned(), email.clone());
-    db.transaction::<_, _, Error>(|txn| {
-        Box::pin(async move {
-            let now = Utc::now();
-            let linked = identity::Entity::find_by_id((issuer.clone(), subject.clone()))
-                .one(txn)
-                .await?;
-            let person = match &linked {
-                Some(link) => {
-                    user::Entity::find_by_id(link.user_id.as_str())
-                        .one(txn)
-                        .await?
-                }
-                None => {
-                    user::Entity::find()
-                        .filter(user::Column::Email.eq(email.as_str()))
-                        .one(txn)
-                        .await?
-                }
-            };
-            if linked.is_none()
-                && let Some(person) = &person
-            {
-                let other = identity::Entity::find()
-                    .filter(identity::Column::Issuer.eq(issuer.as_str()))
-                    .filter(identity::Column::UserId.eq(person.id.as_str()))
-                    .one(txn)
-                    .await?;
-                if other.is_some() {
-                    return Ok(SignIn::OtherAccount);
-                }
-            }
-            let member = match &person {
-                Some(person) => {
-                    membership::Entity::find()
-                        .filter(membership::Column::UserId.eq(person.id.as_str()))
-                        .order_by_asc(membership::Column::CreatedAt)
-                        .limit(1)
-                        .one(txn)
-                        .await?
-                }
-                None => None,
-            };
-            let invited = invitation::Entity::find()
-                .filter(invitation::Column::Email.eq(email.as_str()))
-                .filter(invitation::Column::ExpiresAt.gt(now))
-                .one(txn)
-                .await?
-                .is_some();
-            if member.is_none() && !signup && !invited {
-                return Ok(SignIn::NotMember);
-            }
-            let user_id = match person {
-                Some(person) => person.id,
-                None => {
-                    user::ActiveModel {
-                        id: Set(UserId::generate().to_string()),
-                        email: Set(email.as_str().to_owned()),
-                        display_name: Set(None),
-                        created_at: Set(now),
-                    }
-                    .insert(txn)
-                    .await?
-                    .id
-                }
-            };
-            if linked.is_none() {
-                identity::ActiveModel {
-                    issuer: Set(issuer.clone()),
-                    subject: Set(subject.clone()),
-                    user_id: Set(user_id.clone()),
-                    created_at: Set(now),
-                }
-                .insert(txn)
-                .await?;
-            }
-            let user = UserId::parse(&user_id).map_err(anyhow::Error::from)?;
-            let member = if invited {
-                super::members::accept_invitations(txn, &email, &user_id, &audit).await?;
-                // The oldest membership, now that the invitations count.
-                membership::Entity::find()
-                    .filter(membership::Column::UserId.eq(user_id.as_str()))
-                    .order_by_asc(membership::Column::CreatedAt)
-                    .limit(1)
-                    .one(txn)
-                    .await?
-            } else {
-                member
-            };
-            if let Some(member) = member {
-                return Ok(SignIn::In(SignedIn {
-                    user,
-                    tenant: TenantId::parse(&member.tenant_id).map_err(anyhow::Error::from)?,
-                    role: member
-                        .role
-                        .parse()
-                        .map_err(|_| anyhow::anyhow!("stored role {:?} is unknown", member.role))?,
-                    signed_up: false,
-                }));
-            }
-            let tenant_id = TenantId::generate();
-            let name: String = email.as_str().chars().take(100).collect();
-            tenant::ActiveModel {
-                id: Set(tenant_id.to_string()),
-                name: Set(name),
-                created_at: Set(now),
-                record_gateway_bodies: Set(false),
-                plan: Set(crate::plans::DEFAULT.to_owned()),
-            }
-            .insert(txn)
-            .await?;
-            membership::ActiveModel {
-                tenant_id: Set(tenant_id.to_string()),
-                user_id: Set(user_id.clone()),
-                role: Set(Role::Owner.as_str().to_owned()),
-                created_at: Set(now),
-            }
-            .insert(txn)
-            .await?;
-            insert_audit(
-                txn,
-                audit
-                    .in_tenant(&tenant_id)
-                    .target(tenant_id.to_string())
-                    .reason(format!("signed up as {email}")),
-            )
-            .await?;
-            Ok(SignIn::In(SignedIn {
-                user,
-                tenant: tenant_id,
-                role: Role::Owner,
-                signed_up: true,
-            }))
-        })
-    })
-    .await
-    .map_err(Error::from)
 }
 
 /// A session as stored, with its person's current role in its tenant
@@ -300,6 +122,8 @@ pub struct SessionRecord {
     pub amr: Vec<String>,
     /// Their groups at login.
     pub groups: Vec<String>,
+    /// The identity provider they logged in with (its configured name).
+    pub provider: String,
 }
 
 impl SessionRecord {
@@ -324,6 +148,7 @@ pub async fn create_session(
     client_ip: Option<String>,
     amr: &[String],
     groups: &[String],
+    provider: &str,
 ) -> Result<SessionId> {
     let id = SessionId::generate();
     let now = Utc::now();
@@ -341,6 +166,7 @@ pub async fn create_session(
         groups: Set(
             serde_json::to_string(&groups[..groups.len().min(100)]).map_err(anyhow::Error::from)?
         ),
+        provider: Set(provider.to_owned()),
     }
     .insert(db)
     .await?;
@@ -372,6 +198,7 @@ async fn record(db: &impl sea_orm::ConnectionTrait, row: session::Model) -> Resu
         client_ip: row.client_ip,
         amr: serde_json::from_str(&row.amr).unwrap_or_default(),
         groups: serde_json::from_str(&row.groups).unwrap_or_default(),
+        provider: row.provider,
     })
 }
 

@@ -13,7 +13,7 @@ use openidconnect::{
     PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope, TokenResponse,
 };
 
-use super::LoginConfig;
+use super::config::ProviderConfig;
 
 /// How long discovered metadata (and keys) are used before asking again.
 const METADATA_TTL: Duration = Duration::from_secs(3600);
@@ -57,16 +57,16 @@ pub struct Identity {
     pub groups: Vec<String>,
 }
 
-/// The configured provider.
+/// One configured provider.
 pub struct Provider {
-    config: LoginConfig,
+    config: ProviderConfig,
     http: openidconnect::reqwest::Client,
     metadata: tokio::sync::RwLock<Option<(CoreProviderMetadata, Instant)>>,
 }
 
 impl Provider {
     /// A provider client for `config` (nothing is fetched yet).
-    pub fn new(config: LoginConfig) -> anyhow::Result<Self> {
+    pub fn new(config: ProviderConfig) -> anyhow::Result<Self> {
         let http = openidconnect::reqwest::ClientBuilder::new()
             // Following redirects would let a provider make us call anything.
             .redirect(openidconnect::reqwest::redirect::Policy::none())
@@ -81,7 +81,7 @@ impl Provider {
     }
 
     /// The settings.
-    pub fn config(&self) -> &LoginConfig {
+    pub fn config(&self) -> &ProviderConfig {
         &self.config
     }
 
@@ -118,7 +118,7 @@ impl Provider {
             )),
         )
         .set_redirect_uri(
-            RedirectUrl::new(self.config.redirect_uri())
+            RedirectUrl::new(self.config.redirect_uri.clone())
                 .map_err(|e| LoginError::Provider(format!("bad redirect URL: {e}")))?,
         );
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
@@ -158,7 +158,7 @@ impl Provider {
             )),
         )
         .set_redirect_uri(
-            RedirectUrl::new(self.config.redirect_uri())
+            RedirectUrl::new(self.config.redirect_uri.clone())
                 .map_err(|e| LoginError::Provider(format!("bad redirect URL: {e}")))?,
         );
         let response = client

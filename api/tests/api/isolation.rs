@@ -486,6 +486,7 @@ async fn b_login_session(app: &TestApp, tenant: &str) -> (String, String) {
         None,
         &[],
         &[],
+        "default",
     )
     .await
     .unwrap();

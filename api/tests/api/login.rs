@@ -15,9 +15,9 @@ use serde_json::Value;
 use crate::helpers::{TestApp, spawn_app_with};
 
 /// A provider process for one test.
-struct Oidc {
+pub(crate) struct Oidc {
     child: Child,
-    issuer: String,
+    pub(crate) issuer: String,
 }
 
 impl Drop for Oidc {
@@ -27,7 +27,7 @@ impl Drop for Oidc {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -36,7 +36,7 @@ fn free_port() -> u16 {
 }
 
 impl Oidc {
-    async fn start(redirect: &str) -> Oidc {
+    pub(crate) async fn start(redirect: &str) -> Oidc {
         let modules = std::env::var("CARAPACE_TEST_OIDC_MODULES").expect(
             "CARAPACE_TEST_OIDC_MODULES is not set: run the tests with infra/test (it installs oidc-provider)",
         );
@@ -68,7 +68,7 @@ impl Oidc {
 }
 
 /// A server with login on, and its provider.
-async fn app_with_login(
+pub(crate) async fn app_with_login(
     adjust: impl FnOnce(&mut carapace_api::config::SettingsArgs),
 ) -> (TestApp, Oidc) {
     let port = free_port();
@@ -88,13 +88,13 @@ async fn app_with_login(
 }
 
 /// A browser: no automatic redirects, its own cookies per host and port.
-struct Browser {
-    client: reqwest::Client,
+pub(crate) struct Browser {
+    pub(crate) client: reqwest::Client,
     cookies: BTreeMap<(String, String), String>,
 }
 
 impl Browser {
-    fn new() -> Browser {
+    pub(crate) fn new() -> Browser {
         Browser {
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -113,7 +113,7 @@ impl Browser {
         )
     }
 
-    fn cookie(&self, url: &str, name: &str) -> Option<String> {
+    pub(crate) fn cookie(&self, url: &str, name: &str) -> Option<String> {
         self.cookies
             .get(&(Self::origin(url), name.to_owned()))
             .cloned()
@@ -135,7 +135,7 @@ impl Browser {
         }
     }
 
-    fn cookie_header(&self, url: &str) -> String {
+    pub(crate) fn cookie_header(&self, url: &str) -> String {
         let origin = Self::origin(url);
         self.cookies
             .iter()
@@ -162,7 +162,7 @@ impl Browser {
         req.send().await.unwrap()
     }
 
-    async fn send(
+    pub(crate) async fn send(
         &mut self,
         method: Method,
         url: &str,
@@ -187,8 +187,26 @@ impl Browser {
     /// Follows redirects and the provider's login and consent forms (as
     /// `login`) from `url` to the first answer that is neither; that
     /// answer's URL and response.
-    async fn follow(&mut self, mut url: String, login: &str) -> (String, StatusCode, String) {
+    pub(crate) async fn follow(
+        &mut self,
+        url: String,
+        login: &str,
+    ) -> (String, StatusCode, String) {
+        self.follow_until(url, login, None).await
+    }
+
+    /// As `follow`, but stops short of a URL starting with `stop`: that
+    /// URL, unvisited, with status 303 and no body.
+    pub(crate) async fn follow_until(
+        &mut self,
+        mut url: String,
+        login: &str,
+        stop: Option<&str>,
+    ) -> (String, StatusCode, String) {
         for _ in 0..20 {
+            if stop.is_some_and(|stop| url.starts_with(stop)) {
+                return (url, StatusCode::SEE_OTHER, String::new());
+            }
             let res = self.send(Method::GET, &url, None, &[]).await;
             if res.status().is_redirection() {
                 let next = res.headers()["location"].to_str().unwrap().to_owned();
@@ -236,7 +254,7 @@ impl Browser {
 
 /// A tenant "Acme" made the way `carapace tenant create` does, owned by
 /// `email`: what it returns, and the owner's key.
-async fn tenant_owned_by(
+pub(crate) async fn tenant_owned_by(
     app: &TestApp,
     email: &str,
 ) -> (
@@ -253,7 +271,7 @@ async fn tenant_owned_by(
     .unwrap()
 }
 
-async fn execute(app: &TestApp, sql: &str) {
+pub(crate) async fn execute(app: &TestApp, sql: &str) {
     use sea_orm::ConnectionTrait;
     let backend = app.db.get_database_backend();
     app.db
@@ -291,13 +309,17 @@ fn attribute(html: &str, start: &str) -> Option<String> {
 }
 
 /// Logs `login` in with `browser`; the final page's URL, status and text.
-async fn log_in(app: &TestApp, browser: &mut Browser, login: &str) -> (String, StatusCode, String) {
+pub(crate) async fn log_in(
+    app: &TestApp,
+    browser: &mut Browser,
+    login: &str,
+) -> (String, StatusCode, String) {
     browser
         .follow(format!("{}/auth/login", app.address), login)
         .await
 }
 
-async fn api(
+pub(crate) async fn api(
     app: &TestApp,
     browser: &mut Browser,
     method: Method,

@@ -13,6 +13,7 @@ mod gateway;
 mod helpers;
 mod isolation;
 mod login;
+mod login_providers;
 mod login_tokens;
 mod memory;
 mod memory_archive;

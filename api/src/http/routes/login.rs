@@ -1,4 +1,5 @@
-//! Browser login: `GET /auth/login` (to the provider), `GET /auth/callback`
+//! Browser login: `GET /auth/login[?provider=NAME]` (to a provider, or a
+//! page choosing one when several are configured), `GET /auth/callback`
 //! (back from it: a session), `GET /auth/session` (who is logged in),
 //! `POST /auth/logout` (the sessions over the API are `sessions`). The
 //! pages are minimal HTML; every decision is audited (`login`, `logout`).
@@ -11,19 +12,16 @@ use chrono::Utc;
 use serde::Deserialize;
 
 use crate::audit::{Actor, Outcome};
-use crate::auth::extract::{CSRF_COOKIE, CSRF_HEADER, SESSION_COOKIE, client_ip, cookie};
+use crate::auth::extract::{CSRF_HEADER, CookieNames, client_ip, cookie};
 use crate::auth::{new_session_token, session_token_hash};
-use crate::db::TenantScope;
 use crate::db::platform::record_audit;
-use crate::db::sessions::{self, LoginAttempt, SignIn};
+use crate::db::sessions::{self, Account, LoginAttempt, SignIn};
 use crate::email::EmailAddress;
 use crate::http::observe::RequestId;
 use crate::http::problem::method_not_allowed;
+use crate::login::Login;
 use crate::login::oidc::{LoginError, Provider};
 use crate::state::AppState;
-
-/// The cookie binding a login to the browser that started it.
-const LOGIN_COOKIE: &str = "carapace_login";
 
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -129,18 +127,59 @@ fn cookie_for<'c>(
         .finish()
 }
 
-fn provider(state: &AppState) -> Option<&Provider> {
-    state.login.as_deref()
+/// Which provider to log in with.
+#[derive(Debug, Deserialize)]
+pub struct LoginQuery {
+    provider: Option<String>,
 }
 
-/// Starts a login at the provider.
-pub async fn login(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
-    let Some(provider) = provider(&state) else {
+/// The page offering each provider.
+fn choose_provider(login: &Login) -> HttpResponse {
+    let links: String = login
+        .providers()
+        .iter()
+        .map(|p| {
+            // Names are `a-z0-9-` (checked at start-up): safe in a URL.
+            format!(
+                "<li><a href=\"/auth/login?provider={}\">Log in with {}</a></li>",
+                p.config().name,
+                escape(&p.config().label)
+            )
+        })
+        .collect();
+    page(StatusCode::OK, "Log in", &format!("<ul>{links}</ul>"))
+}
+
+/// Starts a login at a provider: the one named by `?provider=`, the only
+/// one, or (several and none named) a page choosing.
+pub async fn login(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: web::Query<LoginQuery>,
+) -> HttpResponse {
+    let Some(login) = state.login.as_deref() else {
         return page(
             StatusCode::NOT_FOUND,
             "Login is not configured",
             "<p>This server has no identity provider; use an API key.</p>",
         );
+    };
+    let provider: &Provider = match query.provider.as_deref() {
+        Some(name) => match login.provider(name) {
+            Some(provider) => provider,
+            None => {
+                return page(
+                    StatusCode::NOT_FOUND,
+                    "Unknown identity provider",
+                    "<p>This server has no identity provider of that name.</p>\
+                     <p><a href=\"/auth/login\">Choose one</a></p>",
+                );
+            }
+        },
+        None => match login.providers() {
+            [only] => only,
+            _ => return choose_provider(login),
+        },
     };
     if !state
         .login_limiter
@@ -174,15 +213,17 @@ pub async fn login(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse
         verifier: started.verifier,
         nonce: started.nonce,
         created_at: Utc::now(),
+        provider: provider.config().name.clone(),
     };
     if let Err(e) = sessions::save_login_attempt(&state.db, &attempt).await {
         tracing::error!(error = ?e, "login attempt not saved");
         return page(StatusCode::SERVICE_UNAVAILABLE, "Login unavailable", "");
     }
+    let names = CookieNames::of(&state);
     let mut binding_cookie = cookie_for(
-        LOGIN_COOKIE,
+        names.login,
         binding,
-        provider.config().secure_cookies(),
+        CookieNames::secure(&state),
         CookieDuration::minutes(10),
     );
     binding_cookie.set_http_only(true);
@@ -200,6 +241,8 @@ pub struct CallbackQuery {
     code: Option<String>,
     state: Option<String>,
     error: Option<String>,
+    /// The issuer that answers (RFC 9207), when the provider says.
+    iss: Option<String>,
 }
 
 /// Finishes a login: checks everything, then starts a session.
@@ -208,9 +251,10 @@ pub async fn callback(
     req: HttpRequest,
     query: web::Query<CallbackQuery>,
 ) -> HttpResponse {
-    let Some(provider) = provider(&state) else {
+    let Some(login) = state.login.as_deref() else {
         return page(StatusCode::NOT_FOUND, "Login is not configured", "");
     };
+    let names = CookieNames::of(&state);
     let ip = client_ip(&req).unwrap_or_default();
     if !state.login_limiter.allow(&format!("ip:{ip}")) {
         return refuse(
@@ -271,7 +315,7 @@ pub async fn callback(
             }
         };
     // The browser that comes back must be the one that left.
-    let bound = cookie(&req, LOGIN_COOKIE)
+    let bound = cookie(&req, names.login)
         .is_some_and(|binding| session_token_hash(&binding) == attempt.browser_hash);
     if !bound {
         return refuse(
@@ -279,6 +323,28 @@ pub async fn callback(
             &req,
             StatusCode::BAD_REQUEST,
             "this login was started in another browser",
+        )
+        .await;
+    }
+    let Some(provider) = login.provider(&attempt.provider) else {
+        return refuse(
+            &state,
+            &req,
+            StatusCode::BAD_REQUEST,
+            "the identity provider this login went to is no longer configured",
+        )
+        .await;
+    };
+    // The code is only ever redeemed at the provider the login went to;
+    // one that says who answered must be that one (a mix-up defence).
+    if let Some(iss) = &q.iss
+        && iss.trim_end_matches('/') != provider.config().issuer
+    {
+        return refuse(
+            &state,
+            &req,
+            StatusCode::BAD_REQUEST,
+            "the answer came from another identity provider than the login went to",
         )
         .await;
     }
@@ -338,21 +404,48 @@ pub async fn callback(
         )
         .await;
     }
-    let signup = provider.config().may_sign_up(email.as_str());
+    let signup = login.config().may_sign_up(email.as_str());
     let audit =
         actor(&req, format!("oidc:{}", identity.subject)).event("tenant.create", Outcome::Success);
-    let issuer = &provider.config().issuer;
-    let signed_in = match sessions::sign_in(
-        &state.db,
-        issuer,
-        &identity.subject,
-        &email,
-        signup,
-        audit,
-    )
-    .await
-    {
+    let account = Account {
+        issuer: provider.config().issuer.clone(),
+        subject: identity.subject.clone(),
+        email: email.clone(),
+        facts: crate::access_policy::SessionFacts {
+            email: email.as_str().to_owned(),
+            amr: identity.amr.clone(),
+            groups: identity.groups.clone(),
+            created_at: Utc::now(),
+            last_seen_at: Utc::now(),
+        },
+        client_ip: client_ip(&req).and_then(|ip| ip.parse().ok()),
+    };
+    let signed_in = match sessions::sign_in(&state.db, account, signup, audit).await {
         Ok(SignIn::In(signed_in)) => signed_in,
+        Ok(SignIn::Refused {
+            user,
+            tenant,
+            reason,
+        }) => {
+            // Refused before anything was written: no account linked, no
+            // invitation accepted.
+            let principal = match user {
+                Some(user) => format!("user:{user}"),
+                None => format!("oidc:{}", identity.subject),
+            };
+            let event = actor(&req, principal)
+                .event("login", Outcome::Denied)
+                .in_tenant(&tenant)
+                .reason(reason.clone());
+            if let Err(e) = record_audit(&state.db, event).await {
+                tracing::error!(error = ?e, "failed to audit a refused login");
+            }
+            return page(
+                StatusCode::FORBIDDEN,
+                "Login refused",
+                &format!("<p>{}</p>", escape(&reason)),
+            );
+        }
         Ok(SignIn::NotMember) => {
             return refuse(
                 &state,
@@ -378,42 +471,9 @@ pub async fn callback(
             return page(StatusCode::SERVICE_UNAVAILABLE, "Login unavailable", "");
         }
     };
-    // The tenant's access policy, as it would judge the session.
-    let policy = match TenantScope::new(&state.db, &signed_in.tenant)
-        .access_policy()
-        .await
-    {
-        Ok(policy) => policy,
-        Err(e) => {
-            tracing::error!(error = ?e, "access policy unreadable");
-            return page(StatusCode::SERVICE_UNAVAILABLE, "Login unavailable", "");
-        }
-    };
-    let facts = crate::access_policy::SessionFacts {
-        email: email.as_str().to_owned(),
-        amr: identity.amr.clone(),
-        groups: identity.groups.clone(),
-        created_at: Utc::now(),
-        last_seen_at: Utc::now(),
-    };
-    let ip = client_ip(&req).and_then(|ip| ip.parse().ok());
-    if let Some(reason) = policy.refusal(&facts, ip, Utc::now()) {
-        let event = actor(&req, format!("user:{}", signed_in.user))
-            .event("login", Outcome::Denied)
-            .in_tenant(&signed_in.tenant)
-            .reason(reason.clone());
-        if let Err(e) = record_audit(&state.db, event).await {
-            tracing::error!(error = ?e, "failed to audit a refused login");
-        }
-        return page(
-            StatusCode::FORBIDDEN,
-            "Login refused",
-            &format!("<p>{}</p>", escape(&reason)),
-        );
-    }
     // A fresh session every login (a cookie planted before it is
     // worthless), and the one this browser had is ended.
-    if let Some(old) = cookie(&req, SESSION_COOKIE)
+    if let Some(old) = cookie(&req, names.session)
         && let Err(e) =
             sessions::revoke_session_by_token(&state.db, &session_token_hash(&old)).await
     {
@@ -422,7 +482,7 @@ pub async fn callback(
     let (Ok(token), Ok(csrf)) = (new_session_token(), new_session_token()) else {
         return page(StatusCode::INTERNAL_SERVER_ERROR, "Login unavailable", "");
     };
-    let max_age = provider.config().session_max_age;
+    let max_age = login.config().session_max_age;
     let expires_at =
         Utc::now() + chrono::TimeDelta::from_std(max_age).unwrap_or(chrono::TimeDelta::hours(12));
     let session = match sessions::create_session(
@@ -433,6 +493,7 @@ pub async fn callback(
         client_ip(&req),
         &identity.amr,
         &identity.groups,
+        &provider.config().name,
     )
     .await
     {
@@ -447,19 +508,19 @@ pub async fn callback(
         .in_tenant(&signed_in.tenant)
         .target(session.to_string())
         .reason(if signed_in.signed_up {
-            format!("{email} signed up")
+            format!("{email} signed up with {}", provider.config().name)
         } else {
-            email.to_string()
+            format!("{email} with {}", provider.config().name)
         });
     if let Err(e) = record_audit(&state.db, event).await {
         tracing::error!(error = ?e, "failed to audit a login");
     }
-    let secure = provider.config().secure_cookies();
+    let secure = CookieNames::secure(&state);
     let age = CookieDuration::seconds(i64::try_from(max_age.as_secs()).unwrap_or(43_200));
-    let mut session_cookie = cookie_for(SESSION_COOKIE, token, secure, age);
+    let mut session_cookie = cookie_for(names.session, token, secure, age);
     session_cookie.set_http_only(true);
-    let csrf_cookie = cookie_for(CSRF_COOKIE, csrf, secure, age);
-    let mut spent = cookie_for(LOGIN_COOKIE, String::new(), secure, CookieDuration::ZERO);
+    let csrf_cookie = cookie_for(names.csrf, csrf, secure, age);
+    let mut spent = cookie_for(names.login, String::new(), secure, CookieDuration::ZERO);
     spent.set_path("/auth");
     HttpResponse::SeeOther()
         .insert_header((header::LOCATION, "/auth/session"))
@@ -472,7 +533,8 @@ pub async fn callback(
 
 /// The current browser's session, as a page.
 pub async fn session_page(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
-    let live = match cookie(&req, SESSION_COOKIE) {
+    let names = CookieNames::of(&state);
+    let live = match cookie(&req, names.session) {
         Some(token) => sessions::session_by_token(&state.db, &session_token_hash(&token))
             .await
             .ok()
@@ -487,7 +549,7 @@ pub async fn session_page(state: web::Data<AppState>, req: HttpRequest) -> HttpR
             "<p><a href=\"/auth/login\">Log in</a></p>",
         );
     };
-    let csrf = cookie(&req, CSRF_COOKIE).unwrap_or_default();
+    let csrf = cookie(&req, names.csrf).unwrap_or_default();
     page(
         StatusCode::OK,
         "Signed in",
@@ -523,7 +585,8 @@ pub async fn logout(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .or_else(|| form.and_then(|f| f.into_inner().csrf));
-    let expected = cookie(&req, CSRF_COOKIE);
+    let names = CookieNames::of(&state);
+    let expected = cookie(&req, names.csrf);
     let ok = matches!((&expected, &presented), (Some(e), Some(p)) if e.len() >= 16 && bool::from(e.as_bytes().ct_eq(p.as_bytes())));
     if !ok {
         let event = actor(&req, "anonymous".to_owned())
@@ -538,7 +601,7 @@ pub async fn logout(
             "<p>The form was not sent by this site.</p>",
         );
     }
-    if let Some(token) = cookie(&req, SESSION_COOKIE) {
+    if let Some(token) = cookie(&req, names.session) {
         let hash = session_token_hash(&token);
         let session = sessions::session_by_token(&state.db, &hash)
             .await
@@ -558,20 +621,17 @@ pub async fn logout(
             }
         }
     }
-    let secure = state
-        .login
-        .as_deref()
-        .is_some_and(|p| p.config().secure_cookies());
+    let secure = CookieNames::secure(&state);
     HttpResponse::SeeOther()
         .insert_header((header::LOCATION, "/auth/session"))
         .cookie(cookie_for(
-            SESSION_COOKIE,
+            names.session,
             String::new(),
             secure,
             CookieDuration::ZERO,
         ))
         .cookie(cookie_for(
-            CSRF_COOKIE,
+            names.csrf,
             String::new(),
             secure,
             CookieDuration::ZERO,

@@ -41,6 +41,8 @@ pub struct SessionView {
     last_seen_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
     client_ip: Option<String>,
+    /// The identity provider it logged in with (its configured name).
+    provider: String,
     /// Whether it is the caller's own session.
     current: bool,
 }
@@ -99,6 +101,7 @@ pub async fn list_sessions(
                 last_seen_at: s.last_seen_at,
                 expires_at: s.expires_at,
                 client_ip: s.client_ip,
+                provider: s.provider,
             })
             .collect(),
     }))

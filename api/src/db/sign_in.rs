@@ -1,0 +1,297 @@
+//! A login's decision, in one transaction: who a provider account is,
+//! which tenant they land in, and whether that tenant's access policy
+//! lets them in — all decided before anything is written, so a login the
+//! policy refuses links no account, creates no person and accepts no
+//! invitation.
+
+use std::net::IpAddr;
+
+use chrono::Utc;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
+    TransactionTrait,
+};
+
+use super::entities::{access_policy, identity, invitation, membership, tenant, user};
+use super::platform::insert_audit;
+use crate::access::Role;
+use crate::access_policy::{AccessPolicy, SessionFacts};
+use crate::audit::AuditEvent;
+use crate::email::EmailAddress;
+use crate::error::{Error, Result};
+use crate::ids::{TenantId, UserId};
+
+/// Who logged in, and where.
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    /// The person.
+    pub user: UserId,
+    /// The tenant they land in (their oldest membership whose policy lets
+    /// them in, or a new one).
+    pub tenant: TenantId,
+    /// Their role there.
+    pub role: Role,
+    /// Whether this login created the tenant.
+    pub signed_up: bool,
+}
+
+/// What a login found.
+#[derive(Debug, Clone)]
+pub enum SignIn {
+    /// In, to this tenant.
+    In(SignedIn),
+    /// Not a member of any tenant, not invited, and sign-up is closed.
+    NotMember,
+    /// The address belongs to a person who logs in with another account
+    /// of this provider.
+    OtherAccount,
+    /// Every tenant they belong to or are invited to refuses this login
+    /// by its access policy: the first of them, and why. Nothing was
+    /// written.
+    Refused {
+        /// The person, if they were known before this login.
+        user: Option<UserId>,
+        /// The tenant whose refusal is reported.
+        tenant: TenantId,
+        /// Its policy's words.
+        reason: String,
+    },
+}
+
+/// A provider account as the login presents it.
+pub struct Account {
+    /// The provider's issuer.
+    pub issuer: String,
+    /// The provider's subject.
+    pub subject: String,
+    /// The (verified) address.
+    pub email: EmailAddress,
+    /// What the access policies judge (address, `amr`, groups).
+    pub facts: SessionFacts,
+    /// Where the login comes from.
+    pub client_ip: Option<IpAddr>,
+}
+
+async fn policy_of<C: ConnectionTrait>(txn: &C, tenant: &str) -> Result<AccessPolicy> {
+    match access_policy::Entity::find_by_id(tenant).one(txn).await? {
+        Some(row) => Ok(serde_json::from_str(&row.policy)
+            .map_err(|e| anyhow::anyhow!("stored access policy is unreadable: {e}"))?),
+        None => Ok(AccessPolicy::default()),
+    }
+}
+
+/// Finds the person behind a provider account, and the tenant they land
+/// in. The first login of an account links it to the person with its
+/// (verified) email address, unless that person already logs in with
+/// another account of the same provider; after that the account alone
+/// decides who it is (an address changed at the provider does not move it
+/// to someone else).
+///
+/// Each tenant the person belongs to or is invited to judges the login by
+/// its access policy: invitations of tenants that refuse stay pending,
+/// and the person lands in their oldest membership that admits them. With
+/// `signup` open, someone in no tenant and invited nowhere gets a new
+/// tenant, named after the address, with them as its owner (`audit` is
+/// recorded then, and for each invitation accepted).
+pub async fn sign_in(
+    db: &sea_orm::DatabaseConnection,
+    account: Account,
+    signup: bool,
+    audit: AuditEvent,
+) -> Result<SignIn> {
+    db.transaction::<_, _, Error>(|txn| {
+        Box::pin(async move {
+            let Account {
+                issuer,
+                subject,
+                email,
+                facts,
+                client_ip,
+            } = account;
+            let now = Utc::now();
+            let linked = identity::Entity::find_by_id((issuer.clone(), subject.clone()))
+                .one(txn)
+                .await?;
+            let person = match &linked {
+                Some(link) => {
+                    user::Entity::find_by_id(link.user_id.as_str())
+                        .one(txn)
+                        .await?
+                }
+                None => {
+                    user::Entity::find()
+                        .filter(user::Column::Email.eq(email.as_str()))
+                        .one(txn)
+                        .await?
+                }
+            };
+            if linked.is_none()
+                && let Some(person) = &person
+            {
+                let other = identity::Entity::find()
+                    .filter(identity::Column::Issuer.eq(issuer.as_str()))
+                    .filter(identity::Column::UserId.eq(person.id.as_str()))
+                    .one(txn)
+                    .await?;
+                if other.is_some() {
+                    return Ok(SignIn::OtherAccount);
+                }
+            }
+            // Every tenant that could take this login, oldest membership
+            // first, then invitations; each judged by its policy.
+            let memberships = match &person {
+                Some(person) => {
+                    membership::Entity::find()
+                        .filter(membership::Column::UserId.eq(person.id.as_str()))
+                        .order_by_asc(membership::Column::CreatedAt)
+                        .all(txn)
+                        .await?
+                }
+                None => Vec::new(),
+            };
+            let invitations = invitation::Entity::find()
+                .filter(invitation::Column::Email.eq(email.as_str()))
+                .filter(invitation::Column::ExpiresAt.gt(now))
+                .order_by_asc(invitation::Column::CreatedAt)
+                .all(txn)
+                .await?;
+            let mut first_refusal: Option<(String, String)> = None;
+            let mut admitted_member: Option<&membership::Model> = None;
+            for member in &memberships {
+                let policy = policy_of(txn, &member.tenant_id).await?;
+                match policy.refusal(&facts, client_ip, now) {
+                    None => {
+                        admitted_member = Some(member);
+                        break;
+                    }
+                    Some(reason) => {
+                        first_refusal.get_or_insert((member.tenant_id.clone(), reason));
+                    }
+                }
+            }
+            let mut admitted_invitations = Vec::new();
+            for invite in &invitations {
+                if memberships.iter().any(|m| m.tenant_id == invite.tenant_id) {
+                    // Already a member: accepting changes nothing but the
+                    // invitation's fate.
+                    admitted_invitations.push(invite.tenant_id.clone());
+                    continue;
+                }
+                let policy = policy_of(txn, &invite.tenant_id).await?;
+                match policy.refusal(&facts, client_ip, now) {
+                    None => admitted_invitations.push(invite.tenant_id.clone()),
+                    Some(reason) => {
+                        first_refusal.get_or_insert((invite.tenant_id.clone(), reason));
+                    }
+                }
+            }
+            let joins_somewhere = admitted_member.is_some()
+                || invitations.iter().any(|i| {
+                    admitted_invitations.contains(&i.tenant_id)
+                        && !memberships.iter().any(|m| m.tenant_id == i.tenant_id)
+                });
+            if !joins_somewhere {
+                if let Some((tenant, reason)) = first_refusal {
+                    return Ok(SignIn::Refused {
+                        user: person
+                            .as_ref()
+                            .map(|p| UserId::parse(&p.id))
+                            .transpose()
+                            .map_err(anyhow::Error::from)?,
+                        tenant: TenantId::parse(&tenant).map_err(anyhow::Error::from)?,
+                        reason,
+                    });
+                }
+                if !signup {
+                    return Ok(SignIn::NotMember);
+                }
+            }
+            // Decided: from here on, writes.
+            let landing = admitted_member.map(|m| m.tenant_id.clone());
+            let user_id = match person {
+                Some(person) => person.id,
+                None => {
+                    user::ActiveModel {
+                        id: Set(UserId::generate().to_string()),
+                        email: Set(email.as_str().to_owned()),
+                        display_name: Set(None),
+                        created_at: Set(now),
+                    }
+                    .insert(txn)
+                    .await?
+                    .id
+                }
+            };
+            if linked.is_none() {
+                identity::ActiveModel {
+                    issuer: Set(issuer.clone()),
+                    subject: Set(subject.clone()),
+                    user_id: Set(user_id.clone()),
+                    created_at: Set(now),
+                }
+                .insert(txn)
+                .await?;
+            }
+            let user = UserId::parse(&user_id).map_err(anyhow::Error::from)?;
+            let accepted = super::members::accept_invitations(
+                txn,
+                &email,
+                &user_id,
+                &admitted_invitations,
+                &audit,
+            )
+            .await?;
+            let landing = landing.or_else(|| accepted.first().cloned());
+            if let Some(tenant_id) = landing {
+                let member = membership::Entity::find_by_id((tenant_id.clone(), user_id.clone()))
+                    .one(txn)
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("the membership just decided on is gone"))?;
+                return Ok(SignIn::In(SignedIn {
+                    user,
+                    tenant: TenantId::parse(&tenant_id).map_err(anyhow::Error::from)?,
+                    role: member
+                        .role
+                        .parse()
+                        .map_err(|_| anyhow::anyhow!("stored role {:?} is unknown", member.role))?,
+                    signed_up: false,
+                }));
+            }
+            let tenant_id = TenantId::generate();
+            let name: String = email.as_str().chars().take(100).collect();
+            tenant::ActiveModel {
+                id: Set(tenant_id.to_string()),
+                name: Set(name),
+                created_at: Set(now),
+                record_gateway_bodies: Set(false),
+                plan: Set(crate::plans::DEFAULT.to_owned()),
+            }
+            .insert(txn)
+            .await?;
+            membership::ActiveModel {
+                tenant_id: Set(tenant_id.to_string()),
+                user_id: Set(user_id.clone()),
+                role: Set(Role::Owner.as_str().to_owned()),
+                created_at: Set(now),
+            }
+            .insert(txn)
+            .await?;
+            insert_audit(
+                txn,
+                audit
+                    .in_tenant(&tenant_id)
+                    .target(tenant_id.to_string())
+                    .reason(format!("signed up as {email}")),
+            )
+            .await?;
+            Ok(SignIn::In(SignedIn {
+                user,
+                tenant: tenant_id,
+                role: Role::Owner,
+                signed_up: true,
+            }))
+        })
+    })
+    .await
+    .map_err(Error::from)
+}
