@@ -161,6 +161,23 @@ pub struct SettingsArgs {
     #[arg(long, env = "CARAPACE_OIDC_GROUPS_CLAIM", value_name = "CLAIM")]
     pub oidc_groups_claim: Option<String>,
 
+    /// The SMTP server invitations are sent through:
+    /// `smtps://[USER:PASSWORD@]HOST[:PORT]` (TLS), `smtp://…?tls=required`
+    /// (STARTTLS) or `smtp://HOST:PORT` (plain, a relay on this host).
+    /// Never logged. [default: unset, invitations are not emailed]
+    #[arg(
+        long,
+        env = "CARAPACE_SMTP_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub smtp_url: Option<String>,
+
+    /// The sender of invitation emails, e.g. `Carapace
+    /// <no-reply@example.com>`; needed with `smtp_url`.
+    #[arg(long, env = "CARAPACE_MAIL_FROM", value_name = "ADDRESS")]
+    pub mail_from: Option<String>,
+
     /// More OpenID Connect providers, beside (or instead of) the
     /// `oidc_issuer` one: the settings file's `[[oidc_providers]]` tables
     /// only (`name`, `issuer`, `client_id`, `client_secret`, optional
@@ -274,6 +291,8 @@ pub struct Settings {
     pub plans: crate::plans::Plans,
     /// Browser login, if an OpenID Connect provider is configured.
     pub login: Option<crate::login::LoginConfig>,
+    /// Outgoing mail (invitations), if an SMTP server is configured.
+    pub mail: Option<crate::mail::MailConfig>,
 }
 
 /// The limit above which a revocation would take too long to apply.
@@ -339,6 +358,8 @@ impl SettingsArgs {
             signup_domains: self.signup_domains.or(lower.signup_domains),
             oidc_groups_claim: self.oidc_groups_claim.or(lower.oidc_groups_claim),
             oidc_providers: self.oidc_providers.or(lower.oidc_providers),
+            smtp_url: self.smtp_url.or(lower.smtp_url),
+            mail_from: self.mail_from.or(lower.mail_from),
             gateway: self.gateway.or(lower.gateway),
             sandboxes: self.sandboxes.or(lower.sandboxes),
             sandbox: self.sandbox.or(lower.sandbox),
@@ -417,8 +438,10 @@ impl SettingsArgs {
             groups_claim: self.oidc_groups_claim,
             providers: self.oidc_providers.unwrap_or_default(),
         })?;
+        let mail = crate::mail::MailConfig::resolve(self.smtp_url, self.mail_from)?;
         Ok(Settings {
             login,
+            mail,
             memory,
             plans,
             gateway,

@@ -29,6 +29,7 @@ pub mod gateway;
 pub mod http;
 pub mod ids;
 pub mod login;
+pub mod mail;
 pub mod master_key;
 pub mod memory;
 pub mod plans;

@@ -24,6 +24,11 @@ pub struct AppState {
     pub plans: crate::plans::Plans,
     /// The OpenID Connect providers browsers log in with, if configured.
     pub login: Option<Arc<crate::login::Login>>,
+    /// Sends invitation emails, if an SMTP server is configured.
+    pub mailer: Option<Arc<crate::mail::Mailer>>,
+    /// Invitation emails per hour per tenant (an open sign-up must not
+    /// make this server a spam relay).
+    pub invitation_mails: crate::login::LoginLimiter,
     /// Logins per minute per address and per person.
     pub login_limiter: crate::login::LoginLimiter,
     /// Failed credentials (API keys, service tokens, sessions, run tokens)

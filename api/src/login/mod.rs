@@ -55,15 +55,22 @@ impl Login {
 /// Logins allowed per minute per client address and per person: a fixed
 /// window per key, on this replica.
 pub struct LoginLimiter {
-    per_minute: u32,
+    limit: u32,
+    window: Duration,
     seen: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u32)>>,
 }
 
 impl LoginLimiter {
     /// At most `per_minute` for each key.
     pub fn new(per_minute: u32) -> Self {
+        Self::per_window(per_minute, Duration::from_secs(60))
+    }
+
+    /// At most `count` for each key per `window`.
+    pub fn per_window(count: u32, window: Duration) -> Self {
         LoginLimiter {
-            per_minute,
+            limit: count,
+            window,
             seen: Default::default(),
         }
     }
@@ -72,7 +79,7 @@ impl LoginLimiter {
     pub fn allow(&self, key: &str) -> bool {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if seen.len() >= 10_000 {
-            seen.retain(|_, (since, _)| since.elapsed() < Duration::from_secs(60));
+            seen.retain(|_, (since, _)| since.elapsed() < self.window);
             if seen.len() >= 10_000 {
                 // Full of fresh keys (many addresses): start over rather
                 // than lock everyone out.
@@ -82,10 +89,10 @@ impl LoginLimiter {
         let entry = seen
             .entry(key.to_owned())
             .or_insert((std::time::Instant::now(), 0));
-        if entry.0.elapsed() >= Duration::from_secs(60) {
+        if entry.0.elapsed() >= self.window {
             *entry = (std::time::Instant::now(), 0);
         }
         entry.1 += 1;
-        entry.1 <= self.per_minute
+        entry.1 <= self.limit
     }
 }

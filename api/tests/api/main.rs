@@ -11,6 +11,7 @@ mod binary;
 mod fake_llm;
 mod gateway;
 mod helpers;
+mod invitation_mail;
 mod isolation;
 mod login;
 mod login_providers;

@@ -12,6 +12,7 @@ use crate::access::Role;
 use crate::audit::Outcome;
 use crate::auth::extract::{Caller, ManageMembers, ReadTenant};
 use crate::db::members::{Invitation, Member};
+use crate::db::platform::record_audit;
 use crate::email::EmailAddress;
 use crate::error::Error;
 use crate::http::problem::method_not_allowed;
@@ -90,6 +91,12 @@ pub struct InvitationView {
     created_by: String,
     created_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
+    /// On creation only: whether the invitation was emailed — `sent`,
+    /// `failed` (the mail server did not take it; the invitation stands),
+    /// `rate_limited` (the tenant's hourly allowance is spent) or
+    /// `not_configured` (this server sends no mail, or has no login).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    email_delivery: Option<&'static str>,
 }
 
 impl From<Invitation> for InvitationView {
@@ -101,6 +108,7 @@ impl From<Invitation> for InvitationView {
             created_by: i.created_by,
             created_at: i.created_at,
             expires_at: i.expires_at,
+            email_delivery: None,
         }
     }
 }
@@ -154,8 +162,10 @@ pub async fn remove_member(
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// Invite someone (admins; a role up to one's own). Nothing is sent: the
-/// person logs in, and the invitation makes them a member (14 days).
+/// Invite someone (admins; a role up to one's own): the person logs in,
+/// and the invitation makes them a member (14 days). When this server
+/// sends mail, the address gets an email saying where to log in
+/// (`email_delivery` says how that went; at most 30 an hour per tenant).
 #[utoipa::path(post, path = "/v1/invitations", tag = "tenant",
     request_body = NewInvitation,
     responses(
@@ -192,12 +202,68 @@ pub async fn invite(
             audit,
         )
         .await?;
+    let delivery = email_invitation(&caller, &state, &email, &invitation).await;
+    let location = format!("/v1/invitations/{}", invitation.id);
+    let mut view = InvitationView::from(invitation);
+    view.email_delivery = Some(delivery);
     Ok(HttpResponse::Created()
-        .insert_header((
-            header::LOCATION,
-            format!("/v1/invitations/{}", invitation.id),
-        ))
-        .json(InvitationView::from(invitation)))
+        .insert_header((header::LOCATION, location))
+        .json(view))
+}
+
+/// Emails an invitation, if this server sends mail; how it went. The
+/// attempt is audited (`invitation.email`), a failure with the mail
+/// server's words.
+async fn email_invitation(
+    caller: &Caller<ManageMembers>,
+    state: &AppState,
+    email: &EmailAddress,
+    invitation: &Invitation,
+) -> &'static str {
+    let (Some(mailer), Some(login)) = (state.mailer.as_deref(), state.login.as_deref()) else {
+        return "not_configured";
+    };
+    let mut event = caller
+        .actor()
+        .event("invitation.email", Outcome::Success)
+        .in_tenant(caller.tenant_id())
+        .target(invitation.id.to_string());
+    if !state.invitation_mails.allow(caller.tenant_id().as_str()) {
+        event.outcome = Outcome::Denied;
+        let event = event.reason(format!(
+            "{email}: the tenant's hourly allowance of invitation emails is spent"
+        ));
+        if let Err(e) = record_audit(&state.db, event).await {
+            tracing::error!(error = ?e, "failed to audit an invitation email");
+        }
+        return "rate_limited";
+    }
+    let tenant_name = match caller.scope(&state.db).tenant().await {
+        Ok(tenant) => tenant.name,
+        Err(e) => {
+            tracing::error!(error = ?e, "tenant unreadable for an invitation email");
+            return "failed";
+        }
+    };
+    let (subject, body) = crate::mail::invitation(
+        &tenant_name,
+        invitation.role,
+        email,
+        &format!("{}/auth/login", login.config().public_url),
+        invitation.expires_at,
+    );
+    let (delivery, event) = match mailer.send(email, &subject, body).await {
+        Ok(()) => ("sent", event.reason(email.to_string())),
+        Err(e) => {
+            tracing::warn!(error = %e, "an invitation email was not sent");
+            event.outcome = Outcome::Failed;
+            ("failed", event.reason(format!("{email}: {e}")))
+        }
+    };
+    if let Err(e) = record_audit(&state.db, event).await {
+        tracing::error!(error = ?e, "failed to audit an invitation email");
+    }
+    delivery
 }
 
 /// Pending invitations (admins).
