@@ -358,10 +358,19 @@ async fn authenticate<P: Permission>(req: &HttpRequest) -> Result<Caller<P>, Err
         request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()),
     };
     let verdict = state.auth.verify(token).await?;
-    // An address that keeps presenting bad credentials is answered 429,
-    // unaudited, for the rest of the minute. A valid credential always
-    // passes: behind a proxy every client shares one address, and one
-    // must not lock the others out.
+    // A service token's secret counts only with its own id.
+    let verdict = match (&service_id, verdict) {
+        (Some(id), Verdict::Valid(p) | Verdict::Revoked(p) | Verdict::Expired(p)) if !matches!(&p.credential, Credential::ApiKey(key) if key.as_str() == id) => {
+            Verdict::Unknown
+        }
+        (_, verdict) => verdict,
+    };
+    // An address that keeps presenting bad credentials, or a service
+    // token's client id that keeps being presented with wrong secrets
+    // (from anywhere), is answered 429, unaudited, for the rest of the
+    // minute. A valid credential always passes: behind a proxy every
+    // client shares one address, and a stranger guessing at a client id
+    // must not lock its machine out.
     if !matches!(verdict, Verdict::Valid(_)) {
         let failures = format!("ip:{}", anonymous.client_ip.as_deref().unwrap_or("?"));
         if !state.auth_failures.allow(&failures) {
@@ -371,14 +380,16 @@ async fn authenticate<P: Permission>(req: &HttpRequest) -> Result<Caller<P>, Err
                 60,
             ));
         }
-    }
-    // A service token's secret counts only with its own id.
-    let verdict = match (&service_id, verdict) {
-        (Some(id), Verdict::Valid(p) | Verdict::Revoked(p) | Verdict::Expired(p)) if !matches!(&p.credential, Credential::ApiKey(key) if key.as_str() == id) => {
-            Verdict::Unknown
+        if let Some(id) = &service_id
+            && !state.auth_failures.allow(&format!("client:{id}"))
+        {
+            tracing::warn!(client_id = %id, "failed service token secrets rate-limited");
+            return Err(Error::RateLimited(
+                "too many failed secrets for this client id; wait a minute".into(),
+                60,
+            ));
         }
-        (_, verdict) => verdict,
-    };
+    }
     let principal = match verdict {
         Verdict::Valid(principal) => principal,
         Verdict::Unknown => {

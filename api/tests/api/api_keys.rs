@@ -488,3 +488,59 @@ async fn an_address_presenting_bad_credentials_is_slowed_down_but_valid_ones_pas
     let res = app.get("/v1/tenant", &t.key).send().await.unwrap();
     assert_eq!(res.status(), 200);
 }
+
+#[tokio::test]
+async fn a_client_id_guessed_at_from_many_addresses_is_slowed_down_but_its_secret_passes() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("Acme").await;
+    let res = app
+        .post(
+            "/v1/service-tokens",
+            &acme.key,
+            &json!({"name": "deploy bot", "expires_in_days": 30}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let token: Value = res.json().await.unwrap();
+    let (id, secret) = (
+        token["client_id"].as_str().unwrap().to_owned(),
+        token["client_secret"].as_str().unwrap().to_owned(),
+    );
+    // Every loopback address reaches the server: each guesser below has
+    // an address of its own, well within the per-address limit.
+    let from = |last: u8| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from([127, 0, 0, last]))
+            .build()
+            .unwrap()
+    };
+    let limit = carapace_api::bootstrap::AUTH_FAILURES_PER_MINUTE;
+    let guess = |client: reqwest::Client, secret: String| {
+        let (url, id) = (format!("{}/v1/tenant", app.address), id.clone());
+        async move {
+            client
+                .get(url)
+                .header("carapace-client-id", id)
+                .header("carapace-client-secret", secret)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for i in 0..limit {
+        let client = from(2 + u8::try_from(i % 10).unwrap());
+        let res = guess(client, format!("cpk_{i:0>64}")).await;
+        assert_eq!(res.status(), 401, "guess {i}");
+    }
+    // A fresh address guessing at the same id: 429, for the id.
+    let res = guess(from(20), "cpk_guess".to_owned()).await;
+    assert_eq!(res.status(), 429);
+    let problem: Value = res.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("client id"),
+        "{problem}"
+    );
+    // The machine that holds the secret is not locked out.
+    let res = guess(from(21), secret).await;
+    assert_eq!(res.status(), 200);
+}
