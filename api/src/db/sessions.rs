@@ -139,17 +139,35 @@ impl SessionRecord {
     }
 }
 
+/// What a new session is made of.
+pub struct NewSession<'a> {
+    /// SHA-256 (hex) of its token.
+    pub token_hash: &'a str,
+    /// Who, in which tenant.
+    pub signed_in: &'a SignedIn,
+    /// When it ends.
+    pub expires_at: DateTime<Utc>,
+    /// Where the login came from.
+    pub client_ip: Option<String>,
+    /// How the person authenticated (`amr`; at most 20 kept).
+    pub amr: &'a [String],
+    /// Their groups (at most 100 kept).
+    pub groups: &'a [String],
+    /// The identity provider's configured name.
+    pub provider: &'a str,
+}
+
 /// A new session.
-pub async fn create_session(
-    db: &DatabaseConnection,
-    token_hash: &str,
-    signed_in: &SignedIn,
-    expires_at: DateTime<Utc>,
-    client_ip: Option<String>,
-    amr: &[String],
-    groups: &[String],
-    provider: &str,
-) -> Result<SessionId> {
+pub async fn create_session(db: &DatabaseConnection, new: NewSession<'_>) -> Result<SessionId> {
+    let NewSession {
+        token_hash,
+        signed_in,
+        expires_at,
+        client_ip,
+        amr,
+        groups,
+        provider,
+    } = new;
     let id = SessionId::generate();
     let now = Utc::now();
     session::ActiveModel {

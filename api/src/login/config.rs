@@ -345,8 +345,10 @@ mod tests {
         let mut no_url = args(vec![provider("a", "https://x.example")]);
         no_url.public_url = None;
         assert!(LoginConfig::resolve(no_url).is_err());
-        let mut orphan = LoginArgs::default();
-        orphan.client_id = Some("c".to_owned());
+        let orphan = LoginArgs {
+            client_id: Some("c".to_owned()),
+            ..LoginArgs::default()
+        };
         assert!(LoginConfig::resolve(orphan).is_err());
         assert!(
             LoginConfig::resolve(LoginArgs::default())

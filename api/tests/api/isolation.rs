@@ -480,13 +480,15 @@ async fn b_login_session(app: &TestApp, tenant: &str) -> (String, String) {
     };
     let id = carapace_api::db::sessions::create_session(
         &app.db,
-        &carapace_api::auth::session_token_hash("cps_bravo-session"),
-        &signed_in,
-        chrono::Utc::now() + chrono::TimeDelta::hours(1),
-        None,
-        &[],
-        &[],
-        "default",
+        carapace_api::db::sessions::NewSession {
+            token_hash: &carapace_api::auth::session_token_hash("cps_bravo-session"),
+            signed_in: &signed_in,
+            expires_at: chrono::Utc::now() + chrono::TimeDelta::hours(1),
+            client_ip: None,
+            amr: &[],
+            groups: &[],
+            provider: "default",
+        },
     )
     .await
     .unwrap();

@@ -213,20 +213,23 @@ async fn behind_https_the_cookies_carry_host_prefixes_and_plain_names_are_ignore
     // neighbouring site or a plain-http page could plant it, opens nothing.
     let (created, _) = tenant_owned_by(&app, "cy@example.com").await;
     let token = "cps_https-session-token-for-the-test";
+    let signed_in = carapace_api::db::sessions::SignedIn {
+        user: created.owner_id.clone(),
+        tenant: created.tenant.id.clone(),
+        role: carapace_api::access::Role::Owner,
+        signed_up: false,
+    };
     carapace_api::db::sessions::create_session(
         &app.db,
-        &carapace_api::auth::session_token_hash(token),
-        &carapace_api::db::sessions::SignedIn {
-            user: created.owner_id.clone(),
-            tenant: created.tenant.id.clone(),
-            role: carapace_api::access::Role::Owner,
-            signed_up: false,
+        carapace_api::db::sessions::NewSession {
+            token_hash: &carapace_api::auth::session_token_hash(token),
+            signed_in: &signed_in,
+            expires_at: chrono::Utc::now() + chrono::TimeDelta::hours(1),
+            client_ip: None,
+            amr: &[],
+            groups: &[],
+            provider: "default",
         },
-        chrono::Utc::now() + chrono::TimeDelta::hours(1),
-        None,
-        &[],
-        &[],
-        "default",
     )
     .await
     .unwrap();

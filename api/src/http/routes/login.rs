@@ -485,18 +485,16 @@ pub async fn callback(
     let max_age = login.config().session_max_age;
     let expires_at =
         Utc::now() + chrono::TimeDelta::from_std(max_age).unwrap_or(chrono::TimeDelta::hours(12));
-    let session = match sessions::create_session(
-        &state.db,
-        &session_token_hash(&token),
-        &signed_in,
+    let new = sessions::NewSession {
+        token_hash: &session_token_hash(&token),
+        signed_in: &signed_in,
         expires_at,
-        client_ip(&req),
-        &identity.amr,
-        &identity.groups,
-        &provider.config().name,
-    )
-    .await
-    {
+        client_ip: client_ip(&req),
+        amr: &identity.amr,
+        groups: &identity.groups,
+        provider: &provider.config().name,
+    };
+    let session = match sessions::create_session(&state.db, new).await {
         Ok(id) => id,
         Err(e) => {
             tracing::error!(error = ?e, "session not created");
