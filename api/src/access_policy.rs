@@ -1,6 +1,7 @@
 //! A tenant's access policy for people who log in: who may (addresses,
-//! domains), how (multi-factor authentication), from where (address
-//! ranges) and for how long (session age, idle time). It is checked when
+//! domains, groups), how (identity providers, multi-factor
+//! authentication), from where (address ranges) and for how long (session
+//! age, idle time). It is checked when
 //! someone logs in and again on every request of their session, so a
 //! change applies to the very next request. Pure: storage is
 //! `db::sessions`, the checks' callers are `http::routes::login` and
@@ -48,6 +49,10 @@ pub struct AccessPolicy {
     /// Client address ranges allowed (`203.0.113.0/24`, `2001:db8::/32`).
     #[serde(default)]
     pub allowed_ip_ranges: Vec<String>,
+    /// Identity providers (the server's names for them) whose logins are
+    /// allowed. Empty: any the server offers.
+    #[serde(default)]
+    pub allowed_providers: Vec<String>,
 }
 
 /// What a check knows of a session (or of a login about to become one).
@@ -59,6 +64,8 @@ pub struct SessionFacts {
     pub amr: Vec<String>,
     /// The person's groups, as the provider reported them at login.
     pub groups: Vec<String>,
+    /// The identity provider they logged in with (its configured name).
+    pub provider: String,
     /// Login time.
     pub created_at: DateTime<Utc>,
     /// Last request.
@@ -73,6 +80,7 @@ impl AccessPolicy {
             ("allowed_domains", &self.allowed_domains),
             ("allowed_ip_ranges", &self.allowed_ip_ranges),
             ("required_groups", &self.required_groups),
+            ("allowed_providers", &self.allowed_providers),
         ] {
             if list.len() > MAX_ENTRIES {
                 return Err((field, format!("at most {MAX_ENTRIES} entries")));
@@ -111,6 +119,18 @@ impl AccessPolicy {
         {
             return Err(("required_groups", "names of 1 to 200 bytes".to_owned()));
         }
+        if let Some(bad) = self.allowed_providers.iter().find(|p| {
+            p.is_empty()
+                || p.len() > 32
+                || !p
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        }) {
+            return Err((
+                "allowed_providers",
+                format!("{bad:?} is not a provider name (1 to 32 of a-z, 0-9, -)"),
+            ));
+        }
         for range in &self.allowed_ip_ranges {
             range.parse::<ipnet::IpNet>().map_err(|_| {
                 (
@@ -148,6 +168,12 @@ impl AccessPolicy {
             if !listed {
                 return Some(format!("the tenant's access policy does not allow {email}"));
             }
+        }
+        if !self.allowed_providers.is_empty() && !self.allowed_providers.contains(&facts.provider) {
+            return Some(format!(
+                "the tenant's access policy does not allow logins with the identity provider {}",
+                facts.provider
+            ));
         }
         if self.require_mfa
             && !facts
@@ -211,6 +237,7 @@ mod tests {
             email: email.to_owned(),
             amr: vec!["pwd".to_owned()],
             groups: vec!["eng".to_owned()],
+            provider: "default".to_owned(),
             created_at: Utc::now(),
             last_seen_at: Utc::now(),
         }
@@ -281,6 +308,15 @@ mod tests {
         let mut idle = facts("a@b.c");
         idle.last_seen_at = now - chrono::TimeDelta::minutes(7);
         assert!(aged.refusal(&idle, None, now).is_some());
+        let okta_only = AccessPolicy {
+            allowed_providers: vec!["okta".into()],
+            ..Default::default()
+        };
+        let reason = okta_only.refusal(&facts("a@b.c"), None, now).unwrap();
+        assert!(reason.contains("identity provider default"), "{reason}");
+        let mut via_okta = facts("a@b.c");
+        via_okta.provider = "okta".into();
+        assert_eq!(okta_only.refusal(&via_okta, None, now), None);
     }
 
     #[test]
@@ -296,6 +332,10 @@ mod tests {
             },
             AccessPolicy {
                 allowed_ip_ranges: vec!["10.0.0.0/33".into()],
+                ..Default::default()
+            },
+            AccessPolicy {
+                allowed_providers: vec!["Okta!".into()],
                 ..Default::default()
             },
             AccessPolicy {

@@ -133,6 +133,7 @@ impl SessionRecord {
             email: self.email.clone(),
             amr: self.amr.clone(),
             groups: self.groups.clone(),
+            provider: self.provider.clone(),
             created_at: self.created_at,
             last_seen_at: self.last_seen_at,
         }

@@ -147,7 +147,12 @@ impl Browser {
 
     /// A JSON request as the page's script would send it: the cookies,
     /// and the CSRF cookie repeated in its header.
-    async fn change(&self, method: Method, url: &str, body: Option<Value>) -> reqwest::Response {
+    pub(crate) async fn change(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<Value>,
+    ) -> reqwest::Response {
         let mut req = self
             .client
             .request(method, url)

@@ -381,3 +381,68 @@ async fn scalar(app: &TestApp, sql: &str) -> i64 {
         .try_get::<i64>("", "n")
         .unwrap()
 }
+
+#[tokio::test]
+async fn a_tenant_can_keep_to_some_providers_at_login_and_on_every_request() {
+    let (app, _first, _second) = app_with_two_providers().await;
+    let mut via_second = Browser::new();
+    let (_, status, page) = via_second
+        .follow(
+            format!("{}/auth/login?provider=second", app.address),
+            "uma@example.com",
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let url = format!("{}/v1/access-policy", app.address);
+    // A name the server does not offer is refused: it would lock
+    // everyone out.
+    let res = via_second
+        .change(
+            Method::PUT,
+            &url,
+            Some(serde_json::json!({"allowed_providers": ["okta"]})),
+        )
+        .await;
+    assert_eq!(res.status(), 422);
+    let problem: Value = res.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("okta"),
+        "{problem}"
+    );
+    let res = via_second
+        .change(
+            Method::PUT,
+            &url,
+            Some(serde_json::json!({"allowed_providers": ["second"]})),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    // The other provider's login is refused, with the reason.
+    let (_, status, page) = Browser::new()
+        .follow(
+            format!("{}/auth/login?provider=default", app.address),
+            "uma@example.com",
+        )
+        .await;
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("identity provider default"), "{page}");
+    // Switched to the other provider only: her live session's next
+    // request is refused.
+    let res = via_second
+        .change(
+            Method::PUT,
+            &url,
+            Some(serde_json::json!({"allowed_providers": ["default"]})),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let res = api(&app, &mut via_second, Method::GET, "/v1/tenant", false).await;
+    assert_eq!(res.status(), 403);
+    let (_, status, page) = Browser::new()
+        .follow(
+            format!("{}/auth/login?provider=default", app.address),
+            "uma@example.com",
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+}

@@ -51,6 +51,19 @@ pub async fn put_policy(
     policy
         .validate()
         .map_err(|(field, message)| Error::Invalid { field, message })?;
+    // A name this server does not offer is a typo that would lock
+    // everyone out (with login off, no name is offered).
+    if let Some(unknown) = policy.allowed_providers.iter().find(|name| {
+        state
+            .login
+            .as_deref()
+            .is_none_or(|login| login.provider(name).is_none())
+    }) {
+        return Err(Error::Invalid {
+            field: "allowed_providers",
+            message: format!("this server has no identity provider named {unknown:?}"),
+        });
+    }
     let audit = caller
         .actor()
         .event("access_policy.update", Outcome::Success)

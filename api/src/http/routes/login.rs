@@ -415,6 +415,7 @@ pub async fn callback(
             email: email.as_str().to_owned(),
             amr: identity.amr.clone(),
             groups: identity.groups.clone(),
+            provider: provider.config().name.clone(),
             created_at: Utc::now(),
             last_seen_at: Utc::now(),
         },
