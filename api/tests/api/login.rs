@@ -313,6 +313,15 @@ fn attribute(html: &str, start: &str) -> Option<String> {
     Some(html[from..from + len].replace("&amp;", "&"))
 }
 
+/// The sign-up page's text.
+async fn signup_page(app: &TestApp) -> String {
+    let res = reqwest::get(format!("{}/auth/signup", app.address))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.text().await.unwrap()
+}
+
 /// Logs `login` in with `browser`; the final page's URL, status and text.
 pub(crate) async fn log_in(
     app: &TestApp,
@@ -523,6 +532,10 @@ async fn with_sign_up_closed_only_members_get_in_and_removal_cuts_a_session_off(
         s.signup = Some(carapace_api::login::SignupMode::Closed);
     })
     .await;
+    // The sign-up page says how to get in.
+    let signup = signup_page(&app).await;
+    assert!(signup.contains("Sign-up is closed"), "{signup}");
+    assert!(signup.contains("/auth/login?provider=default"), "{signup}");
     // A stranger: refused, with a clear page.
     let mut stranger = Browser::new();
     let (_, status, page) = log_in(&app, &mut stranger, "mallory@example.com").await;
@@ -902,6 +915,11 @@ async fn an_invited_person_joins_at_login_and_a_removed_one_is_cut_off() {
 #[tokio::test]
 async fn sign_up_can_be_kept_to_domains_and_logging_out_everywhere_ends_every_session() {
     let (app, _oidc) = app_with_login(|s| s.signup_domains = Some("example.com".into())).await;
+    let signup = signup_page(&app).await;
+    assert!(
+        signup.contains("Addresses at example.com may sign up"),
+        "{signup}"
+    );
     let (_, status, page) = log_in(&app, &mut Browser::new(), "olga@elsewhere.org").await;
     assert_eq!(status, 403, "{page}");
     assert!(page.contains("sign-up is closed"), "{page}");

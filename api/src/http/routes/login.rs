@@ -2,7 +2,8 @@
 //! page choosing one when several are configured), `GET /auth/callback`
 //! (back from it: a session), `GET /auth/session` (who is logged in),
 //! `POST /auth/logout` (the sessions over the API are `sessions`). The
-//! pages are minimal HTML; every decision is audited (`login`, `logout`).
+//! pages (`login_pages`) are minimal HTML; every decision is audited
+//! (`login`, `logout`).
 
 use actix_web::cookie::time::Duration as CookieDuration;
 use actix_web::cookie::{Cookie, SameSite};
@@ -19,9 +20,10 @@ use crate::db::sessions::{self, Account, LoginAttempt, SignIn};
 use crate::email::EmailAddress;
 use crate::http::observe::RequestId;
 use crate::http::problem::method_not_allowed;
-use crate::login::Login;
 use crate::login::oidc::{LoginError, Provider};
 use crate::state::AppState;
+
+use super::login_pages::{self as pages, escape, page};
 
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -37,7 +39,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .service(
         web::resource("/auth/session")
-            .route(web::get().to(session_page))
+            .route(web::get().to(pages::session_page))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/auth/signup")
+            .route(web::get().to(pages::signup_page))
             .default_service(web::to(method_not_allowed)),
     )
     .service(
@@ -45,36 +52,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(logout))
             .default_service(web::to(method_not_allowed)),
     );
-}
-
-/// Text for HTML.
-fn escape(text: &str) -> String {
-    text.chars()
-        .map(|c| match c {
-            '<' => "&lt;".to_owned(),
-            '>' => "&gt;".to_owned(),
-            '&' => "&amp;".to_owned(),
-            '"' => "&quot;".to_owned(),
-            '\'' => "&#39;".to_owned(),
-            c => c.to_string(),
-        })
-        .collect()
-}
-
-/// A minimal page.
-fn page(status: StatusCode, title: &str, body: &str) -> HttpResponse {
-    HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .insert_header(("cache-control", "no-store"))
-        .insert_header((
-            "content-security-policy",
-            "default-src 'none'; form-action 'self'; frame-ancestors 'none'",
-        ))
-        .body(format!(
-            "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t} · Carapace</title></head>\
-             <body><h1>{t}</h1>{body}</body></html>",
-            t = escape(title)
-        ))
 }
 
 fn actor(req: &HttpRequest, principal: String) -> Actor {
@@ -133,23 +110,6 @@ pub struct LoginQuery {
     provider: Option<String>,
 }
 
-/// The page offering each provider.
-fn choose_provider(login: &Login) -> HttpResponse {
-    let links: String = login
-        .providers()
-        .iter()
-        .map(|p| {
-            // Names are `a-z0-9-` (checked at start-up): safe in a URL.
-            format!(
-                "<li><a href=\"/auth/login?provider={}\">Log in with {}</a></li>",
-                p.config().name,
-                escape(&p.config().label)
-            )
-        })
-        .collect();
-    page(StatusCode::OK, "Log in", &format!("<ul>{links}</ul>"))
-}
-
 /// Starts a login at a provider: the one named by `?provider=`, the only
 /// one, or (several and none named) a page choosing.
 pub async fn login(
@@ -178,7 +138,7 @@ pub async fn login(
         },
         None => match login.providers() {
             [only] => only,
-            _ => return choose_provider(login),
+            _ => return pages::choose_provider(login),
         },
     };
     if !state
@@ -528,40 +488,6 @@ pub async fn callback(
         .cookie(csrf_cookie)
         .cookie(spent)
         .finish()
-}
-
-/// The current browser's session, as a page.
-pub async fn session_page(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
-    let names = CookieNames::of(&state);
-    let live = match cookie(&req, names.session) {
-        Some(token) => sessions::session_by_token(&state.db, &session_token_hash(&token))
-            .await
-            .ok()
-            .flatten()
-            .filter(|s| s.revoked_at.is_none() && s.role.is_some() && s.expires_at > Utc::now()),
-        None => None,
-    };
-    let Some(session) = live else {
-        return page(
-            StatusCode::OK,
-            "Signed out",
-            "<p><a href=\"/auth/login\">Log in</a></p>",
-        );
-    };
-    let csrf = cookie(&req, names.csrf).unwrap_or_default();
-    page(
-        StatusCode::OK,
-        "Signed in",
-        &format!(
-            "<p>Signed in as {} in tenant {} until {}.</p>\
-             <form method=\"post\" action=\"/auth/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
-             <button>Log out</button></form>",
-            escape(&session.email),
-            escape(session.tenant.as_str()),
-            session.expires_at.format("%Y-%m-%d %H:%M UTC"),
-            escape(&csrf)
-        ),
-    )
 }
 
 /// The logout form.

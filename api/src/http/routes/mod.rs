@@ -9,6 +9,7 @@ pub mod audit;
 pub mod conversations;
 pub mod docs;
 pub mod login;
+mod login_pages;
 pub mod members;
 pub mod memory;
 pub mod memory_sync;
