@@ -92,6 +92,7 @@ impl Application {
                 .map(crate::login::Login::new)
                 .transpose()?
                 .map(std::sync::Arc::new),
+            trusted_proxies: settings.trusted_proxies.clone(),
             mailer: settings
                 .mail
                 .as_ref()

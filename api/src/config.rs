@@ -161,6 +161,14 @@ pub struct SettingsArgs {
     #[arg(long, env = "CARAPACE_OIDC_GROUPS_CLAIM", value_name = "CLAIM")]
     pub oidc_groups_claim: Option<String>,
 
+    /// Reverse proxies in front of this server (addresses or ranges,
+    /// comma-separated, e.g. `10.0.0.0/8,192.0.2.7`): a request whose
+    /// peer is one of them is taken to come from the address they put in
+    /// `X-Forwarded-For` (read from the right). [default: none, the
+    /// header is ignored]
+    #[arg(long, env = "CARAPACE_TRUSTED_PROXIES", value_name = "RANGES")]
+    pub trusted_proxies: Option<String>,
+
     /// The SMTP server invitations are sent through:
     /// `smtps://[USER:PASSWORD@]HOST[:PORT]` (TLS), `smtp://…?tls=required`
     /// (STARTTLS) or `smtp://HOST:PORT` (plain, a relay on this host).
@@ -293,10 +301,31 @@ pub struct Settings {
     pub login: Option<crate::login::LoginConfig>,
     /// Outgoing mail (invitations), if an SMTP server is configured.
     pub mail: Option<crate::mail::MailConfig>,
+    /// Reverse proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// The limit above which a revocation would take too long to apply.
 pub const MAX_AUTH_CACHE_TTL_MS: u64 = 1000;
+
+/// Addresses or ranges, comma-separated (a bare address is itself alone);
+/// at most 100.
+fn parse_ranges(text: &str) -> anyhow::Result<Vec<ipnet::IpNet>> {
+    let ranges: Vec<ipnet::IpNet> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(|r| {
+            r.parse::<ipnet::IpNet>()
+                .or_else(|_| r.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| anyhow::anyhow!("{r:?} is not an address or a range"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    if ranges.len() > 100 {
+        bail!("at most 100 ranges");
+    }
+    Ok(ranges)
+}
 
 impl SettingsArgs {
     /// Reads a TOML settings file.
@@ -359,6 +388,7 @@ impl SettingsArgs {
             oidc_groups_claim: self.oidc_groups_claim.or(lower.oidc_groups_claim),
             oidc_providers: self.oidc_providers.or(lower.oidc_providers),
             smtp_url: self.smtp_url.or(lower.smtp_url),
+            trusted_proxies: self.trusted_proxies.or(lower.trusted_proxies),
             mail_from: self.mail_from.or(lower.mail_from),
             gateway: self.gateway.or(lower.gateway),
             sandboxes: self.sandboxes.or(lower.sandboxes),
@@ -439,7 +469,10 @@ impl SettingsArgs {
             providers: self.oidc_providers.unwrap_or_default(),
         })?;
         let mail = crate::mail::MailConfig::resolve(self.smtp_url, self.mail_from)?;
+        let trusted_proxies = parse_ranges(self.trusted_proxies.as_deref().unwrap_or(""))
+            .context("trusted_proxies")?;
         Ok(Settings {
+            trusted_proxies,
             login,
             mail,
             memory,

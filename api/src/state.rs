@@ -24,6 +24,9 @@ pub struct AppState {
     pub plans: crate::plans::Plans,
     /// The OpenID Connect providers browsers log in with, if configured.
     pub login: Option<Arc<crate::login::Login>>,
+    /// Reverse proxies whose `X-Forwarded-For` is believed
+    /// (`http::client_ip`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Sends invitation emails, if an SMTP server is configured.
     pub mailer: Option<Arc<crate::mail::Mailer>>,
     /// Invitation emails per hour per tenant (an open sign-up must not

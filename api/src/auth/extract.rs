@@ -205,11 +205,7 @@ impl<P: Permission + 'static> FromRequest for Caller<P> {
     }
 }
 
-/// The client's address as seen on the connection. Forwarded headers are not
-/// trusted: a proxy in front must be configured explicitly (a later issue).
-pub fn client_ip(req: &HttpRequest) -> Option<String> {
-    req.peer_addr().map(|addr| addr.ip().to_string())
-}
+pub use crate::http::client_ip::client_ip;
 
 /// A service token's id header.
 pub const CLIENT_ID_HEADER: &str = "carapace-client-id";

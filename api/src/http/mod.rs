@@ -2,6 +2,7 @@
 //! own signal handling is off (it stops at once on SIGINT); the caller
 //! decides when to stop, see `bootstrap::Application::run`.
 
+pub mod client_ip;
 pub mod observe;
 pub mod openapi;
 pub mod problem;

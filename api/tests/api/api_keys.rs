@@ -544,3 +544,55 @@ async fn a_client_id_guessed_at_from_many_addresses_is_slowed_down_but_its_secre
     let res = guess(from(21), secret).await;
     assert_eq!(res.status(), 200);
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_forwarded_address_is_the_client_and_elsewhere_it_is_ignored() {
+    // This test's requests come from 127.0.0.1: the "proxy".
+    let app =
+        crate::helpers::spawn_app_with(|s| s.trusted_proxies = Some("127.0.0.1".into())).await;
+    let t = app.create_tenant("Acme").await;
+    let with_chain = |chain: &str| {
+        app.client
+            .post(format!("{}/v1/api-keys", app.address))
+            .bearer_auth(&t.key)
+            .header("x-forwarded-for", chain)
+            .json(&json!({"name": "k"}))
+            .send()
+    };
+    // What the client wrote (leftmost) does not count; what the proxy
+    // appended does.
+    let res = with_chain("10.6.6.6, 198.51.100.7").await.unwrap();
+    assert_eq!(res.status(), 201);
+    let audit = app.audit(&t.key, "?action=api_key.create").await;
+    assert_eq!(audit[0]["client_ip"], "198.51.100.7", "{audit:?}");
+    // The limits follow the forwarded address: one client's bad keys
+    // do not slow another behind the same proxy.
+    let limit = carapace_api::bootstrap::AUTH_FAILURES_PER_MINUTE;
+    let bad = |from: &'static str, i: u32| {
+        app.client
+            .get(format!("{}/v1/tenant", app.address))
+            .bearer_auth(format!("cpk_{i:0>64}"))
+            .header("x-forwarded-for", from)
+            .send()
+    };
+    for i in 0..limit {
+        assert_eq!(bad("198.51.100.7", i).await.unwrap().status(), 401);
+    }
+    assert_eq!(bad("198.51.100.7", limit).await.unwrap().status(), 429);
+    assert_eq!(bad("198.51.100.8", limit).await.unwrap().status(), 401);
+    // Without trusted proxies the header is ignored.
+    let plain = spawn_app().await;
+    let t = plain.create_tenant("Acme").await;
+    let res = plain
+        .client
+        .post(format!("{}/v1/api-keys", plain.address))
+        .bearer_auth(&t.key)
+        .header("x-forwarded-for", "198.51.100.7")
+        .json(&json!({"name": "k"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let audit = plain.audit(&t.key, "?action=api_key.create").await;
+    assert_eq!(audit[0]["client_ip"], "127.0.0.1", "{audit:?}");
+}
