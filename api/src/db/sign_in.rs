@@ -242,6 +242,14 @@ pub async fn sign_in(
             )
             .await?;
             let landing = landing.or_else(|| accepted.first().cloned());
+            if landing.is_none() && joins_somewhere {
+                // The invitation it was to join by went away meanwhile
+                // (withdrawn, or taken by a racing login): undo rather
+                // than fall through to a sign-up nobody decided on.
+                return Err(Error::Conflict(
+                    "the invitation was withdrawn during the login; try again".into(),
+                ));
+            }
             if let Some(tenant_id) = landing {
                 let member = membership::Entity::find_by_id((tenant_id.clone(), user_id.clone()))
                     .one(txn)
