@@ -26,9 +26,6 @@ const LOGINS_PER_MINUTE: u32 = 20;
 /// Failed credentials a client address may present per minute; the next
 /// ones are answered 429 (unaudited) for the rest of the minute.
 pub const AUTH_FAILURES_PER_MINUTE: u32 = 60;
-/// Invitation emails a tenant may send per hour; beyond, invitations
-/// are made but not emailed.
-pub const INVITATION_MAILS_PER_HOUR: u32 = 30;
 
 /// A built, bound, not yet running application.
 pub struct Application {
@@ -99,12 +96,9 @@ impl Application {
                 .map(crate::mail::Mailer::new)
                 .transpose()?
                 .map(std::sync::Arc::new),
-            invitation_mails: crate::login::LoginLimiter::per_window(
-                INVITATION_MAILS_PER_HOUR,
-                std::time::Duration::from_secs(3600),
-            ),
-            login_limiter: crate::login::LoginLimiter::new(LOGINS_PER_MINUTE),
-            auth_failures: crate::login::LoginLimiter::new(AUTH_FAILURES_PER_MINUTE),
+            invitation_mails: crate::mail::MailLimits::default(),
+            login_limiter: crate::rate_limit::WindowLimiter::new(LOGINS_PER_MINUTE),
+            auth_failures: crate::rate_limit::WindowLimiter::new(AUTH_FAILURES_PER_MINUTE),
             store,
             master_key,
             metrics,

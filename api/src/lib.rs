@@ -33,6 +33,7 @@ pub mod mail;
 pub mod master_key;
 pub mod memory;
 pub mod plans;
+pub mod rate_limit;
 pub mod run_logs;
 pub mod sandboxes;
 pub mod secret;

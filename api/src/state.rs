@@ -29,14 +29,14 @@ pub struct AppState {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Sends invitation emails, if an SMTP server is configured.
     pub mailer: Option<Arc<crate::mail::Mailer>>,
-    /// Invitation emails per hour per tenant (an open sign-up must not
-    /// make this server a spam relay).
-    pub invitation_mails: crate::login::LoginLimiter,
+    /// Invitation emails' allowances (an open sign-up must not make
+    /// this server a spam relay).
+    pub invitation_mails: crate::mail::MailLimits,
     /// Logins per minute per address and per person.
-    pub login_limiter: crate::login::LoginLimiter,
+    pub login_limiter: crate::rate_limit::WindowLimiter,
     /// Failed credentials (API keys, service tokens, sessions, run tokens)
     /// per minute per client address.
-    pub auth_failures: crate::login::LoginLimiter,
+    pub auth_failures: crate::rate_limit::WindowLimiter,
     /// Master key (wraps tenant data keys; used by the memory service).
     pub master_key: MasterKey,
     /// Prometheus metrics.

@@ -221,11 +221,10 @@ fn header_value(req: &HttpRequest, name: &str) -> Option<String> {
 }
 
 /// The names of the login cookies. Behind an `https://` public URL they
-/// carry the prefixes browsers enforce: `__Host-` (set `Secure`, path `/`,
+/// carry the prefix browsers enforce, `__Host-` (set `Secure`, path `/`,
 /// no domain, by this very host: a neighbour on another subdomain or a
-/// plain-http page cannot plant one for a fixation attack) and, for the
-/// login binding kept to `/auth`, `__Secure-`. Only the names of the
-/// server's mode are read.
+/// plain-http page cannot plant one — a session for fixation, a login
+/// binding for login CSRF). Only the names of the server's mode are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CookieNames {
     /// The browser's session token.
@@ -248,7 +247,7 @@ impl CookieNames {
     pub const SECURE: CookieNames = CookieNames {
         session: "__Host-carapace_session",
         csrf: "__Host-carapace_csrf",
-        login: "__Secure-carapace_login",
+        login: "__Host-carapace_login",
     };
 
     /// The names this server uses.
@@ -376,7 +375,10 @@ async fn authenticate<P: Permission>(req: &HttpRequest) -> Result<Caller<P>, Err
                 60,
             ));
         }
+        // Only ids shaped like a client id are counted: made-up header
+        // values must not fill the counters.
         if let Some(id) = &service_id
+            && crate::ids::ApiKeyId::parse(id).is_ok()
             && !state.auth_failures.allow(&format!("client:{id}"))
         {
             tracing::warn!(client_id = %id, "failed service token secrets rate-limited");
@@ -484,9 +486,12 @@ async fn authenticate<P: Permission>(req: &HttpRequest) -> Result<Caller<P>, Err
         }
     }
     if via_cookie && !csrf_ok(req, CookieNames::of(state)) {
-        let reason = "missing or wrong X-CSRF-Token header (the carapace_csrf cookie's value)";
-        deny(state, &anonymous, &principal, P::ACTION, reason).await?;
-        return Err(Error::Forbidden(reason.to_owned()));
+        let reason = format!(
+            "missing or wrong X-CSRF-Token header (the {} cookie's value)",
+            CookieNames::of(state).csrf
+        );
+        deny(state, &anonymous, &principal, P::ACTION, &reason).await?;
+        return Err(Error::Forbidden(reason));
     }
     if let (Credential::Session(id), Some(facts)) = (&principal.credential, &principal.session)
         && let Err(e) = crate::db::sessions::touch_session(&state.db, id, facts.last_seen_at).await

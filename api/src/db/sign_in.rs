@@ -43,16 +43,19 @@ pub enum SignIn {
     /// Not a member of any tenant, not invited, and sign-up is closed.
     NotMember,
     /// The address belongs to a person who logs in with another account
-    /// of this provider.
+    /// of this provider (or, for a provider that may not link existing
+    /// people, of any other).
     OtherAccount,
-    /// Every tenant they belong to or are invited to refuses this login
-    /// by its access policy: the first of them, and why. Nothing was
-    /// written.
+    /// Every tenant they belong to refuses this login by its access
+    /// policy (or, with sign-up closed, every tenant that invited them):
+    /// the first of them, and why. Nothing was written.
     Refused {
-        /// The person, if they were known before this login.
+        /// The person, if this provider account is already theirs.
         user: Option<UserId>,
         /// The tenant whose refusal is reported.
         tenant: TenantId,
+        /// Whether they are a member of it (else only invited).
+        member: bool,
         /// Its policy's words.
         reason: String,
     },
@@ -70,6 +73,9 @@ pub struct Account {
     pub facts: SessionFacts,
     /// Where the login comes from.
     pub client_ip: Option<IpAddr>,
+    /// Whether this provider's first login of an address may link to a
+    /// person who already logs in with another provider.
+    pub may_link_existing: bool,
 }
 
 async fn policy_of<C: ConnectionTrait>(txn: &C, tenant: &str) -> Result<AccessPolicy> {
@@ -87,12 +93,16 @@ async fn policy_of<C: ConnectionTrait>(txn: &C, tenant: &str) -> Result<AccessPo
 /// decides who it is (an address changed at the provider does not move it
 /// to someone else).
 ///
+/// A provider that may not link existing people (`may_link_existing`
+/// false) cannot take over someone who already logs in elsewhere by their
+/// address.
+///
 /// Each tenant the person belongs to or is invited to judges the login by
 /// its access policy: invitations of tenants that refuse stay pending,
 /// and the person lands in their oldest membership that admits them. With
-/// `signup` open, someone in no tenant and invited nowhere gets a new
-/// tenant, named after the address, with them as its owner (`audit` is
-/// recorded then, and for each invitation accepted).
+/// `signup` open, someone who joins no tenant and whom no membership
+/// refuses gets a new tenant, named after the address, with them as its
+/// owner (`audit` is recorded then, and for each invitation accepted).
 pub async fn sign_in(
     db: &sea_orm::DatabaseConnection,
     account: Account,
@@ -107,6 +117,7 @@ pub async fn sign_in(
                 email,
                 facts,
                 client_ip,
+                may_link_existing,
             } = account;
             let now = Utc::now();
             let linked = identity::Entity::find_by_id((issuer.clone(), subject.clone()))
@@ -136,6 +147,15 @@ pub async fn sign_in(
                 if other.is_some() {
                     return Ok(SignIn::OtherAccount);
                 }
+                if !may_link_existing {
+                    let elsewhere = identity::Entity::find()
+                        .filter(identity::Column::UserId.eq(person.id.as_str()))
+                        .one(txn)
+                        .await?;
+                    if elsewhere.is_some() {
+                        return Ok(SignIn::OtherAccount);
+                    }
+                }
             }
             // Every tenant that could take this login, oldest membership
             // first, then invitations; each judged by its policy.
@@ -155,7 +175,11 @@ pub async fn sign_in(
                 .order_by_asc(invitation::Column::CreatedAt)
                 .all(txn)
                 .await?;
-            let mut first_refusal: Option<(String, String)> = None;
+            // A refusal by a tenant the person belongs to is reported; one
+            // by a tenant that only invited them is not allowed to stand
+            // in the way of a sign-up (any tenant can invite anyone).
+            let mut member_refusal: Option<(String, String)> = None;
+            let mut invitation_refusal: Option<(String, String)> = None;
             let mut admitted_member: Option<&membership::Model> = None;
             for member in &memberships {
                 let policy = policy_of(txn, &member.tenant_id).await?;
@@ -165,40 +189,51 @@ pub async fn sign_in(
                         break;
                     }
                     Some(reason) => {
-                        first_refusal.get_or_insert((member.tenant_id.clone(), reason));
+                        member_refusal.get_or_insert((member.tenant_id.clone(), reason));
                     }
                 }
             }
             let mut admitted_invitations = Vec::new();
+            let mut joins_by_invitation = false;
             for invite in &invitations {
-                if memberships.iter().any(|m| m.tenant_id == invite.tenant_id) {
-                    // Already a member: accepting changes nothing but the
-                    // invitation's fate.
-                    admitted_invitations.push(invite.tenant_id.clone());
-                    continue;
-                }
                 let policy = policy_of(txn, &invite.tenant_id).await?;
+                let already = memberships.iter().any(|m| m.tenant_id == invite.tenant_id);
                 match policy.refusal(&facts, client_ip, now) {
-                    None => admitted_invitations.push(invite.tenant_id.clone()),
+                    None => {
+                        admitted_invitations.push(invite.tenant_id.clone());
+                        joins_by_invitation |= !already;
+                    }
+                    // Left pending (a member already: their own refusal
+                    // above is the one that counts).
+                    Some(_) if already => {}
                     Some(reason) => {
-                        first_refusal.get_or_insert((invite.tenant_id.clone(), reason));
+                        invitation_refusal.get_or_insert((invite.tenant_id.clone(), reason));
                     }
                 }
             }
-            let joins_somewhere = admitted_member.is_some()
-                || invitations.iter().any(|i| {
-                    admitted_invitations.contains(&i.tenant_id)
-                        && !memberships.iter().any(|m| m.tenant_id == i.tenant_id)
-                });
+            let joins_somewhere = admitted_member.is_some() || joins_by_invitation;
             if !joins_somewhere {
-                if let Some((tenant, reason)) = first_refusal {
+                let refusal = match (member_refusal, invitation_refusal) {
+                    (Some(refusal), _) => Some((refusal, true)),
+                    // With sign-up open, a tenant that invited them and
+                    // refuses them does not keep them out: they get their
+                    // own, the invitation stays pending.
+                    (None, Some(_)) if signup => None,
+                    (None, Some(refusal)) => Some((refusal, false)),
+                    (None, None) => None,
+                };
+                if let Some(((tenant, reason), member)) = refusal {
                     return Ok(SignIn::Refused {
-                        user: person
-                            .as_ref()
-                            .map(|p| UserId::parse(&p.id))
-                            .transpose()
-                            .map_err(anyhow::Error::from)?,
+                        // Only an account already theirs speaks for the
+                        // person; an address match may be an impostor.
+                        user: match (&linked, &person) {
+                            (Some(_), Some(p)) => {
+                                Some(UserId::parse(&p.id).map_err(anyhow::Error::from)?)
+                            }
+                            _ => None,
+                        },
                         tenant: TenantId::parse(&tenant).map_err(anyhow::Error::from)?,
+                        member,
                         reason,
                     });
                 }

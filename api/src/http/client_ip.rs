@@ -12,8 +12,8 @@ use ipnet::IpNet;
 
 use crate::state::AppState;
 
-/// Most addresses read from `X-Forwarded-For` (a longer chain is hostile
-/// or broken: the peer is used).
+/// Most addresses read from `X-Forwarded-For`, from the right (what lies
+/// further left was written before the trusted proxies, by whoever).
 const MAX_HOPS: usize = 20;
 
 /// The client's address, as text (what the audit log, the rate limits
@@ -47,11 +47,10 @@ pub fn resolve(peer: IpAddr, forwarded: &[&str], trusted: &[IpNet]) -> IpAddr {
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .collect();
-    if hops.len() > MAX_HOPS {
-        return peer;
-    }
     let mut client = peer;
-    for hop in hops.iter().rev() {
+    // Only the rightmost hops: a client padding the header with made-up
+    // entries must not push the real one out and become the proxy.
+    for hop in hops.iter().rev().take(MAX_HOPS) {
         let Ok(ip) = hop.parse::<IpAddr>() else {
             // Not an address (a port, a name, garbage): what lies beyond
             // cannot be trusted; the last proxy's word stops here.
@@ -95,9 +94,15 @@ mod tests {
         );
         // Garbage stops the walk at the last good hop.
         assert_eq!(resolve(proxy, &["203.0.113.9, not-an-ip"], &trusted), proxy);
-        // Too long a chain: the peer.
-        let long = vec!["203.0.113.9"; 21].join(",");
-        assert_eq!(resolve(proxy, &[long.as_str()], &trusted), proxy);
+        // A chain padded by the client: the address the proxy appended
+        // still counts (never the proxy itself).
+        let mut padded = vec!["10.0.0.9"; 40];
+        padded.push("203.0.113.9");
+        let padded = padded.join(",");
+        assert_eq!(
+            resolve(proxy, &[padded.as_str()], &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
         // IPv4 in IPv6 form is judged as IPv4.
         let mapped: IpAddr = "::ffff:10.0.0.5".parse().unwrap();
         assert_eq!(

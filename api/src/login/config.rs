@@ -44,6 +44,10 @@ pub struct ProviderArgs {
     /// The claim holding a person's groups. [default: the server's
     /// `oidc_groups_claim`, else `groups`]
     pub groups_claim: Option<String>,
+    /// Whether this provider's first login of an address may link to a
+    /// person who already logs in with another provider (trusting its
+    /// verification of the address). [default: true]
+    pub link_existing: Option<bool>,
 }
 
 /// Login settings as given (see `config::SettingsArgs` for each).
@@ -68,7 +72,7 @@ pub struct ProviderConfig {
     pub name: String,
     /// What the login page calls it.
     pub label: String,
-    /// The issuer URL (no trailing slash).
+    /// The issuer URL, exactly as configured.
     pub issuer: String,
     /// This server's client id there.
     pub client_id: String,
@@ -79,6 +83,9 @@ pub struct ProviderConfig {
     /// Where it sends browsers back: `{public_url}/auth/callback` (one
     /// for every provider; the login's `state` says which it was).
     pub redirect_uri: String,
+    /// Whether its first login of an address may link to a person who
+    /// logs in elsewhere.
+    pub link_existing: bool,
 }
 
 impl std::fmt::Debug for ProviderConfig {
@@ -143,6 +150,11 @@ impl LoginConfig {
             signup_domains,
             groups_claim,
         } = args;
+        if providers.iter().any(|p| p.name == DEFAULT_PROVIDER) {
+            // Rows from before several providers name `default`: they
+            // belong to the flags' provider.
+            bail!("the provider name {DEFAULT_PROVIDER:?} is kept for the oidc_issuer provider");
+        }
         let mut all = Vec::new();
         if let Some(issuer) = issuer {
             all.push(ProviderArgs {
@@ -153,6 +165,7 @@ impl LoginConfig {
                 client_secret: client_secret
                     .context("oidc_issuer is set: oidc_client_secret is required")?,
                 groups_claim: None,
+                link_existing: None,
             });
         } else if client_id.is_some() || client_secret.is_some() {
             bail!("oidc_client_id and oidc_client_secret need oidc_issuer");
@@ -181,7 +194,8 @@ impl LoginConfig {
             }
             // One issuer is one namespace of accounts: twice would make
             // two names for the same people.
-            if resolved.iter().any(|r| r.issuer == provider.issuer) {
+            let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+            if resolved.iter().any(|r| same(&r.issuer, &provider.issuer)) {
                 bail!("two identity providers have the issuer {}", provider.issuer);
             }
             resolved.push(provider);
@@ -229,6 +243,7 @@ fn resolve_provider(
         client_id,
         client_secret,
         groups_claim,
+        link_existing,
     } = args;
     if name.is_empty()
         || name.len() > 32
@@ -238,7 +253,8 @@ fn resolve_provider(
     {
         bail!("identity provider name {name:?}: 1 to 32 of a-z, 0-9 and -");
     }
-    let issuer = issuer.trim_end_matches('/').to_owned();
+    // Kept exactly as written: discovery requires the provider's
+    // `issuer` to match it character for character (Auth0's ends in `/`).
     let parsed = url::Url::parse(&issuer)
         .with_context(|| format!("provider {name}: issuer is not a URL"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
@@ -274,6 +290,7 @@ fn resolve_provider(
         client_id,
         client_secret: Secret::new(client_secret),
         groups_claim,
+        link_existing: link_existing.unwrap_or(true),
     })
 }
 
@@ -289,6 +306,7 @@ mod tests {
             client_id: "id".to_owned(),
             client_secret: "secret".to_owned(),
             groups_claim: None,
+            link_existing: None,
         }
     }
 
@@ -309,7 +327,7 @@ mod tests {
         let config = LoginConfig::resolve(a).unwrap().unwrap();
         let names: Vec<_> = config.providers.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["default", "okta"]);
-        assert_eq!(config.providers[1].issuer, "https://acme.okta.com");
+        assert_eq!(config.providers[1].issuer, "https://acme.okta.com/");
         assert_eq!(config.providers[1].label, "acme.okta.com");
         assert_eq!(
             config.providers[1].redirect_uri,
@@ -338,6 +356,7 @@ mod tests {
             ),
             (vec![provider("Not OK", "https://x.example")], "a-z"),
             (vec![provider("a", "ftp://x.example")], "http(s)"),
+            (vec![provider("default", "https://x.example")], "kept"),
         ] {
             let err = LoginConfig::resolve(args(bad)).unwrap_err().to_string();
             assert!(err.contains(why), "{err}");

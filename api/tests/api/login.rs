@@ -962,8 +962,27 @@ async fn a_policy_can_require_a_group_from_the_providers_claim() {
     let mut lead = Browser::new();
     let (_, status, page) = log_in(&app, &mut lead, "eng-lead@example.com").await;
     assert_eq!(status, 200, "{page}");
-    // In `sales` only: refused, whatever the invitation says.
-    let (_, status, page) = log_in(&app, &mut Browser::new(), "sam@example.com").await;
-    assert_eq!(status, 403, "{page}");
-    assert!(page.contains("groups eng"), "{page}");
+    // In `sales` only: the invitation is refused, and left pending; with
+    // sign-up open it does not stand in Sam's way: he gets his own tenant
+    // (any tenant can invite anyone, so an invitation must not be a way
+    // to keep someone out).
+    let mut sam = Browser::new();
+    let (_, status, page) = log_in(&app, &mut sam, "sam@example.com").await;
+    assert_eq!(status, 200, "{page}");
+    let tenant: Value = api(&app, &mut sam, Method::GET, "/v1/tenant", false)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tenant["name"], "sam@example.com");
+    assert_eq!(tenant["role"], "owner");
+    let pending: Value = app
+        .get("/v1/invitations", &key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(pending["data"].as_array().unwrap().len(), 1, "{pending}");
 }

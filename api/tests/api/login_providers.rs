@@ -13,6 +13,12 @@ use crate::login::{Browser, Oidc, api, free_port, log_in, tenant_owned_by};
 /// A server offering two providers: `default` (the flags) and `second`
 /// (as from the settings file's `[[oidc_providers]]`).
 async fn app_with_two_providers() -> (TestApp, Oidc, Oidc) {
+    app_with_providers(true).await
+}
+
+/// As `app_with_two_providers`, the second linking existing people by
+/// address or not.
+async fn app_with_providers(second_links_existing: bool) -> (TestApp, Oidc, Oidc) {
     let port = free_port();
     let public = format!("http://127.0.0.1:{port}");
     let first = Oidc::start(&format!("{public}/auth/callback")).await;
@@ -30,6 +36,7 @@ async fn app_with_two_providers() -> (TestApp, Oidc, Oidc) {
             client_id: "carapace".into(),
             client_secret: "carapace-test-secret".into(),
             groups_claim: None,
+            link_existing: Some(second_links_existing),
         }]);
         s.public_url = Some(public);
     })
@@ -195,7 +202,8 @@ async fn behind_https_the_cookies_carry_host_prefixes_and_plain_names_are_ignore
         s.public_url = Some(format!("https://127.0.0.1:{port}"));
     })
     .await;
-    // The login's binding: `__Secure-`, Secure, HttpOnly, kept to /auth.
+    // The login's binding: `__Host-`, Secure, HttpOnly, path `/`, no
+    // domain.
     let res = Browser::new()
         .client
         .get(format!("{}/auth/login", app.address))
@@ -204,10 +212,46 @@ async fn behind_https_the_cookies_carry_host_prefixes_and_plain_names_are_ignore
         .unwrap();
     assert_eq!(res.status(), 303);
     let set = res.headers()["set-cookie"].to_str().unwrap().to_owned();
-    assert!(set.starts_with("__Secure-carapace_login="), "{set}");
-    for attribute in ["Secure", "HttpOnly", "Path=/auth"] {
-        assert!(set.contains(attribute), "{attribute}: {set}");
-    }
+    assert_host_cookie(&set, "__Host-carapace_login", true);
+    // A whole login (the provider sends the browser to the https URL;
+    // this test's server speaks http on the same port): the session and
+    // CSRF cookies are `__Host-` too.
+    let mut browser = Browser::new();
+    let callback = format!("https://127.0.0.1:{port}/auth/callback");
+    let (url, _, _) = browser
+        .follow_until(
+            format!("{}/auth/login", app.address),
+            "zoe@example.com",
+            Some(&callback),
+        )
+        .await;
+    let res = browser
+        .send(
+            Method::GET,
+            &url.replacen("https://", "http://", 1),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+    let sets: Vec<String> = res
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    let find = |name: &str| {
+        sets.iter()
+            .find(|c| c.starts_with(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name}: {sets:?}"))
+            .clone()
+    };
+    assert_host_cookie(
+        &find("__Host-carapace_session"),
+        "__Host-carapace_session",
+        true,
+    );
+    assert_host_cookie(&find("__Host-carapace_csrf"), "__Host-carapace_csrf", false);
     // A session (made as a login makes one) opens the API only under its
     // `__Host-` name; the same token under the plain name, as a
     // neighbouring site or a plain-http page could plant it, opens nothing.
@@ -287,7 +331,10 @@ async fn behind_https_the_cookies_carry_host_prefixes_and_plain_names_are_ignore
 
 #[tokio::test]
 async fn a_login_its_tenants_policy_refuses_writes_nothing() {
-    let (app, _oidc) = crate::login::app_with_login(|_| {}).await;
+    let (app, _oidc) = crate::login::app_with_login(|s| {
+        s.signup = Some(carapace_api::login::SignupMode::Closed);
+    })
+    .await;
     let (_, key) = tenant_owned_by(&app, "eng-boss@example.com").await;
     let key = key.reveal().to_owned();
     let res = app
@@ -307,8 +354,7 @@ async fn a_login_its_tenants_policy_refuses_writes_nothing() {
     assert_eq!(res.status(), 201);
     // Sal (in `sales`, not `eng`) is refused, and the refusal left no
     // trace but its audit record: the invitation is still pending, no
-    // person or linked account was made, and no tenant was signed up
-    // (sign-up is open here).
+    // person or linked account was made.
     let (_, status, page) = log_in_at(&app, "sal@example.com").await;
     assert_eq!(status, 403, "{page}");
     assert!(page.contains("groups eng"), "{page}");
@@ -329,20 +375,26 @@ async fn a_login_its_tenants_policy_refuses_writes_nothing() {
         );
     }
     assert_eq!(count_all(&app, "identities").await, 0);
+    // The tenant that only invited Sal learns the invitation was refused,
+    // not where Sal was.
     let audit = app.audit(&key, "?action=login&outcome=denied").await;
     assert_eq!(audit.len(), 1, "{audit:?}");
     assert_eq!(
         audit[0]["principal"].as_str().unwrap(),
-        "oidc:sal@example.com"
+        "invitee:sal@example.com"
     );
-    // The tenant lifts the requirement: the same invitation lets Sal in.
+    assert!(audit[0]["client_ip"].is_null(), "{audit:?}");
+    // Another tenant invites Sal too and admits the login: Sal joins it,
+    // and the first tenant's invitation stays pending.
+    let other = app.create_tenant("Beta").await;
     let res = app
-        .request(Method::PUT, "/v1/access-policy", &key)
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+        .post(
+            "/v1/invitations",
+            &other.key,
+            &serde_json::json!({"email": "sal@example.com"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
     let mut sal = Browser::new();
     let (_, status, page) = log_in(&app, &mut sal, "sal@example.com").await;
     assert_eq!(status, 200, "{page}");
@@ -351,7 +403,60 @@ async fn a_login_its_tenants_policy_refuses_writes_nothing() {
         .json()
         .await
         .unwrap();
-    assert_eq!(tenant["role"], "admin");
+    assert_eq!(tenant["name"], "Beta");
+    let pending: Value = app
+        .get("/v1/invitations", &key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(pending["data"].as_array().unwrap().len(), 1, "{pending}");
+    // The tenant lifts the requirement: the same invitation lets Sal in.
+    let res = app
+        .request(Method::PUT, "/v1/access-policy", &key)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let (_, status, page) = log_in(&app, &mut sal, "sal@example.com").await;
+    assert_eq!(status, 200, "{page}");
+    let members: Value = app
+        .get("/v1/members", &key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sal_there = members["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["email"] == "sal@example.com")
+        .unwrap_or_else(|| panic!("{members}"));
+    assert_eq!(sal_there["role"], "admin");
+}
+
+/// `set` sets `name` as browsers accept a `__Host-` cookie: `Secure`,
+/// path `/`, no domain (and `HttpOnly` if `http_only`).
+fn assert_host_cookie(set: &str, name: &str, http_only: bool) {
+    assert!(set.starts_with(&format!("{name}=")), "{set}");
+    let attributes: Vec<String> = set
+        .split(';')
+        .skip(1)
+        .map(|a| a.trim().to_ascii_lowercase())
+        .collect();
+    assert!(attributes.iter().any(|a| a == "secure"), "{set}");
+    assert!(attributes.iter().any(|a| a == "path=/"), "{set}");
+    assert!(!attributes.iter().any(|a| a.starts_with("domain")), "{set}");
+    assert_eq!(
+        attributes.iter().any(|a| a == "httponly"),
+        http_only,
+        "{set}"
+    );
 }
 
 async fn log_in_at(app: &TestApp, login: &str) -> (String, StatusCode, String) {
@@ -442,6 +547,36 @@ async fn a_tenant_can_keep_to_some_providers_at_login_and_on_every_request() {
         .follow(
             format!("{}/auth/login?provider=default", app.address),
             "uma@example.com",
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+}
+
+#[tokio::test]
+async fn a_provider_that_may_not_link_existing_people_cannot_take_one_over_by_address() {
+    let (app, _first, _second) = app_with_providers(false).await;
+    // Ann logs in with the first provider...
+    let (_, status, page) = Browser::new()
+        .follow(
+            format!("{}/auth/login?provider=default", app.address),
+            "ann@example.com",
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    // ...and an account at the second with her address is not her.
+    let (_, status, page) = Browser::new()
+        .follow(
+            format!("{}/auth/login?provider=second", app.address),
+            "ann@example.com",
+        )
+        .await;
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("another account"), "{page}");
+    // Someone new at the second provider signs up as usual.
+    let (_, status, page) = Browser::new()
+        .follow(
+            format!("{}/auth/login?provider=second", app.address),
+            "bea@example.com",
         )
         .await;
     assert_eq!(status, 200, "{page}");

@@ -187,7 +187,6 @@ pub async fn login(
         CookieDuration::minutes(10),
     );
     binding_cookie.set_http_only(true);
-    binding_cookie.set_path("/auth");
     HttpResponse::SeeOther()
         .insert_header((header::LOCATION, started.url))
         .insert_header(("cache-control", "no-store"))
@@ -298,7 +297,7 @@ pub async fn callback(
     // The code is only ever redeemed at the provider the login went to;
     // one that says who answered must be that one (a mix-up defence).
     if let Some(iss) = &q.iss
-        && iss.trim_end_matches('/') != provider.config().issuer
+        && *iss != provider.config().issuer
     {
         return refuse(
             &state,
@@ -380,24 +379,34 @@ pub async fn callback(
             last_seen_at: Utc::now(),
         },
         client_ip: client_ip(&req).and_then(|ip| ip.parse().ok()),
+        may_link_existing: provider.config().link_existing,
     };
     let signed_in = match sessions::sign_in(&state.db, account, signup, audit).await {
         Ok(SignIn::In(signed_in)) => signed_in,
         Ok(SignIn::Refused {
             user,
             tenant,
+            member,
             reason,
         }) => {
             // Refused before anything was written: no account linked, no
-            // invitation accepted.
-            let principal = match user {
-                Some(user) => format!("user:{user}"),
-                None => format!("oidc:{}", identity.subject),
-            };
-            let event = actor(&req, principal)
-                .event("login", Outcome::Denied)
-                .in_tenant(&tenant)
-                .reason(reason.clone());
+            // invitation accepted. A tenant that only invited them learns
+            // that the invitation was refused, not where they were.
+            let mut event = match (user, member) {
+                (Some(user), true) => actor(&req, format!("user:{user}")),
+                (None, true) => actor(&req, format!("oidc:{}", identity.subject)),
+                (_, false) => Actor {
+                    principal: format!("invitee:{email}"),
+                    client_ip: None,
+                    request_id: actor(&req, String::new()).request_id,
+                },
+            }
+            .event("login", Outcome::Denied)
+            .in_tenant(&tenant)
+            .reason(reason.clone());
+            if !member {
+                event.target = Some("invitation".to_owned());
+            }
             if let Err(e) = record_audit(&state.db, event).await {
                 tracing::error!(error = ?e, "failed to audit a refused login");
             }
@@ -423,9 +432,21 @@ pub async fn callback(
                 &state,
                 &req,
                 StatusCode::FORBIDDEN,
-                &format!("{email} logs in with another account of this identity provider"),
+                &format!(
+                    "{email} belongs to someone who logs in with another account; log in with that one"
+                ),
             )
             .await;
+        }
+        Err(crate::error::Error::Conflict(message)) => {
+            return page(
+                StatusCode::CONFLICT,
+                "Login interrupted",
+                &format!(
+                    "<p>{}</p><p><a href=\"/auth/login\">Log in</a></p>",
+                    escape(&message)
+                ),
+            );
         }
         Err(e) => {
             tracing::error!(error = ?e, "sign-in failed");
@@ -479,8 +500,7 @@ pub async fn callback(
     let mut session_cookie = cookie_for(names.session, token, secure, age);
     session_cookie.set_http_only(true);
     let csrf_cookie = cookie_for(names.csrf, csrf, secure, age);
-    let mut spent = cookie_for(names.login, String::new(), secure, CookieDuration::ZERO);
-    spent.set_path("/auth");
+    let spent = cookie_for(names.login, String::new(), secure, CookieDuration::ZERO);
     HttpResponse::SeeOther()
         .insert_header((header::LOCATION, "/auth/session"))
         .insert_header(("cache-control", "no-store"))

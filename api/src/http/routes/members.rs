@@ -228,11 +228,12 @@ async fn email_invitation(
         .event("invitation.email", Outcome::Success)
         .in_tenant(caller.tenant_id())
         .target(invitation.id.to_string());
-    if !state.invitation_mails.allow(caller.tenant_id().as_str()) {
+    if let Err(why) = state
+        .invitation_mails
+        .allow(caller.tenant_id().as_str(), email)
+    {
         event.outcome = Outcome::Denied;
-        let event = event.reason(format!(
-            "{email}: the tenant's hourly allowance of invitation emails is spent"
-        ));
+        let event = event.reason(format!("{email}: {why}"));
         if let Err(e) = record_audit(&state.db, event).await {
             tracing::error!(error = ?e, "failed to audit an invitation email");
         }
