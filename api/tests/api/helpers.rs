@@ -191,6 +191,13 @@ impl TestApp {
         self.request(Method::GET, path, key)
     }
 
+    /// `GET path` with a bearer key, expecting 200: its JSON.
+    pub async fn get_json(&self, path: &str, key: &str) -> Value {
+        let res = self.get(path, key).send().await.unwrap();
+        assert_eq!(res.status(), 200, "GET {path}");
+        res.json().await.unwrap()
+    }
+
     /// `POST /v1/api-keys` with `body`; returns status and JSON.
     pub async fn create_key(&self, key: &str, body: Value) -> (StatusCode, Value) {
         let res = self

@@ -128,14 +128,7 @@ async fn an_invited_address_is_told_where_to_log_in_and_joins() {
         assert!(message.contains(expected), "{expected}: {message}");
     }
     // Listing shows the invitation, not how its email went.
-    let pending: Value = app
-        .get("/v1/invitations", &key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let pending: Value = app.get_json("/v1/invitations", &key).await;
     assert!(
         pending["data"][0].get("email_delivery").is_none(),
         "{pending}"
@@ -163,14 +156,7 @@ async fn a_mail_server_that_is_down_fails_the_email_not_the_invitation_and_the_a
     let key = key.reveal().to_owned();
     let invitation = invite(&app, &key, "ned@example.com").await;
     assert_eq!(invitation["email_delivery"], "failed", "{invitation}");
-    let pending: Value = app
-        .get("/v1/invitations", &key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let pending: Value = app.get_json("/v1/invitations", &key).await;
     assert_eq!(pending["data"].as_array().unwrap().len(), 1);
     let audit = app.audit(&key, "?action=invitation.email").await;
     assert_eq!(audit[0]["outcome"], "failed", "{audit:?}");

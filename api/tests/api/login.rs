@@ -976,13 +976,6 @@ async fn a_policy_can_require_a_group_from_the_providers_claim() {
         .unwrap();
     assert_eq!(tenant["name"], "sam@example.com");
     assert_eq!(tenant["role"], "owner");
-    let pending: Value = app
-        .get("/v1/invitations", &key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let pending: Value = app.get_json("/v1/invitations", &key).await;
     assert_eq!(pending["data"].as_array().unwrap().len(), 1, "{pending}");
 }

@@ -44,6 +44,22 @@ async fn app_with_providers(second_links_existing: bool) -> (TestApp, Oidc, Oidc
     (app, first, second)
 }
 
+/// Logs `login` in at `provider` with `browser`; the final page's URL,
+/// status and text.
+async fn log_in_with(
+    app: &TestApp,
+    browser: &mut Browser,
+    provider: &str,
+    login: &str,
+) -> (String, StatusCode, String) {
+    browser
+        .follow(
+            format!("{}/auth/login?provider={provider}", app.address),
+            login,
+        )
+        .await
+}
+
 /// The callback URL a login at `provider` comes back to, not visited.
 async fn code_from(app: &TestApp, browser: &mut Browser, provider: &str, login: &str) -> String {
     let callback = format!("{}/auth/callback", app.address);
@@ -95,12 +111,7 @@ async fn several_providers_are_offered_and_one_person_logs_in_with_either() {
     );
     // Ann signs up through the second provider...
     let mut at_second = Browser::new();
-    let (_, status, page) = at_second
-        .follow(
-            format!("{}/auth/login?provider=second", app.address),
-            "ann@example.com",
-        )
-        .await;
+    let (_, status, page) = log_in_with(&app, &mut at_second, "second", "ann@example.com").await;
     assert_eq!(status, 200, "{page}");
     let tenant: Value = api(&app, &mut at_second, Method::GET, "/v1/tenant", false)
         .await
@@ -110,12 +121,7 @@ async fn several_providers_are_offered_and_one_person_logs_in_with_either() {
     // ...and, with the same verified address, lands in the same tenant
     // through the first.
     let mut at_first = Browser::new();
-    let (_, status, page) = at_first
-        .follow(
-            format!("{}/auth/login?provider=default", app.address),
-            "ann@example.com",
-        )
-        .await;
+    let (_, status, page) = log_in_with(&app, &mut at_first, "default", "ann@example.com").await;
     assert_eq!(status, 200, "{page}");
     let again: Value = api(&app, &mut at_first, Method::GET, "/v1/tenant", false)
         .await
@@ -358,14 +364,7 @@ async fn a_login_its_tenants_policy_refuses_writes_nothing() {
     let (_, status, page) = log_in_at(&app, "sal@example.com").await;
     assert_eq!(status, 403, "{page}");
     assert!(page.contains("groups eng"), "{page}");
-    let pending: Value = app
-        .get("/v1/invitations", &key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let pending: Value = app.get_json("/v1/invitations", &key).await;
     assert_eq!(pending["data"].as_array().unwrap().len(), 1, "{pending}");
     for (table, column) in [("users", "email"), ("tenants", "name")] {
         assert_eq!(
@@ -404,14 +403,7 @@ async fn a_login_its_tenants_policy_refuses_writes_nothing() {
         .await
         .unwrap();
     assert_eq!(tenant["name"], "Beta");
-    let pending: Value = app
-        .get("/v1/invitations", &key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let pending: Value = app.get_json("/v1/invitations", &key).await;
     assert_eq!(pending["data"].as_array().unwrap().len(), 1, "{pending}");
     // The tenant lifts the requirement: the same invitation lets Sal in.
     let res = app
@@ -423,14 +415,7 @@ async fn a_login_its_tenants_policy_refuses_writes_nothing() {
     assert_eq!(res.status(), 200);
     let (_, status, page) = log_in(&app, &mut sal, "sal@example.com").await;
     assert_eq!(status, 200, "{page}");
-    let members: Value = app
-        .get("/v1/members", &key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let members: Value = app.get_json("/v1/members", &key).await;
     let sal_there = members["data"]
         .as_array()
         .unwrap()
@@ -491,12 +476,7 @@ async fn scalar(app: &TestApp, sql: &str) -> i64 {
 async fn a_tenant_can_keep_to_some_providers_at_login_and_on_every_request() {
     let (app, _first, _second) = app_with_two_providers().await;
     let mut via_second = Browser::new();
-    let (_, status, page) = via_second
-        .follow(
-            format!("{}/auth/login?provider=second", app.address),
-            "uma@example.com",
-        )
-        .await;
+    let (_, status, page) = log_in_with(&app, &mut via_second, "second", "uma@example.com").await;
     assert_eq!(status, 200, "{page}");
     let url = format!("{}/v1/access-policy", app.address);
     // A name the server does not offer is refused: it would lock
@@ -523,12 +503,8 @@ async fn a_tenant_can_keep_to_some_providers_at_login_and_on_every_request() {
         .await;
     assert_eq!(res.status(), 200);
     // The other provider's login is refused, with the reason.
-    let (_, status, page) = Browser::new()
-        .follow(
-            format!("{}/auth/login?provider=default", app.address),
-            "uma@example.com",
-        )
-        .await;
+    let (_, status, page) =
+        log_in_with(&app, &mut Browser::new(), "default", "uma@example.com").await;
     assert_eq!(status, 403, "{page}");
     assert!(page.contains("identity provider default"), "{page}");
     // Switched to the other provider only: her live session's next
@@ -543,12 +519,8 @@ async fn a_tenant_can_keep_to_some_providers_at_login_and_on_every_request() {
     assert_eq!(res.status(), 200);
     let res = api(&app, &mut via_second, Method::GET, "/v1/tenant", false).await;
     assert_eq!(res.status(), 403);
-    let (_, status, page) = Browser::new()
-        .follow(
-            format!("{}/auth/login?provider=default", app.address),
-            "uma@example.com",
-        )
-        .await;
+    let (_, status, page) =
+        log_in_with(&app, &mut Browser::new(), "default", "uma@example.com").await;
     assert_eq!(status, 200, "{page}");
 }
 
@@ -556,28 +528,16 @@ async fn a_tenant_can_keep_to_some_providers_at_login_and_on_every_request() {
 async fn a_provider_that_may_not_link_existing_people_cannot_take_one_over_by_address() {
     let (app, _first, _second) = app_with_providers(false).await;
     // Ann logs in with the first provider...
-    let (_, status, page) = Browser::new()
-        .follow(
-            format!("{}/auth/login?provider=default", app.address),
-            "ann@example.com",
-        )
-        .await;
+    let (_, status, page) =
+        log_in_with(&app, &mut Browser::new(), "default", "ann@example.com").await;
     assert_eq!(status, 200, "{page}");
     // ...and an account at the second with her address is not her.
-    let (_, status, page) = Browser::new()
-        .follow(
-            format!("{}/auth/login?provider=second", app.address),
-            "ann@example.com",
-        )
-        .await;
+    let (_, status, page) =
+        log_in_with(&app, &mut Browser::new(), "second", "ann@example.com").await;
     assert_eq!(status, 403, "{page}");
     assert!(page.contains("another account"), "{page}");
     // Someone new at the second provider signs up as usual.
-    let (_, status, page) = Browser::new()
-        .follow(
-            format!("{}/auth/login?provider=second", app.address),
-            "bea@example.com",
-        )
-        .await;
+    let (_, status, page) =
+        log_in_with(&app, &mut Browser::new(), "second", "bea@example.com").await;
     assert_eq!(status, 200, "{page}");
 }
