@@ -66,29 +66,30 @@ fn invitation(row: invitation::Model) -> Result<Invitation> {
     })
 }
 
-/// Turns the pending invitations of `email` to the `admitted` tenants
-/// (those whose access policy lets this login in) into memberships of
-/// `user` (each with its role; audited there); the tenants joined, oldest
-/// invitation first. Invitations to other tenants stay pending. Run
-/// inside the login's transaction (`sign_in`).
+/// Turns these invitations of `email` (those whose tenant's access policy
+/// lets this login in, as `sign_in` read them) into memberships of `user`
+/// (each with its role; audited there); the tenants joined, in the given
+/// order. Other invitations stay pending. Run inside the login's
+/// transaction.
 pub(super) async fn accept_invitations<C: ConnectionTrait>(
     txn: &C,
     email: &EmailAddress,
     user: &str,
-    admitted: &[String],
+    admitted: &[&invitation::Model],
     audit: &AuditEvent,
 ) -> Result<Vec<String>> {
     let now = Utc::now();
-    let pending = invitation::Entity::find()
-        .filter(invitation::Column::Email.eq(email.as_str()))
-        .filter(invitation::Column::ExpiresAt.gt(now))
-        .order_by_asc(invitation::Column::CreatedAt)
-        .all(txn)
-        .await?;
     let mut joined = Vec::new();
-    for invite in pending {
-        if !admitted.contains(&invite.tenant_id) {
-            continue;
+    for invite in admitted {
+        // Taken first: one withdrawn since the login read it (or taken by
+        // a racing login) undoes the whole login.
+        let taken = invitation::Entity::delete_by_id(invite.id.as_str())
+            .exec(txn)
+            .await?;
+        if taken.rows_affected != 1 {
+            return Err(Error::Conflict(
+                "the invitation was withdrawn during the login; try again".into(),
+            ));
         }
         let already = membership::Entity::find_by_id((invite.tenant_id.clone(), user.to_owned()))
             .one(txn)
@@ -112,9 +113,6 @@ pub(super) async fn accept_invitations<C: ConnectionTrait>(
             .await?;
             joined.push(invite.tenant_id.clone());
         }
-        invitation::Entity::delete_by_id(invite.id)
-            .exec(txn)
-            .await?;
     }
     Ok(joined)
 }

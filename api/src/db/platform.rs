@@ -71,41 +71,15 @@ pub async fn create_tenant_with_owner(
     let (tenant_row, user_id, key_row) = db
         .transaction::<_, _, Error>(|txn| {
             Box::pin(async move {
-                let tenant_row = tenant::ActiveModel {
-                    id: Set(tenant_id.to_string()),
-                    name: Set(name),
-                    created_at: Set(now),
-                    record_gateway_bodies: Set(false),
-                    plan: Set(crate::plans::DEFAULT.to_owned()),
-                }
-                .insert(txn)
-                .await?;
                 let existing = user::Entity::find()
                     .filter(user::Column::Email.eq(email.as_str()))
                     .one(txn)
                     .await?;
                 let user_id = match existing {
                     Some(row) => row.id,
-                    None => {
-                        user::ActiveModel {
-                            id: Set(UserId::generate().to_string()),
-                            email: Set(email.as_str().to_owned()),
-                            display_name: Set(None),
-                            created_at: Set(now),
-                        }
-                        .insert(txn)
-                        .await?
-                        .id
-                    }
+                    None => insert_user(txn, &email, now).await?,
                 };
-                membership::ActiveModel {
-                    tenant_id: Set(tenant_id.to_string()),
-                    user_id: Set(user_id.clone()),
-                    role: Set(Role::Owner.as_str().to_owned()),
-                    created_at: Set(now),
-                }
-                .insert(txn)
-                .await?;
+                let tenant_row = insert_owned_tenant(txn, &tenant_id, &name, &user_id, now).await?;
                 let key_row = key_row.insert(txn).await?;
                 let audit = audit
                     .in_tenant(&tenant_id)
@@ -122,6 +96,51 @@ pub async fn create_tenant_with_owner(
         owner_email: owner.clone(),
         key: ApiKey::try_from(key_row)?,
     })
+}
+
+/// Inserts a person with this address; their id.
+pub(super) async fn insert_user<C: ConnectionTrait>(
+    txn: &C,
+    email: &EmailAddress,
+    now: DateTime<Utc>,
+) -> Result<String> {
+    Ok(user::ActiveModel {
+        id: Set(UserId::generate().to_string()),
+        email: Set(email.as_str().to_owned()),
+        display_name: Set(None),
+        created_at: Set(now),
+    }
+    .insert(txn)
+    .await?
+    .id)
+}
+
+/// Inserts a tenant on the default plan with `owner` as its owner.
+pub(super) async fn insert_owned_tenant<C: ConnectionTrait>(
+    txn: &C,
+    tenant_id: &TenantId,
+    name: &str,
+    owner: &str,
+    now: DateTime<Utc>,
+) -> Result<tenant::Model> {
+    let row = tenant::ActiveModel {
+        id: Set(tenant_id.to_string()),
+        name: Set(name.to_owned()),
+        created_at: Set(now),
+        record_gateway_bodies: Set(false),
+        plan: Set(crate::plans::DEFAULT.to_owned()),
+    }
+    .insert(txn)
+    .await?;
+    membership::ActiveModel {
+        tenant_id: Set(tenant_id.to_string()),
+        user_id: Set(owner.to_owned()),
+        role: Set(Role::Owner.as_str().to_owned()),
+        created_at: Set(now),
+    }
+    .insert(txn)
+    .await?;
+    Ok(row)
 }
 
 /// Finds the key with this hash, whatever its state; the caller decides

@@ -284,18 +284,25 @@ pub async fn revoke_session_by_token(db: &DatabaseConnection, token_hash: &str) 
     Ok(result.rows_affected > 0)
 }
 
+/// A tenant's access policy (the empty one, allowing everything, if it
+/// never set one), on any connection (a login reads it inside its
+/// transaction).
+pub(super) async fn access_policy_of<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    tenant: &str,
+) -> Result<AccessPolicy> {
+    match access_policy::Entity::find_by_id(tenant).one(db).await? {
+        Some(row) => Ok(serde_json::from_str(&row.policy)
+            .map_err(|e| anyhow::anyhow!("stored access policy is unreadable: {e}"))?),
+        None => Ok(AccessPolicy::default()),
+    }
+}
+
 impl TenantScope<'_> {
     /// The tenant's access policy (the empty one, allowing everything, if
     /// it never set one).
     pub async fn access_policy(&self) -> Result<AccessPolicy> {
-        let row = access_policy::Entity::find_by_id(self.tenant_id().as_str())
-            .one(self.db())
-            .await?;
-        match row {
-            Some(row) => Ok(serde_json::from_str(&row.policy)
-                .map_err(|e| anyhow::anyhow!("stored access policy is unreadable: {e}"))?),
-            None => Ok(AccessPolicy::default()),
-        }
+        access_policy_of(self.db(), self.tenant_id().as_str()).await
     }
 
     /// Replaces the tenant's access policy (validated by the caller).

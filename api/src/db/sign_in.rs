@@ -8,14 +8,14 @@ use std::net::IpAddr;
 
 use chrono::Utc;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
-    TransactionTrait,
+    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set, TransactionTrait,
 };
 
-use super::entities::{access_policy, identity, invitation, membership, tenant, user};
-use super::platform::insert_audit;
+use super::entities::{identity, invitation, membership, user};
+use super::platform::{insert_audit, insert_owned_tenant, insert_user};
+use super::sessions::access_policy_of;
 use crate::access::Role;
-use crate::access_policy::{AccessPolicy, SessionFacts};
+use crate::access_policy::SessionFacts;
 use crate::audit::AuditEvent;
 use crate::email::EmailAddress;
 use crate::error::{Error, Result};
@@ -76,14 +76,6 @@ pub struct Account {
     /// Whether this provider's first login of an address may link to a
     /// person who already logs in with another provider.
     pub may_link_existing: bool,
-}
-
-async fn policy_of<C: ConnectionTrait>(txn: &C, tenant: &str) -> Result<AccessPolicy> {
-    match access_policy::Entity::find_by_id(tenant).one(txn).await? {
-        Some(row) => Ok(serde_json::from_str(&row.policy)
-            .map_err(|e| anyhow::anyhow!("stored access policy is unreadable: {e}"))?),
-        None => Ok(AccessPolicy::default()),
-    }
 }
 
 /// Finds the person behind a provider account, and the tenant they land
@@ -182,7 +174,7 @@ pub async fn sign_in(
             let mut invitation_refusal: Option<(String, String)> = None;
             let mut admitted_member: Option<&membership::Model> = None;
             for member in &memberships {
-                let policy = policy_of(txn, &member.tenant_id).await?;
+                let policy = access_policy_of(txn, &member.tenant_id).await?;
                 match policy.refusal(&facts, client_ip, now) {
                     None => {
                         admitted_member = Some(member);
@@ -196,11 +188,11 @@ pub async fn sign_in(
             let mut admitted_invitations = Vec::new();
             let mut joins_by_invitation = false;
             for invite in &invitations {
-                let policy = policy_of(txn, &invite.tenant_id).await?;
+                let policy = access_policy_of(txn, &invite.tenant_id).await?;
                 let already = memberships.iter().any(|m| m.tenant_id == invite.tenant_id);
                 match policy.refusal(&facts, client_ip, now) {
                     None => {
-                        admitted_invitations.push(invite.tenant_id.clone());
+                        admitted_invitations.push(invite);
                         joins_by_invitation |= !already;
                     }
                     // Left pending (a member already: their own refusal
@@ -245,17 +237,7 @@ pub async fn sign_in(
             let landing = admitted_member.map(|m| m.tenant_id.clone());
             let user_id = match person {
                 Some(person) => person.id,
-                None => {
-                    user::ActiveModel {
-                        id: Set(UserId::generate().to_string()),
-                        email: Set(email.as_str().to_owned()),
-                        display_name: Set(None),
-                        created_at: Set(now),
-                    }
-                    .insert(txn)
-                    .await?
-                    .id
-                }
+                None => insert_user(txn, &email, now).await?,
             };
             if linked.is_none() {
                 identity::ActiveModel {
@@ -278,9 +260,9 @@ pub async fn sign_in(
             .await?;
             let landing = landing.or_else(|| accepted.first().cloned());
             if landing.is_none() && joins_somewhere {
-                // The invitation it was to join by went away meanwhile
-                // (withdrawn, or taken by a racing login): undo rather
-                // than fall through to a sign-up nobody decided on.
+                // A racing login made the membership it was to join by:
+                // undo rather than fall through to a sign-up nobody
+                // decided on.
                 return Err(Error::Conflict(
                     "the invitation was withdrawn during the login; try again".into(),
                 ));
@@ -302,23 +284,7 @@ pub async fn sign_in(
             }
             let tenant_id = TenantId::generate();
             let name: String = email.as_str().chars().take(100).collect();
-            tenant::ActiveModel {
-                id: Set(tenant_id.to_string()),
-                name: Set(name),
-                created_at: Set(now),
-                record_gateway_bodies: Set(false),
-                plan: Set(crate::plans::DEFAULT.to_owned()),
-            }
-            .insert(txn)
-            .await?;
-            membership::ActiveModel {
-                tenant_id: Set(tenant_id.to_string()),
-                user_id: Set(user_id.clone()),
-                role: Set(Role::Owner.as_str().to_owned()),
-                created_at: Set(now),
-            }
-            .insert(txn)
-            .await?;
+            insert_owned_tenant(txn, &tenant_id, &name, &user_id, now).await?;
             insert_audit(
                 txn,
                 audit

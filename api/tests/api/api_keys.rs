@@ -413,19 +413,7 @@ async fn a_service_token_is_an_id_and_a_secret_that_only_count_together() {
         )
         .await;
     assert_eq!(res.status(), 422);
-    let res = app
-        .post(
-            "/v1/service-tokens",
-            &acme.key,
-            &json!({"name": "deploy bot", "expires_in_days": 30}),
-        )
-        .await;
-    assert_eq!(res.status(), 201);
-    let token: Value = res.json().await.unwrap();
-    let (id, secret) = (
-        token["client_id"].as_str().unwrap().to_owned(),
-        token["client_secret"].as_str().unwrap().to_owned(),
-    );
+    let (token, id, secret) = service_token(&app, &acme.key).await;
     let expires: chrono::DateTime<chrono::Utc> =
         token["expires_at"].as_str().unwrap().parse().unwrap();
     assert!(
@@ -493,19 +481,7 @@ async fn an_address_presenting_bad_credentials_is_slowed_down_but_valid_ones_pas
 async fn a_client_id_guessed_at_from_many_addresses_is_slowed_down_but_its_secret_passes() {
     let app = spawn_app().await;
     let acme = app.create_tenant("Acme").await;
-    let res = app
-        .post(
-            "/v1/service-tokens",
-            &acme.key,
-            &json!({"name": "deploy bot", "expires_in_days": 30}),
-        )
-        .await;
-    assert_eq!(res.status(), 201);
-    let token: Value = res.json().await.unwrap();
-    let (id, secret) = (
-        token["client_id"].as_str().unwrap().to_owned(),
-        token["client_secret"].as_str().unwrap().to_owned(),
-    );
+    let (_, id, secret) = service_token(&app, &acme.key).await;
     // Every loopback address reaches the server: each guesser below has
     // an address of its own, well within the per-address limit.
     let from = |last: u8| {
@@ -595,4 +571,23 @@ async fn behind_a_trusted_proxy_the_forwarded_address_is_the_client_and_elsewher
     assert_eq!(res.status(), 201);
     let audit = plain.audit(&t.key, "?action=api_key.create").await;
     assert_eq!(audit[0]["client_ip"], "127.0.0.1", "{audit:?}");
+}
+
+/// A new service token "deploy bot" (30 days) made with `key`: its
+/// answer, client id and secret.
+async fn service_token(app: &crate::helpers::TestApp, key: &str) -> (Value, String, String) {
+    let res = app
+        .post(
+            "/v1/service-tokens",
+            key,
+            &json!({"name": "deploy bot", "expires_in_days": 30}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let token: Value = res.json().await.unwrap();
+    let (id, secret) = (
+        token["client_id"].as_str().unwrap().to_owned(),
+        token["client_secret"].as_str().unwrap().to_owned(),
+    );
+    (token, id, secret)
 }

@@ -8,11 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use reqwest::Method;
 use serde_json::Value;
 
 use crate::helpers::TestApp;
-use crate::login::{Browser, Oidc, api, app_with_login, free_port, log_in, tenant_owned_by};
+use crate::login::{Browser, Oidc, api_json, app_with_login, free_port, log_in, tenant_owned_by};
 
 /// An SMTP server for one test, and the Maildir it delivers to.
 struct Smtp {
@@ -140,11 +139,7 @@ async fn an_invited_address_is_told_where_to_log_in_and_joins() {
     let mut kim = Browser::new();
     let (_, status, page) = log_in(&app, &mut kim, "kim@example.com").await;
     assert_eq!(status, 200, "{page}");
-    let tenant: Value = api(&app, &mut kim, Method::GET, "/v1/tenant", false)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let tenant: Value = api_json(&app, &mut kim, "/v1/tenant").await;
     assert_eq!(tenant["role"], "admin");
 }
 

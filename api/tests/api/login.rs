@@ -313,6 +313,15 @@ fn attribute(html: &str, start: &str) -> Option<String> {
     Some(html[from..from + len].replace("&amp;", "&"))
 }
 
+/// `GET path` through `browser`'s session: its JSON.
+pub(crate) async fn api_json(app: &TestApp, browser: &mut Browser, path: &str) -> Value {
+    api(app, browser, Method::GET, path, false)
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
 /// The sign-up page's text.
 async fn signup_page(app: &TestApp) -> String {
     let res = reqwest::get(format!("{}/auth/signup", app.address))
@@ -357,11 +366,7 @@ async fn a_first_login_signs_up_and_the_session_opens_the_api() {
     assert_eq!(status, 200);
     assert!(page.contains("Signed in as alice@example.com"), "{page}");
     // The session cookie is HttpOnly; the API takes it like a key.
-    let tenant: Value = api(&app, &mut browser, Method::GET, "/v1/tenant", false)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let tenant: Value = api_json(&app, &mut browser, "/v1/tenant").await;
     assert_eq!(tenant["name"], "alice@example.com");
     assert_eq!(tenant["role"], "owner");
     assert_eq!(tenant["principal"]["type"], "session");
@@ -395,17 +400,9 @@ async fn a_first_login_signs_up_and_the_session_opens_the_api() {
     // A second login (another browser) lands in the same tenant.
     let mut other = Browser::new();
     log_in(&app, &mut other, "alice@example.com").await;
-    let again: Value = api(&app, &mut other, Method::GET, "/v1/tenant", false)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let again: Value = api_json(&app, &mut other, "/v1/tenant").await;
     assert_eq!(again["id"], tenant["id"]);
-    let sessions: Value = api(&app, &mut other, Method::GET, "/v1/sessions", false)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let sessions: Value = api_json(&app, &mut other, "/v1/sessions").await;
     let list = sessions["data"].as_array().unwrap();
     assert_eq!(list.len(), 2, "{sessions}");
     // The second browser ends the first one's session.
@@ -547,11 +544,7 @@ async fn with_sign_up_closed_only_members_get_in_and_removal_cuts_a_session_off(
     let mut carol = Browser::new();
     let (_, status, page) = log_in(&app, &mut carol, "carol@example.com").await;
     assert_eq!(status, 200, "{page}");
-    let tenant: Value = api(&app, &mut carol, Method::GET, "/v1/tenant", false)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let tenant: Value = api_json(&app, &mut carol, "/v1/tenant").await;
     assert_eq!(tenant["id"], tenant_id.as_str());
     // Her membership goes: the very next request is refused.
     execute(
@@ -581,16 +574,8 @@ async fn an_address_stays_with_the_provider_account_that_first_used_it() {
     let mut again = Browser::new();
     let (_, status, _) = log_in(&app, &mut again, "one|dan@example.com").await;
     assert_eq!(status, 200);
-    let a: Value = api(&app, &mut first, Method::GET, "/v1/tenant", false)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let b: Value = api(&app, &mut again, Method::GET, "/v1/tenant", false)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let a: Value = api_json(&app, &mut first, "/v1/tenant").await;
+    let b: Value = api_json(&app, &mut again, "/v1/tenant").await;
     assert_eq!(a["id"], b["id"]);
     // A session cookie holding an API key is not a session.
     let t = app.create_tenant("Keyed").await;
@@ -640,11 +625,7 @@ async fn the_access_policy_applies_at_login_and_on_every_request() {
     assert_eq!(res.status(), 200);
     let res = api(&app, &mut alice, Method::GET, "/v1/tenant", false).await;
     assert_eq!(res.status(), 200);
-    let policy: Value = api(&app, &mut alice, Method::GET, "/v1/access-policy", false)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let policy: Value = api_json(&app, &mut alice, "/v1/access-policy").await;
     assert_eq!(
         policy["allowed_domains"],
         serde_json::json!(["example.com"])
@@ -731,11 +712,7 @@ async fn mfa_and_address_ranges_are_required_when_the_policy_says_so() {
     );
     let (_, status, page) = log_in(&app, &mut erin, "erin@example.com").await;
     assert_eq!(status, 200, "{page}");
-    let tenant: Value = api(&app, &mut erin, Method::GET, "/v1/tenant", false)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let tenant: Value = api_json(&app, &mut erin, "/v1/tenant").await;
     assert_eq!(tenant["id"], created.tenant.id.to_string().as_str());
     let audit = app.audit(&key, "?action=access_policy.update").await;
     assert_eq!(audit.len(), 3, "{audit:?}");
@@ -799,11 +776,7 @@ async fn an_invited_person_joins_at_login_and_a_removed_one_is_cut_off() {
     let mut hank = Browser::new();
     let (_, status, page) = log_in(&app, &mut hank, "hank@example.com").await;
     assert_eq!(status, 200, "{page}");
-    let tenant: Value = api(&app, &mut hank, Method::GET, "/v1/tenant", false)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let tenant: Value = api_json(&app, &mut hank, "/v1/tenant").await;
     assert_eq!(tenant["id"], tenant_id.as_str());
     assert_eq!(tenant["role"], "admin");
     let members: Value = app
@@ -969,11 +942,7 @@ async fn a_policy_can_require_a_group_from_the_providers_claim() {
     let mut sam = Browser::new();
     let (_, status, page) = log_in(&app, &mut sam, "sam@example.com").await;
     assert_eq!(status, 200, "{page}");
-    let tenant: Value = api(&app, &mut sam, Method::GET, "/v1/tenant", false)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let tenant: Value = api_json(&app, &mut sam, "/v1/tenant").await;
     assert_eq!(tenant["name"], "sam@example.com");
     assert_eq!(tenant["role"], "owner");
     let pending: Value = app.get_json("/v1/invitations", &key).await;

@@ -8,7 +8,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use crate::helpers::{TestApp, spawn_app_with};
-use crate::login::{Browser, Oidc, api, free_port, log_in, tenant_owned_by};
+use crate::login::{Browser, Oidc, api, api_json, free_port, log_in, tenant_owned_by};
 
 /// A server offering two providers: `default` (the flags) and `second`
 /// (as from the settings file's `[[oidc_providers]]`).
@@ -113,28 +113,16 @@ async fn several_providers_are_offered_and_one_person_logs_in_with_either() {
     let mut at_second = Browser::new();
     let (_, status, page) = log_in_with(&app, &mut at_second, "second", "ann@example.com").await;
     assert_eq!(status, 200, "{page}");
-    let tenant: Value = api(&app, &mut at_second, Method::GET, "/v1/tenant", false)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let tenant: Value = api_json(&app, &mut at_second, "/v1/tenant").await;
     // ...and, with the same verified address, lands in the same tenant
     // through the first.
     let mut at_first = Browser::new();
     let (_, status, page) = log_in_with(&app, &mut at_first, "default", "ann@example.com").await;
     assert_eq!(status, 200, "{page}");
-    let again: Value = api(&app, &mut at_first, Method::GET, "/v1/tenant", false)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let again: Value = api_json(&app, &mut at_first, "/v1/tenant").await;
     assert_eq!(again["id"], tenant["id"]);
     // Each session says which provider it came through.
-    let sessions: Value = api(&app, &mut at_first, Method::GET, "/v1/sessions", false)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let sessions: Value = api_json(&app, &mut at_first, "/v1/sessions").await;
     let mut providers: Vec<&str> = sessions["data"]
         .as_array()
         .unwrap()
@@ -144,11 +132,7 @@ async fn several_providers_are_offered_and_one_person_logs_in_with_either() {
     providers.sort_unstable();
     assert_eq!(providers, ["default", "second"], "{sessions}");
     // One person: both accounts are linked to her.
-    let members: Value = api(&app, &mut at_first, Method::GET, "/v1/members", false)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let members: Value = api_json(&app, &mut at_first, "/v1/members").await;
     assert_eq!(members["data"].as_array().unwrap().len(), 1, "{members}");
 }
 
@@ -397,11 +381,7 @@ async fn a_login_its_tenants_policy_refuses_writes_nothing() {
     let mut sal = Browser::new();
     let (_, status, page) = log_in(&app, &mut sal, "sal@example.com").await;
     assert_eq!(status, 200, "{page}");
-    let tenant: Value = api(&app, &mut sal, Method::GET, "/v1/tenant", false)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let tenant: Value = api_json(&app, &mut sal, "/v1/tenant").await;
     assert_eq!(tenant["name"], "Beta");
     let pending: Value = app.get_json("/v1/invitations", &key).await;
     assert_eq!(pending["data"].as_array().unwrap().len(), 1, "{pending}");

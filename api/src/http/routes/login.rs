@@ -396,9 +396,8 @@ pub async fn callback(
                 (Some(user), true) => actor(&req, format!("user:{user}")),
                 (None, true) => actor(&req, format!("oidc:{}", identity.subject)),
                 (_, false) => Actor {
-                    principal: format!("invitee:{email}"),
                     client_ip: None,
-                    request_id: actor(&req, String::new()).request_id,
+                    ..actor(&req, format!("invitee:{email}"))
                 },
             }
             .event("login", Outcome::Denied)
