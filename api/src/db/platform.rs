@@ -71,6 +71,11 @@ pub async fn create_tenant_with_owner(
     let (tenant_row, user_id, key_row) = db
         .transaction::<_, _, Error>(|txn| {
             Box::pin(async move {
+                // A write first: under SQLite's WAL a transaction that
+                // reads before its first write fails (SQLITE_BUSY_SNAPSHOT)
+                // if another connection wrote in between; one that starts
+                // by writing waits for the lock instead.
+                let tenant_row = insert_tenant(txn, &tenant_id, &name, now).await?;
                 let existing = user::Entity::find()
                     .filter(user::Column::Email.eq(email.as_str()))
                     .one(txn)
@@ -79,7 +84,7 @@ pub async fn create_tenant_with_owner(
                     Some(row) => row.id,
                     None => insert_user(txn, &email, now).await?,
                 };
-                let tenant_row = insert_owned_tenant(txn, &tenant_id, &name, &user_id, now).await?;
+                insert_owner(txn, &tenant_id, &user_id, now).await?;
                 let key_row = key_row.insert(txn).await?;
                 let audit = audit
                     .in_tenant(&tenant_id)
@@ -115,15 +120,14 @@ pub(super) async fn insert_user<C: ConnectionTrait>(
     .id)
 }
 
-/// Inserts a tenant on the default plan with `owner` as its owner.
-pub(super) async fn insert_owned_tenant<C: ConnectionTrait>(
+/// Inserts a tenant on the default plan (its owner: `insert_owner`).
+pub(super) async fn insert_tenant<C: ConnectionTrait>(
     txn: &C,
     tenant_id: &TenantId,
     name: &str,
-    owner: &str,
     now: DateTime<Utc>,
 ) -> Result<tenant::Model> {
-    let row = tenant::ActiveModel {
+    Ok(tenant::ActiveModel {
         id: Set(tenant_id.to_string()),
         name: Set(name.to_owned()),
         created_at: Set(now),
@@ -131,7 +135,16 @@ pub(super) async fn insert_owned_tenant<C: ConnectionTrait>(
         plan: Set(crate::plans::DEFAULT.to_owned()),
     }
     .insert(txn)
-    .await?;
+    .await?)
+}
+
+/// Makes `owner` the owner of a tenant just inserted.
+pub(super) async fn insert_owner<C: ConnectionTrait>(
+    txn: &C,
+    tenant_id: &TenantId,
+    owner: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
     membership::ActiveModel {
         tenant_id: Set(tenant_id.to_string()),
         user_id: Set(owner.to_owned()),
@@ -140,7 +153,7 @@ pub(super) async fn insert_owned_tenant<C: ConnectionTrait>(
     }
     .insert(txn)
     .await?;
-    Ok(row)
+    Ok(())
 }
 
 /// Finds the key with this hash, whatever its state; the caller decides

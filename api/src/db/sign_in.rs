@@ -12,7 +12,7 @@ use sea_orm::{
 };
 
 use super::entities::{identity, invitation, membership, user};
-use super::platform::{insert_audit, insert_owned_tenant, insert_user};
+use super::platform::{insert_audit, insert_owner, insert_tenant, insert_user};
 use super::sessions::access_policy_of;
 use crate::access::Role;
 use crate::access_policy::SessionFacts;
@@ -284,7 +284,8 @@ pub async fn sign_in(
             }
             let tenant_id = TenantId::generate();
             let name: String = email.as_str().chars().take(100).collect();
-            insert_owned_tenant(txn, &tenant_id, &name, &user_id, now).await?;
+            insert_tenant(txn, &tenant_id, &name, now).await?;
+            insert_owner(txn, &tenant_id, &user_id, now).await?;
             insert_audit(
                 txn,
                 audit
